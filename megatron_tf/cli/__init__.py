@@ -1,0 +1,12 @@
+"""The `timelyfreeze` command line: one module per command, all registered on one typer app.
+
+Command modules import heavy dependencies (torch, megatron-core, OR-Tools) inside the
+command function, so `timelyfreeze --help` and the torch-free commands start fast.
+"""
+
+from megatron_tf.cli._app import app, main
+
+# Each import registers its command(s) on `app`.
+from megatron_tf.cli import simulate  # noqa: E402,F401  isort: skip
+
+__all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""`timelyfreeze simulate` (being built)."""

@@ -1,0 +1,111 @@
+"""What identifies a pipeline schedule: kind, pp, vpp, microbatches, group size.
+
+Validation follows megatron-core 0.19.2 (`pipeline_parallel/schedules.py`), so a schedule this
+module accepts is one Megatron runs, and a rejected one carries Megatron's rule in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from megatron_tf.errors import ConfigError
+
+ScheduleKind = Literal["1f1b", "interleaved"]
+SCHEDULE_KINDS: tuple[str, ...] = ("1f1b", "interleaved")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleSpec:
+    """One iteration of a Megatron pipeline schedule, as Megatron itself parameterises it."""
+
+    kind: ScheduleKind
+    """`1f1b` (forward_backward_pipelining_without_interleaving) or `interleaved`."""
+    pp: int
+    """Pipeline-parallel size (ranks)."""
+    vpp: int = 1
+    """Model chunks per rank (virtual pipeline size); 1 for 1F1B, >= 2 for interleaved."""
+    microbatches: int
+    """Microbatches per iteration (M = global batch / (micro batch * dp))."""
+    group_size: int = 0
+    """Megatron's `microbatch_group_size_per_vp_stage`; 0 means Megatron's default, pp."""
+    overlap_p2p_comm: bool = False
+    """Megatron's `overlap_p2p_comm` (interleaved only): changes the P2P calls, not the compute order."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(
+                f"unknown schedule {self.kind!r} (--schedule): expected one of "
+                f"{', '.join(SCHEDULE_KINDS)}"
+            )
+        _positive_int("pp", self.pp, "--pp")
+        _positive_int("microbatches", self.microbatches, "--microbatches")
+        _positive_int("vpp", self.vpp, "--vpp")
+        if self.pp < 2:
+            raise ConfigError(f"--pp must be at least 2 for a pipeline schedule, got {self.pp}")
+        if self.kind == "1f1b":
+            if self.vpp != 1:
+                raise ConfigError(f"the 1f1b schedule has one chunk per rank: --vpp must be 1, "
+                                  f"got {self.vpp} (use --schedule interleaved)")
+            if self.group_size not in (0, self.pp):
+                raise ConfigError("--group-size applies to the interleaved schedule only")
+            if self.overlap_p2p_comm:
+                raise ConfigError("--overlap-p2p-comm applies to the interleaved schedule only "
+                                  "(Megatron ignores it for 1f1b)")
+            object.__setattr__(self, "group_size", self.pp)
+            return
+        if self.vpp < 2:
+            raise ConfigError(f"the interleaved schedule needs --vpp >= 2, got {self.vpp}")
+        if self.group_size == 0:
+            object.__setattr__(self, "group_size", self.pp)
+        _positive_int("group_size", self.group_size, "--group-size")
+        m, g, p = self.microbatches, self.group_size, self.pp
+        # schedules.py, forward_backward_pipelining_with_interleaving: the group size must lie
+        # in [PP, M] ...
+        if g > m or g < p:
+            raise ConfigError(
+                f"Megatron requires the microbatch group size per virtual stage to lie in "
+                f"[PP={p}, M={m}]: got --group-size {g} (with --microbatches {m})"
+            )
+        # ... and the last group must be empty or hold at least PP microbatches.
+        remainder = m % g
+        if 0 < remainder < p:
+            raise ConfigError(
+                f"Megatron requires M mod group size to be 0 or >= PP={p}: "
+                f"--microbatches {m} mod --group-size {g} = {remainder}"
+            )
+
+    @property
+    def stages(self) -> int:
+        """Virtual pipeline stages: pp * vpp."""
+        return self.pp * self.vpp
+
+    def virtual_stage(self, rank: int, chunk: int) -> int:
+        """Megatron's placement: chunk c of rank r holds virtual stage c * pp + r."""
+        return chunk * self.pp + rank
+
+    def same_compute_order(self, other: ScheduleSpec) -> bool:
+        """True if both run the same (rank, chunk, microbatch) actions in the same order.
+
+        `overlap_p2p_comm` changes only the P2P calls, so a plan made for one runs on the other.
+        """
+        return (self.kind, self.pp, self.vpp, self.microbatches, self.group_size) == (
+            other.kind, other.pp, other.vpp, other.microbatches, other.group_size)
+
+    def describe(self) -> str:
+        text = f"{self.kind} pp={self.pp}"
+        if self.kind == "interleaved":
+            text += f" vpp={self.vpp} group={self.group_size}"
+        return f"{text} M={self.microbatches}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScheduleSpec:
+        return cls(**data)
+
+
+def _positive_int(name: str, value: object, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r} ({name})")
