@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,11 +26,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-
-def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+def user_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a `TimelyFreezeError` into one red line on stderr and exit code 2, never a traceback."""
 
     @functools.wraps(fn)

@@ -30,7 +30,7 @@ class ScheduleSpec:
     group_size: int = 0
     """Megatron's `microbatch_group_size_per_vp_stage`; 0 means Megatron's default, pp."""
     overlap_p2p_comm: bool = False
-    """Megatron's `overlap_p2p_comm` (interleaved only): changes the P2P calls, not the compute order."""
+    """Megatron's `overlap_p2p_comm` (interleaved only): changes P2P calls, not compute order."""
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
@@ -45,13 +45,17 @@ class ScheduleSpec:
             raise ConfigError(f"--pp must be at least 2 for a pipeline schedule, got {self.pp}")
         if self.kind == "1f1b":
             if self.vpp != 1:
-                raise ConfigError(f"the 1f1b schedule has one chunk per rank: --vpp must be 1, "
-                                  f"got {self.vpp} (use --schedule interleaved)")
+                raise ConfigError(
+                    f"the 1f1b schedule has one chunk per rank: --vpp must be 1, "
+                    f"got {self.vpp} (use --schedule interleaved)"
+                )
             if self.group_size not in (0, self.pp):
                 raise ConfigError("--group-size applies to the interleaved schedule only")
             if self.overlap_p2p_comm:
-                raise ConfigError("--overlap-p2p-comm applies to the interleaved schedule only "
-                                  "(Megatron ignores it for 1f1b)")
+                raise ConfigError(
+                    "--overlap-p2p-comm applies to the interleaved schedule only "
+                    "(Megatron ignores it for 1f1b)"
+                )
             object.__setattr__(self, "group_size", self.pp)
             return
         if self.vpp < 2:
@@ -90,7 +94,12 @@ class ScheduleSpec:
         `overlap_p2p_comm` changes only the P2P calls, so a plan made for one runs on the other.
         """
         return (self.kind, self.pp, self.vpp, self.microbatches, self.group_size) == (
-            other.kind, other.pp, other.vpp, other.microbatches, other.group_size)
+            other.kind,
+            other.pp,
+            other.vpp,
+            other.microbatches,
+            other.group_size,
+        )
 
     def describe(self) -> str:
         text = f"{self.kind} pp={self.pp}"
