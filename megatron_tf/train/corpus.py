@@ -1,0 +1,247 @@
+"""The embedded default corpus: a seeded sparse Markov chain whose entropy rate is known exactly.
+
+Why a Markov chain: a language model's cross-entropy on a stationary source cannot go below the
+source's entropy rate, so with a synthetic source "how close to the floor" is a number, not a
+guess. A first-order chain over a small vocabulary is learnable by a tiny GPT in minutes on a
+CPU, which is what the demo and the tests need.
+
+The corpus is one long stationary chain cut into documents of `doc_length` tokens and written as
+a Megatron indexed dataset (`megatron.core.datasets.indexed_dataset`). Megatron's GPT dataset
+shuffles documents, so at a document boundary the next token comes from the stationary
+distribution instead of the chain; that happens once per `doc_length` tokens and is accounted
+for in `loss_floor`. No end-of-document token is written: the chain itself never emits the
+tokenizer's EOD id (`vocab_size - 1`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CORPUS_FORMAT = "timelyfreeze.corpus/1"
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class CorpusConfig:
+    """What determines the synthetic corpus; equal configs give byte-identical files."""
+
+    vocab_size: int = 128
+    """Token ids are 0 .. vocab_size - 2; vocab_size - 1 is the (unused) EOD id."""
+    successors: int = 4
+    """Non-zero transitions per state (the chain's sparsity); lower means a lower floor."""
+    concentration: float = 0.5
+    """Dirichlet concentration of each state's transition weights (lower = more peaked)."""
+    documents: int = 512
+    """Number of documents."""
+    doc_length: int = 2048
+    """Tokens per document."""
+    seed: int = 1234
+    """Seed of the chain and of the sampled text."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 3:
+            raise ValueError(f"corpus vocab_size must be >= 3, got {self.vocab_size}")
+        if not 1 <= self.successors <= self.vocab_size - 1:
+            raise ValueError(
+                f"corpus successors must lie in [1, {self.vocab_size - 1}], got {self.successors}"
+            )
+        if self.documents < 1 or self.doc_length < 2:
+            raise ValueError("corpus needs documents >= 1 and doc_length >= 2")
+
+    @property
+    def states(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def tokens(self) -> int:
+        return self.documents * self.doc_length
+
+    def fingerprint(self) -> str:
+        """Short hash naming the cache folder, so a changed config never reuses old files."""
+        text = json.dumps({"format": CORPUS_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class MarkovChain:
+    """A row-stochastic transition matrix and its stationary distribution."""
+
+    transition: np.ndarray  # (states, states), rows sum to 1
+    stationary: np.ndarray  # (states,)
+
+    @property
+    def entropy_rate(self) -> float:
+        """H = sum_s pi(s) * H(P[s, :]) in nats: the floor of the per-token cross-entropy."""
+        return float(self.stationary @ _row_entropies(self.transition))
+
+    @property
+    def stationary_entropy(self) -> float:
+        """H(pi) in nats: the entropy of a token right after a document boundary."""
+        return _entropy(self.stationary)
+
+
+def make_chain(cfg: CorpusConfig) -> MarkovChain:
+    """Draw the sparse chain: each state gets `successors` random next states, Dirichlet weights.
+
+    A self-loop-free random sparse graph can be periodic or reducible; adding the state's
+    successor s+1 (mod n) to every row makes the chain irreducible (it contains a Hamiltonian
+    cycle), and the random other successors make it aperiodic in practice. The stationary
+    distribution is computed by power iteration, checked to converge.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.states
+    transition = np.zeros((n, n), dtype=np.float64)
+    for s in range(n):
+        others = np.delete(np.arange(n), (s + 1) % n)
+        nxt = np.concatenate(
+            [[(s + 1) % n], rng.choice(others, size=cfg.successors - 1, replace=False)]
+        )
+        transition[s, nxt] = rng.dirichlet(np.full(cfg.successors, cfg.concentration))
+    # Dirichlet draws can underflow to exactly 0; keep every listed edge alive for irreducibility.
+    transition = np.where(transition > 0, transition, 0.0)
+    transition[np.arange(n), (np.arange(n) + 1) % n] += 1e-3
+    transition /= transition.sum(axis=1, keepdims=True)
+    return MarkovChain(transition=transition, stationary=_stationary(transition))
+
+
+def sample_tokens(chain: MarkovChain, cfg: CorpusConfig) -> np.ndarray:
+    """One stationary chain of `documents * doc_length` tokens, shape (documents, doc_length).
+
+    Each document is its own walker started from the stationary distribution, so every document
+    is a stationary segment of the chain; the walkers step together, which vectorises the loop.
+    """
+    rng = np.random.default_rng(cfg.seed + 1)
+    # Sparse view of the rows: (states, k) successor ids and their cumulative probabilities.
+    k = int((chain.transition > 0).sum(axis=1).max())
+    succ = np.argsort(-chain.transition, axis=1, kind="stable")[:, :k]
+    cdf = np.cumsum(np.take_along_axis(chain.transition, succ, axis=1), axis=1)
+    cdf[:, -1] = 1.0  # guard against rounding: every uniform draw must find a successor
+    out = np.empty((cfg.documents, cfg.doc_length), dtype=np.int64)
+    out[:, 0] = rng.choice(cfg.states, size=cfg.documents, p=chain.stationary)
+    for t in range(1, cfg.doc_length):
+        prev = out[:, t - 1]
+        col = (cdf[prev] < rng.random(cfg.documents)[:, None]).sum(axis=1)
+        out[:, t] = succ[prev, col]
+    return out
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class CorpusInfo:
+    """What the cache folder holds, written next to the data as `corpus.json`."""
+
+    path_prefix: str
+    """Megatron indexed-dataset prefix (`<prefix>.bin`, `<prefix>.idx`)."""
+    config: CorpusConfig
+    entropy_rate: float
+    """Nats per token of the chain."""
+    loss_floor: float
+    """Nats per predicted token of the best possible model on shuffled documents."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": CORPUS_FORMAT,
+            "path_prefix": self.path_prefix,
+            "config": asdict(self.config),
+            "entropy_rate": self.entropy_rate,
+            "loss_floor": self.loss_floor,
+        }
+
+
+def loss_floor(chain: MarkovChain, doc_length: int) -> float:
+    """Expected best cross-entropy per predicted token when documents are shuffled.
+
+    Of every `doc_length` next-token predictions about one crosses into a new document, where
+    the best guess given the previous token is no better than the stationary distribution;
+    this bound uses H(pi) there (the Bayes-optimal mixture is slightly better, so the true
+    floor lies between `entropy_rate` and this value, within H(pi) / doc_length).
+    """
+    h, h0 = chain.entropy_rate, chain.stationary_entropy
+    return ((doc_length - 1) * h + h0) / doc_length
+
+
+def default_cache_dir() -> Path:
+    """`$TIMELYFREEZE_CACHE`, else `$XDG_CACHE_HOME/timelyfreeze`, else `~/.cache/timelyfreeze`."""
+    if env := os.environ.get("TIMELYFREEZE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "timelyfreeze"
+
+
+def ensure_corpus(cfg: CorpusConfig, cache_dir: Path | None = None) -> CorpusInfo:
+    """Write the corpus under `cache_dir/corpus/<fingerprint>/` unless it is already there.
+
+    Safe to call from several processes at once: each writes into its own temporary folder and
+    renames it into place; the rename of a complete folder is atomic, and a loser of the race
+    finds the winner's identical files and discards its own.
+    """
+    root = (cache_dir or default_cache_dir()) / "corpus"
+    final = root / cfg.fingerprint()
+    meta = final / "corpus.json"
+    chain = make_chain(cfg)
+    info = CorpusInfo(
+        path_prefix=str(final / "text_document"),
+        config=cfg,
+        entropy_rate=chain.entropy_rate,
+        loss_floor=loss_floor(chain, cfg.doc_length),
+    )
+    if meta.exists():
+        return info
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        _write_indexed(sample_tokens(chain, cfg), str(tmp / "text_document"))
+        (tmp / "corpus.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not meta.exists():  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            _remove_tree(tmp)
+    return info
+
+
+def _write_indexed(docs: np.ndarray, prefix: str) -> None:
+    # Imported here: generating and checking the chain needs only numpy.
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    dtype = np.uint16 if docs.max() < 2**16 else np.int32
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
+    for doc in docs:
+        builder.add_document(torch.from_numpy(doc), lengths=[len(doc)])
+    builder.finalize(prefix + ".idx")
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def _entropy(p: np.ndarray) -> float:
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum())
+
+
+def _row_entropies(matrix: np.ndarray) -> np.ndarray:
+    safe = np.where(matrix > 0, matrix, 1.0)
+    return -(matrix * np.log(safe)).sum(axis=1)
+
+
+def _stationary(transition: np.ndarray, tol: float = 1e-13, max_iter: int = 100_000) -> np.ndarray:
+    n = transition.shape[0]
+    pi = np.full(n, 1.0 / n)
+    for _ in range(max_iter):
+        nxt = pi @ transition
+        if np.abs(nxt - pi).sum() < tol:
+            return nxt / nxt.sum()
+        pi = nxt
+    raise RuntimeError("stationary distribution did not converge (chain periodic?)")
