@@ -1,0 +1,197 @@
+"""`plan.json` (`timelyfreeze.plan/1`): the solver's freeze ratios and what it predicted.
+
+The runtime reads `ratios[rank][chunk][microbatch]`; everything else says where the plan
+came from (schedule, profile fingerprint, solver options) so a plan is never applied to a
+run it was not made for (`check_plan_matches`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from megatron_tf.errors import ConfigError, FormatError, ScheduleMismatchError
+from megatron_tf.schedule.spec import ScheduleSpec
+
+PLAN_FORMAT = "timelyfreeze.plan/1"
+
+Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlanSchedule(_Strict):
+    """The schedule the plan was solved for (the fields of `ScheduleSpec`)."""
+
+    kind: Literal["1f1b", "interleaved"]
+    pp: int = Field(ge=2)
+    vpp: int = Field(ge=1)
+    microbatches: int = Field(ge=1)
+    group_size: int = Field(ge=1)
+    overlap_p2p_comm: bool = False
+
+    @model_validator(mode="after")
+    def _megatron_accepts(self) -> PlanSchedule:
+        try:
+            self.to_spec()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def to_spec(self) -> ScheduleSpec:
+        return ScheduleSpec(**self.model_dump())
+
+    @classmethod
+    def from_spec(cls, spec: ScheduleSpec) -> PlanSchedule:
+        return cls(**spec.to_dict())
+
+
+class Predicted(_Strict):
+    """What the DAG model predicts for one iteration (seconds)."""
+
+    baseline_makespan: Seconds
+    makespan: Seconds
+    speedup: float = Field(gt=0.0, allow_inf_nan=False)
+    """baseline_makespan / makespan."""
+
+
+class SolverInfo(_Strict):
+    name: str
+    """`GLOP`."""
+    status: str
+    """`OPTIMAL` (anything else is never written)."""
+    seconds: Seconds
+    """Wall time of model building, both passes and reading back."""
+
+
+class Plan(_Strict):
+    """One `plan.json`."""
+
+    format: Literal["timelyfreeze.plan/1"] = PLAN_FORMAT
+    schedule: PlanSchedule
+    profile_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the profile the plan was solved on (formats/profile.py's fingerprint)."""
+    max_freeze_ratio: Ratio
+    tolerance: float = Field(ge=0.0, lt=1.0)
+    min_trained_microbatches: int = Field(ge=0)
+    comm_model: Literal["megatron", "dataflow"]
+    weighting: Literal["uniform", "params"] = "uniform"
+    ratios: list[list[list[Ratio]]]
+    """ratios[rank][chunk][microbatch]: freeze ratio of that backward, in [0, 1]."""
+    predicted: Predicted
+    solver: SolverInfo
+
+    @model_validator(mode="after")
+    def _ratio_shape(self) -> Plan:
+        s = self.schedule
+        if len(self.ratios) != s.pp:
+            raise ValueError(f"ratios has {len(self.ratios)} ranks, schedule.pp is {s.pp}")
+        for rank, chunks in enumerate(self.ratios):
+            if len(chunks) != s.vpp:
+                raise ValueError(
+                    f"ratios[{rank}] has {len(chunks)} chunks, schedule.vpp is {s.vpp}"
+                )
+            for chunk, values in enumerate(chunks):
+                if len(values) != s.microbatches:
+                    raise ValueError(
+                        f"ratios[{rank}][{chunk}] has {len(values)} microbatches, "
+                        f"schedule.microbatches is {s.microbatches}"
+                    )
+        return self
+
+    def schedule_spec(self) -> ScheduleSpec:
+        return self.schedule.to_spec()
+
+    def ratio(self, rank: int, chunk: int, microbatch: int) -> float:
+        return self.ratios[rank][chunk][microbatch]
+
+    def mean_freeze_ratio(self) -> float:
+        flat = [r for chunks in self.ratios for values in chunks for r in values]
+        return sum(flat) / len(flat)
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """Read and validate a plan; every problem is a one-line FormatError naming the field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FormatError(f"cannot read plan {p}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{p} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    return parse_plan(data, source=str(p))
+
+
+def parse_plan(data: Any, *, source: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise FormatError(f"{source}: expected a JSON object with format {PLAN_FORMAT!r}")
+    found = data.get("format")
+    if found != PLAN_FORMAT:
+        what = "has no 'format' field" if found is None else f"has format {found!r}"
+        raise FormatError(f"{source} {what}; expected {PLAN_FORMAT!r} (a plan from `solve`)")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        raise FormatError(f"{source}: {_describe(exc)}") from None
+
+
+def save_plan(plan: Plan, path: str | os.PathLike[str]) -> None:
+    """Write atomically: a temp file in the same folder, then `os.replace`."""
+    write_json_atomic(path, plan.model_dump(mode="json"))
+
+
+def check_plan_matches(plan: Plan, spec: ScheduleSpec) -> None:
+    """Refuse a plan made for another schedule (P2P overlap alone may differ: same order)."""
+    planned = plan.schedule_spec()
+    if not planned.same_compute_order(spec):
+        raise ScheduleMismatchError(
+            f"the plan was solved for {planned.describe()} but this run is "
+            f"{spec.describe()}; profile this run and solve again"
+        )
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Never leaves a half-written file at `path`: write a sibling temp file, then replace."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _describe(exc: ValidationError) -> str:
+    """All problems on one line: `field.path: message; ...` (at most a few, then a count)."""
+    parts = []
+    errors = exc.errors(include_url=False)
+    for err in errors[:4]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    if len(errors) > 4:
+        parts.append(f"and {len(errors) - 4} more")
+    return "; ".join(parts)
