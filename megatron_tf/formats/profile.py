@@ -1,0 +1,291 @@
+"""`profile.json` (`timelyfreeze.profile/1`): measured or synthetic stage costs of a schedule.
+
+Units are seconds. The loader reports every problem of a file in one `FormatError` line
+(field path and what is wrong), so a user fixes a hand-edited profile in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.schedule.spec import ScheduleSpec
+
+__all__ = [
+    "PROFILE_FORMAT",
+    "ScheduleModel",
+    "UnitCost",
+    "StageCost",
+    "MicrobatchCost",
+    "CommLink",
+    "MeasuredAction",
+    "Measured",
+    "Profile",
+    "load_profile",
+    "save_profile",
+    "parse_profile",
+    "profile_sha256",
+    "write_json_atomic",
+]
+
+PROFILE_FORMAT = "timelyfreeze.profile/1"
+
+Seconds = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ScheduleModel(_Strict):
+    """The schedule a profile or plan belongs to (the fields of `ScheduleSpec`)."""
+
+    kind: Literal["1f1b", "interleaved"]
+    pp: int = Field(ge=2)
+    vpp: int = Field(default=1, ge=1)
+    microbatches: int = Field(ge=1)
+    group_size: int = Field(default=0, ge=0)
+    """0 means Megatron's default, pp."""
+    overlap_p2p_comm: bool = False
+
+    def to_spec(self) -> ScheduleSpec:
+        """The validated spec; Megatron's rules apply (ConfigError names the rule)."""
+        return ScheduleSpec(**self.model_dump())
+
+    @classmethod
+    def from_spec(cls, spec: ScheduleSpec) -> ScheduleModel:
+        return cls(**spec.to_dict())
+
+
+class UnitCost(_Strict):
+    """A freezable tensor of a chunk and its share of the chunk's weight-gradient time."""
+
+    name: str
+    share: float = Field(ge=0, le=1)
+    params: int | None = Field(default=None, ge=0)
+
+
+class StageCost(_Strict):
+    """Costs of one (rank, chunk), per microbatch, in seconds."""
+
+    rank: int = Field(ge=0)
+    chunk: int = Field(ge=0)
+    forward: Seconds = Field(ge=0)
+    backward: Seconds = Field(ge=0)
+    """Full backward (input and weight gradients), nothing frozen."""
+    backward_frozen: Seconds = Field(ge=0)
+    """Backward with every freezable tensor of the chunk frozen (0 on the first virtual stage)."""
+    units: list[UnitCost] | None = None
+
+    @model_validator(mode="after")
+    def _frozen_not_slower(self) -> StageCost:
+        if self.backward_frozen > self.backward:
+            raise ValueError(
+                f"backward_frozen ({self.backward_frozen}) exceeds backward ({self.backward}) "
+                f"for rank {self.rank} chunk {self.chunk}"
+            )
+        return self
+
+
+class MicrobatchCost(_Strict):
+    """Override of one (rank, chunk, microbatch); fields left out keep the stage's value."""
+
+    rank: int = Field(ge=0)
+    chunk: int = Field(ge=0)
+    microbatch: int = Field(ge=0)
+    forward: Seconds | None = Field(default=None, ge=0)
+    backward: Seconds | None = Field(default=None, ge=0)
+    backward_frozen: Seconds | None = Field(default=None, ge=0)
+
+
+class CommLink(_Strict):
+    """Seconds per message sent by `rank`: activations go `forward`, gradients `backward`."""
+
+    rank: int = Field(ge=0)
+    direction: Literal["forward", "backward"]
+    seconds: Seconds = Field(ge=0)
+
+
+class MeasuredAction(_Strict):
+    """One action as a profiler saw it, times relative to the iteration start."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    rank: int = Field(ge=0)
+    kind: str
+    """"F", "B" or a P2P call name."""
+    chunk: int = -1
+    microbatch: int = -1
+    start: Seconds
+    end: Seconds | None = None
+
+
+class Measured(_Strict):
+    """What a real run recorded; open for extension by the measuring profiler."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    iteration_time: Seconds | None = Field(default=None, ge=0)
+    iteration_times: list[Seconds] | None = None
+    actions: list[MeasuredAction] | None = None
+
+
+class Profile(_Strict):
+    """A whole `profile.json`."""
+
+    format: Literal["timelyfreeze.profile/1"] = PROFILE_FORMAT
+    schedule: ScheduleModel
+    stages: list[StageCost]
+    microbatches: list[MicrobatchCost] | None = None
+    comm: Annotated[Seconds, Field(ge=0)] | list[CommLink] = 0.0
+    measured: Measured | None = None
+    linearity: dict[str, Any] | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        problems: list[str] = []
+        sched = self.schedule
+        want = {(r, c) for r in range(sched.pp) for c in range(sched.vpp)}
+        seen: dict[tuple[int, int], int] = {}
+        for i, st in enumerate(self.stages):
+            key = (st.rank, st.chunk)
+            if key not in want:
+                problems.append(
+                    f"stages[{i}]: (rank {st.rank}, chunk {st.chunk}) outside pp={sched.pp}, "
+                    f"vpp={sched.vpp}"
+                )
+            elif key in seen:
+                problems.append(f"stages[{i}]: duplicate (rank {st.rank}, chunk {st.chunk})")
+            seen[key] = i
+        missing = sorted(want - set(seen))
+        if missing:
+            shown = ", ".join(f"(rank {r}, chunk {c})" for r, c in missing[:6])
+            more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+            problems.append(f"stages: missing {shown}{more}")
+        for i, mb in enumerate(self.microbatches or []):
+            if (mb.rank, mb.chunk) not in want or mb.microbatch >= sched.microbatches:
+                problems.append(
+                    f"microbatches[{i}]: (rank {mb.rank}, chunk {mb.chunk}, microbatch "
+                    f"{mb.microbatch}) outside the schedule"
+                )
+        if isinstance(self.comm, list):
+            links = {(link.rank, link.direction) for link in self.comm}
+            gaps = [
+                f"(rank {r}, {d})"
+                for r in range(sched.pp)
+                for d in ("forward", "backward")
+                if (r, d) not in links
+            ]
+            if gaps:
+                problems.append(f"comm: missing {', '.join(gaps[:6])}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def spec(self) -> ScheduleSpec:
+        return self.schedule.to_spec()
+
+    def stage(self, rank: int, chunk: int) -> StageCost:
+        for st in self.stages:
+            if st.rank == rank and st.chunk == chunk:
+                return st
+        raise KeyError((rank, chunk))
+
+
+def _describe(exc: ValidationError) -> str:
+    """All pydantic errors in one line: `field.path: message; ...`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "finite_number":
+            msg = "must be a finite number (NaN or infinity found)"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_profile(data: object, source: str = "profile") -> Profile:
+    """Validate already-decoded JSON; FormatError lists every problem found."""
+    if not isinstance(data, dict):
+        raise FormatError(f"{source}: expected a JSON object, found {type(data).__name__}")
+    fmt = data.get("format")
+    if fmt != PROFILE_FORMAT:
+        raise FormatError(f"{source}: field 'format' must be {PROFILE_FORMAT!r}, found {fmt!r}")
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise FormatError(f"{source}: invalid profile: {_describe(exc)}") from None
+    try:
+        profile.schedule.to_spec()
+    except ConfigError as exc:
+        raise FormatError(f"{source}: schedule: {exc}") from None
+    return profile
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FormatError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    try:
+        # NaN in a JSON file is not JSON; reject it as such instead of letting it through.
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid number")
+
+
+def load_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read and validate a profile file."""
+    p = Path(path)
+    return parse_profile(_read_json(p, "profile"), source=str(p))
+
+
+def write_json_atomic(data: object, path: str | os.PathLike[str]) -> None:
+    """Write JSON to a temp file in the same folder, then rename: no half-written outputs."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _canonical(profile: Profile) -> dict[str, Any]:
+    return profile.model_dump(mode="json", exclude_none=True)
+
+
+def save_profile(profile: Profile, path: str | os.PathLike[str]) -> None:
+    """Write a profile atomically."""
+    write_json_atomic(_canonical(profile), path)
+
+
+def profile_sha256(profile_or_path: Profile | str | os.PathLike[str]) -> str:
+    """Fingerprint of a profile's content (canonical JSON), the same for a file and its model.
+
+    Formatting of the file does not matter; any change of a value does.
+    """
+    profile = (
+        profile_or_path if isinstance(profile_or_path, Profile) else load_profile(profile_or_path)
+    )
+    text = json.dumps(_canonical(profile), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
