@@ -1,0 +1,159 @@
+"""Pareto sweep: predicted throughput gain against mean freeze ratio, for several budgets.
+
+Each point solves the LP at one `max_freeze_ratio`. Next to it, the uniform baseline: every
+backward frozen at the plan's mean ratio, evaluated on the same DAG. The gap between the two
+is what critical-path placement buys; it is widest at small budgets, where users live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from megatron_tf.errors import ConfigError
+from megatron_tf.schedule.dag import Dag, NodeKind
+from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.timing import evaluate
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One budget of the sweep (seconds for times, ratios in [0, 1])."""
+
+    max_freeze_ratio: float
+    mean_freeze_ratio: float
+    """Mean over all backward actions of the LP plan."""
+    baseline_makespan: float
+    makespan: float
+    uniform_makespan: float
+    """Every backward frozen at `mean_freeze_ratio`."""
+    solve_seconds: float
+
+    @property
+    def gain(self) -> float:
+        """Predicted throughput gain of the plan: baseline / makespan - 1."""
+        return self.baseline_makespan / self.makespan - 1.0
+
+    @property
+    def uniform_gain(self) -> float:
+        return self.baseline_makespan / self.uniform_makespan - 1.0
+
+    @property
+    def leverage(self) -> float | None:
+        """gain / uniform gain (None where uniform gains nothing)."""
+        return self.gain / self.uniform_gain if self.uniform_gain > 1e-12 else None
+
+
+def parse_ratio_list(text: str) -> list[float]:
+    """`"0,0.05,0.1"` -> [0.0, 0.05, 0.1]; errors name `--sweep`."""
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(
+                f"--sweep expects comma-separated ratios in [0, 1], found {part!r}"
+            ) from None
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--sweep ratios must lie in [0, 1], found {value}")
+        values.append(value)
+    if not values:
+        raise ConfigError("--sweep needs at least one ratio")
+    return sorted(set(values))
+
+
+def uniform_ratios(dag: Dag, ratio: float) -> np.ndarray:
+    """Node ratios with every backward action at `ratio` (the comparison baseline)."""
+    ratios = np.zeros(len(dag.nodes))
+    backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
+    ratios[backward] = ratio
+    return ratios
+
+
+def uniform_makespan(dag: Dag, ratio: float) -> float:
+    return evaluate(dag, uniform_ratios(dag, ratio)).makespan
+
+
+def sweep(
+    dag: Dag,
+    max_ratios: Sequence[float],
+    base: SolverConfig,
+    *,
+    stage_weights: dict[tuple[int, int], float] | None = None,
+) -> list[SweepPoint]:
+    """Solve the LP at each `max_freeze_ratio` in `max_ratios` (other options from `base`)."""
+    points = []
+    for r_max in max_ratios:
+        config = dataclasses.replace(base, max_freeze_ratio=r_max)
+        result: LpResult = solve_lp(dag, config, stage_weights=stage_weights)
+        mean = result.mean_freeze_ratio
+        points.append(
+            SweepPoint(
+                max_freeze_ratio=r_max,
+                mean_freeze_ratio=mean,
+                baseline_makespan=result.baseline_makespan,
+                makespan=result.makespan,
+                uniform_makespan=uniform_makespan(dag, mean),
+                solve_seconds=result.seconds,
+            )
+        )
+    return points
+
+
+def plot_sweep(
+    points: Sequence[SweepPoint], dag: Dag, path: str | os.PathLike[str], *, title: str = ""
+) -> None:
+    """Gain (%) against mean freeze ratio: LP plans, and the uniform-freezing line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max([p.mean_freeze_ratio for p in points] + [0.05])
+    grid = np.linspace(0.0, top, 41)
+    baseline = points[0].baseline_makespan
+    uniform = [100 * (baseline / uniform_makespan(dag, r) - 1.0) for r in grid]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(grid, uniform, "--", color="0.45", label="uniform freezing (same mean ratio)")
+    xs = [p.mean_freeze_ratio for p in points]
+    ys = [100 * p.gain for p in points]
+    ax.plot(xs, ys, "o-", color="tab:blue", label="TimelyFreeze LP")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(
+            f"max {p.max_freeze_ratio:g}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(4, -11),
+            fontsize=7,
+            color="tab:blue",
+        )
+    ax.set_xlabel("mean freeze ratio (all backward actions)")
+    ax.set_ylabel("predicted throughput gain (%)")
+    ax.set_title(title or f"Pareto front: {dag.spec.describe()}, {dag.comm_model} comm model")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+
+
+def save_figure_atomic(fig: object, path: str | os.PathLike[str]) -> None:
+    """savefig to a sibling temp file, then rename, so a failed plot leaves no partial image."""
+    target = Path(path)
+    suffix = target.suffix or ".png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=suffix.lstrip("."))  # type: ignore[attr-defined]
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
