@@ -7,16 +7,15 @@ run it was not made for (`check_plan_matches`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from megatron_tf.errors import ConfigError, FormatError, ScheduleMismatchError
+from megatron_tf.formats.profile import write_json_atomic
 from megatron_tf.schedule.spec import ScheduleSpec
 
 PLAN_FORMAT = "timelyfreeze.plan/1"
@@ -148,7 +147,7 @@ def parse_plan(data: Any, *, source: str = "plan") -> Plan:
 
 def save_plan(plan: Plan, path: str | os.PathLike[str]) -> None:
     """Write atomically: a temp file in the same folder, then `os.replace`."""
-    write_json_atomic(path, plan.model_dump(mode="json"))
+    write_json_atomic(plan.model_dump(mode="json"), path)
 
 
 def check_plan_matches(plan: Plan, spec: ScheduleSpec) -> None:
@@ -159,29 +158,6 @@ def check_plan_matches(plan: Plan, spec: ScheduleSpec) -> None:
             f"the plan was solved for {planned.describe()} but this run is "
             f"{spec.describe()}; profile this run and solve again"
         )
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Never leaves a half-written file at `path`: write a sibling temp file, then replace."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _describe(exc: ValidationError) -> str:
