@@ -1,0 +1,188 @@
+"""Launch flags shared by the commands that start distributed jobs (`profile`, `pretrain`).
+
+A command declares the five options with the aliases below (they show up in their own "Launch"
+help panel), packs them into `LaunchOptions`, and ends with `launch_or_print(...)`:
+
+    def profile(..., nnodes: NnodesOption = 1, nproc_per_node: NprocPerNodeOption = None,
+                rdzv_endpoint: RdzvEndpointOption = None, launcher: LauncherOption = "local",
+                dry_run: DryRunOption = False) -> None:
+        options = LaunchOptions(nnodes=nnodes, nproc_per_node=nproc_per_node,
+                                rdzv_endpoint=rdzv_endpoint, launcher=launcher, dry_run=dry_run)
+        launch_or_print(options, "megatron_tf.profile.worker", worker_args,
+                        world_size=tp * pp * dp, env={"TIMELYFREEZE_...": ...})
+
+This module imports neither torch nor megatron, so `--help` and `--dry-run` stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import typer
+
+from megatron_tf.cli._app import err_console
+from megatron_tf.errors import LaunchError
+from megatron_tf.launch.slurm import read_slurm_env, slurm_launch
+from megatron_tf.launch.torchrun import TorchrunLaunch, format_dry_run, run
+
+__all__ = [
+    "DryRunOption",
+    "LaunchOptions",
+    "LauncherOption",
+    "NnodesOption",
+    "NprocPerNodeOption",
+    "RdzvEndpointOption",
+    "launch_or_print",
+]
+
+Launcher = Literal["local", "slurm"]
+
+_PANEL = "Launch"
+
+NnodesOption = Annotated[
+    int,
+    typer.Option(
+        "--nnodes",
+        min=1,
+        help="Nodes taking part; each node runs this same command. Above 1 it needs "
+        "--rdzv-endpoint (or --launcher slurm, which fills in both).",
+        rich_help_panel=_PANEL,
+    ),
+]
+NprocPerNodeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc-per-node",
+        min=1,
+        help="Worker processes per node (one per GPU). Default: the job's world size / "
+        "nodes; for a Megatron-LM script, 1 or SLURM_GPUS_ON_NODE under --launcher slurm.",
+        rich_help_panel=_PANEL,
+    ),
+]
+RdzvEndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="c10d rendezvous every node can reach (usually the first node). Without it a "
+        "one-node job uses torchrun --standalone.",
+        rich_help_panel=_PANEL,
+    ),
+]
+LauncherOption = Annotated[
+    Launcher,
+    typer.Option(
+        "--launcher",
+        help="local: this machine, or the nodes you name with --nnodes/--rdzv-endpoint. slurm: "
+        "read nodes, node rank and rendezvous host from the Slurm job (one srun task per node).",
+        rich_help_panel=_PANEL,
+    ),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the environment and the exact torchrun command, then exit without running.",
+        rich_help_panel=_PANEL,
+    ),
+]
+
+
+@dataclass(kw_only=True, slots=True)
+class LaunchOptions:
+    """The launch flags as given on the command line."""
+
+    nnodes: int = 1
+    """--nnodes; under Slurm it must be left at 1 or equal the job's node count."""
+    nproc_per_node: int | None = None
+    """--nproc-per-node; None: derived from the world size or from Slurm."""
+    rdzv_endpoint: str | None = None
+    """--rdzv-endpoint HOST:PORT; None: standalone (local) or the first node (Slurm)."""
+    launcher: Launcher = "local"
+    """--launcher: `local` or `slurm`."""
+    dry_run: bool = False
+    """--dry-run: print the command instead of running it."""
+
+    def build(
+        self,
+        *,
+        world_size: int | None = None,
+        env: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> TorchrunLaunch:
+        """The torchrun launch these flags describe.
+
+        Args:
+            world_size: processes the job needs (tp * pp * dp) when the command knows it; it
+                sets the default --nproc-per-node and is checked against nnodes * nproc.
+            env: variables the workers need (TimelyFreeze settings travel this way).
+            environ: where Slurm variables are read (default: this process's environment).
+        """
+        if self.launcher == "slurm":
+            slurm = read_slurm_env(environ)
+            if self.nnodes not in (1, slurm.nnodes):
+                raise LaunchError(
+                    f"--nnodes {self.nnodes} disagrees with the Slurm job's "
+                    f"SLURM_JOB_NUM_NODES={slurm.nnodes}: leave --nnodes out under --launcher slurm"
+                )
+            nproc = self.nproc_per_node
+            if nproc is None and world_size is not None:
+                nproc = _per_node(world_size, slurm.nnodes)
+            launch = slurm_launch(
+                slurm, nproc_per_node=nproc, rdzv_endpoint=self.rdzv_endpoint, env=env
+            )
+        else:
+            nproc = self.nproc_per_node
+            if nproc is None:
+                nproc = _per_node(world_size, self.nnodes) if world_size is not None else 1
+            launch = TorchrunLaunch(
+                nnodes=self.nnodes,
+                nproc_per_node=nproc,
+                rdzv_endpoint=self.rdzv_endpoint,
+                env=dict(env or {}),
+            )
+        if world_size is not None and launch.world_size != world_size:
+            raise LaunchError(
+                f"the job needs {world_size} processes but --nnodes {launch.nnodes} x "
+                f"--nproc-per-node {launch.nproc_per_node} gives {launch.world_size}"
+            )
+        return launch
+
+
+def launch_or_print(
+    options: LaunchOptions,
+    entry_module: str,
+    args: Sequence[str] = (),
+    *,
+    world_size: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run the job under torchrun, or print it under --dry-run; a failed job exits with code 1.
+
+    Raises LaunchError (exit 2 through `@user_errors`) for flags that cannot describe a job.
+    """
+    launch = options.build(world_size=world_size, env=env)
+    if options.dry_run:
+        # Plain echo, not rich: the text must survive copy and paste unwrapped.
+        typer.echo(format_dry_run(launch, entry_module, args))
+        return
+    code = run(launch, entry_module, args)
+    if code != 0:
+        err_console.print(
+            f"[bold red]error:[/] the job failed (torchrun exit code {code}); "
+            "the failing rank's error is printed above",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+
+
+def _per_node(world_size: int, nnodes: int) -> int:
+    if world_size % nnodes:
+        raise LaunchError(
+            f"the job needs {world_size} processes, which --nnodes {nnodes} does not divide: "
+            "pass --nproc-per-node"
+        )
+    return world_size // nnodes
