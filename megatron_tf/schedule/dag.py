@@ -11,9 +11,13 @@ the simulator's makespan for that plan can only differ by solver tolerance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from megatron_tf.errors import ConfigError
+from megatron_tf.schedule.costs import CostModel
+from megatron_tf.schedule.order import Compute, Message, Op, P2PCall, Wait, rank_programs
 from megatron_tf.schedule.spec import ScheduleSpec
 
 
@@ -80,3 +84,173 @@ class Dag:
             for i, n in enumerate(self.nodes)
             if n.kind is NodeKind.BACKWARD
         }
+
+    def topological_sort(self) -> None:
+        """Fill `order` (Kahn's algorithm); a cycle means the model deadlocks, a bug."""
+        n = len(self.nodes)
+        indeg = [len(p) for p in self.preds]
+        succs: list[list[int]] = [[] for _ in range(n)]
+        for i, ps in enumerate(self.preds):
+            for p in ps:
+                succs[p].append(i)
+        ready = [i for i in range(n) if indeg[i] == 0]
+        ready.reverse()
+        order: list[int] = []
+        while ready:
+            i = ready.pop()
+            order.append(i)
+            for s in succs[i]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    ready.append(s)
+        if len(order) != n:
+            raise AssertionError(f"the DAG of {self.spec.describe()} has a cycle (deadlock)")
+        self.order = order
+
+
+def build_dag(spec: ScheduleSpec, costs: CostModel, comm_model: CommModel = "megatron") -> Dag:
+    """The DAG of one iteration of `spec` with durations from `costs`.
+
+    `megatron`: each rank runs its exact program (schedule/order.py). A blocking P2P call is one
+    node that starts once its own rank reached it and every peer it exchanges a message with
+    has posted the matching call (the node before that call on the peer), and lasts the longest
+    of its messages. A non-blocking call (overlap_p2p_comm) only posts; its message is one
+    in-flight node (or, if the peer's side blocks, that blocking node) which the rank's later
+    `wait()` depends on.
+
+    `dataflow`: compute nodes in each rank's program order, plus one node per message between
+    producer and consumer; no rendezvous. This is what the textbook closed forms describe.
+    """
+    if comm_model not in COMM_MODELS:
+        raise ConfigError(
+            f"--comm-model must be one of {', '.join(COMM_MODELS)}, got {comm_model!r}"
+        )
+    programs = rank_programs(spec)
+    dag = Dag(spec=spec, comm_model=comm_model)
+    dag.rank_program = [[] for _ in range(spec.pp)]
+    compute_id: dict[tuple[str, int, int, int], int] = {}
+
+    def add_compute(rank: int, op: Compute) -> int:
+        c, m = op.chunk, op.microbatch
+        if op.kind == "F":
+            i = dag.add(Node(NodeKind.FORWARD, rank, c, m), costs.forward[rank][c][m])
+        else:
+            full = costs.backward[rank][c][m]
+            frozen = costs.backward_frozen[rank][c][m]
+            i = dag.add(Node(NodeKind.BACKWARD, rank, c, m), full, max(full - frozen, 0.0))
+        compute_id[(op.kind, rank, c, m)] = i
+        return i
+
+    if comm_model == "dataflow":
+        for rank, ops in enumerate(programs):
+            prev = -1
+            for op in ops:
+                if isinstance(op, Compute):
+                    i = add_compute(rank, op)
+                    if prev >= 0:
+                        dag.preds[i].append(prev)
+                    dag.rank_program[rank].append(i)
+                    prev = i
+        _add_dataflow_messages(dag, costs, compute_id)
+    else:
+        _build_megatron(dag, programs, costs, add_compute)
+    dag.topological_sort()
+    return dag
+
+
+def _add_dataflow_messages(
+    dag: Dag, costs: CostModel, compute_id: dict[tuple[str, int, int, int], int]
+) -> None:
+    """F(v, m) -> message -> F(v+1, m) and B(v, m) -> message -> B(v-1, m)."""
+    spec = dag.spec
+    pp, stages = spec.pp, spec.stages
+    for v in range(stages):
+        rank, chunk = v % pp, v // pp
+        for m in range(spec.microbatches):
+            if v + 1 < stages:
+                dst = (v + 1) % pp
+                src_node = compute_id[("F", rank, chunk, m)]
+                dst_node = compute_id[("F", dst, (v + 1) // pp, m)]
+                label = f"act[v={v},m={m}:{rank}->{dst}]"
+                msg = dag.add(
+                    Node(NodeKind.P2P, rank, label=label), costs.message_time("act", rank)
+                )
+                dag.preds[msg].append(src_node)
+                dag.preds[dst_node].append(msg)
+            if v > 0:
+                dst = (v - 1) % pp
+                src_node = compute_id[("B", rank, chunk, m)]
+                dst_node = compute_id[("B", dst, (v - 1) // pp, m)]
+                label = f"grad[v={v},m={m}:{rank}->{dst}]"
+                msg = dag.add(
+                    Node(NodeKind.P2P, rank, label=label), costs.message_time("grad", rank)
+                )
+                dag.preds[msg].append(src_node)
+                dag.preds[dst_node].append(msg)
+
+
+def _build_megatron(
+    dag: Dag,
+    programs: list[list[Op]],
+    costs: CostModel,
+    add_compute: Callable[[int, Compute], int],
+) -> None:
+    # Pass 1: program nodes of every rank, program-order edges, and for every message the
+    # "posted" point (the node before the call; -1 at the start) and the blocking node of each
+    # side. Pass 2 adds the rendezvous edges and the in-flight nodes of non-blocking messages.
+    posted: dict[tuple[str, int, int, int], list[int]] = {}
+    blocking_node: dict[tuple[str, int, int, int], list[int]] = {}
+    waits: list[tuple[int, int, Message]] = []  # (rank, position in rank program, message)
+    call_nodes: list[tuple[int, P2PCall, int]] = []
+    for rank, ops in enumerate(programs):
+        prev = -1
+        pending_waits: list[Message] = []
+        for index, op in enumerate(ops):
+            if isinstance(op, Wait):
+                pending_waits.append(op.message)
+                continue
+            if isinstance(op, P2PCall):
+                for msg in op.messages:
+                    posted.setdefault(msg.key, []).append(prev)
+                if not op.blocking:
+                    continue
+                duration = max(costs.message_time(m.kind, m.src) for m in op.messages)
+                i = dag.add(Node(NodeKind.P2P, rank, label=f"#{index}:{op.name}"), duration)
+                for msg in op.messages:
+                    blocking_node.setdefault(msg.key, []).append(i)
+                call_nodes.append((rank, op, i))
+            else:
+                i = add_compute(rank, op)
+            if prev >= 0:
+                dag.preds[i].append(prev)
+            for msg in pending_waits:
+                waits.append((rank, i, msg))
+            pending_waits = []
+            dag.rank_program[rank].append(i)
+            prev = i
+        for msg in pending_waits:  # waits after the last node: they only end the iteration
+            waits.append((rank, -1, msg))
+
+    # Rendezvous: a blocking call also waits until each peer posted its side of each message.
+    for _rank, op, i in call_nodes:
+        for msg in op.messages:
+            for p in posted[msg.key]:
+                if p >= 0 and p not in dag.preds[i] and p != i:
+                    dag.preds[i].append(p)
+
+    # Completion of each message that some rank waits on.
+    done: dict[tuple[str, int, int, int], int] = {}
+    for _rank, i, msg in waits:
+        if msg.key not in done:
+            blockers = blocking_node.get(msg.key)
+            if blockers:
+                done[msg.key] = blockers[0]
+            else:
+                label = f"msg:{msg.name}"
+                j = dag.add(
+                    Node(NodeKind.P2P, msg.src, label=label), costs.message_time(msg.kind, msg.src)
+                )
+                dag.preds[j].extend(p for p in posted[msg.key] if p >= 0)
+                done[msg.key] = j
+        if i >= 0 and done[msg.key] not in dag.preds[i]:
+            dag.preds[i].append(done[msg.key])
