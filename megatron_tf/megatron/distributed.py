@@ -1,0 +1,91 @@
+"""Process-group set-up for workers launched by torchrun: gloo on CPU, nccl on GPU.
+
+`init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), turns on the CPU compatibility layer when there is no GPU, builds Megatron's
+parallel groups and seeds every RNG Megatron uses, so that any worker (profile, pretrain, the
+tests) starts the same way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+
+import torch
+import torch.distributed as dist
+
+from megatron_tf.errors import LaunchError
+from megatron_tf.megatron.compat import enable_cpu_compat
+from megatron_tf.train.config import ParallelConfig
+
+__all__ = ["destroy_distributed", "init_distributed"]
+
+
+def init_distributed(
+    parallel: ParallelConfig, *, seed: int = 1234, timeout_minutes: int = 10
+) -> None:
+    """Initialise torch.distributed and Megatron's model-parallel groups for `parallel`.
+
+    Raises LaunchError when the process was not started by torchrun, or when the world size
+    does not equal tp * pp * dp.
+    """
+    missing = [
+        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+    ]
+    if missing and not dist.is_initialized():
+        raise LaunchError(
+            f"not started by torchrun: environment variable(s) {', '.join(missing)} missing"
+        )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size != parallel.world_size:
+        raise LaunchError(
+            f"the job has {world_size} processes but --tp {parallel.tp} x --pp {parallel.pp} x "
+            f"--dp {parallel.dp} = {parallel.world_size}"
+        )
+    # One intra-op thread per rank: ranks share the CPU, and oversubscription makes timings noisy.
+    torch.set_num_threads(1)
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        enable_cpu_compat()
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if on_gpu else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    seed_everything(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch (CPU and, lazily, CUDA) with the same value on every rank."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is a dependency; this only keeps odd environments working
+        pass
+
+
+def destroy_distributed() -> None:
+    """Tear down Megatron's groups and the default process group (safe to call twice)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

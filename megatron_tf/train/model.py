@@ -1,0 +1,146 @@
+"""Build the model chunks of this pipeline rank: one Megatron-Core GPTModel per virtual stage.
+
+Call after `megatron_tf.megatron.distributed.init_distributed`. The layer spec is Megatron's
+local spec on CPU (and whenever TransformerEngine is missing) and the TransformerEngine spec on
+GPU when it is installed. Dropout is off: the freeze runtime's tests compare gradients exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+
+__all__ = ["build_model_chunks", "transformer_config", "use_transformer_engine"]
+
+
+def use_transformer_engine() -> bool:
+    """TE layers only on GPU with transformer-engine importable."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides: Any):
+    """Megatron's TransformerConfig for this model and layout; `overrides` win over defaults."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    on_cpu = not torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        ffn_hidden_size=model.ffn_hidden_size,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+        pipeline_dtype=torch.float32,
+        params_dtype=torch.float32,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        # CPU: the fused kernels and CUDA initialisation are unavailable (MEGATRON_NOTES.md).
+        use_cpu_initialization=on_cpu,
+        gradient_accumulation_fusion=False,
+        masked_softmax_fusion=not on_cpu,
+        bias_dropout_fusion=not on_cpu,
+        bias_activation_fusion=not on_cpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=not on_cpu,
+        # The schedules' P2P settings. pp 2 with a virtual pipeline needs overlap_p2p_comm
+        # (ParallelConfig enforces it), which in turn forbids batched P2P.
+        overlap_p2p_comm=parallel.overlap_p2p_comm,
+        batch_p2p_comm=not parallel.overlap_p2p_comm,
+        microbatch_group_size_per_vp_stage=(
+            (parallel.group_size or parallel.pp) if parallel.vpp > 1 else None
+        ),
+    )
+    if model.recompute == "full":
+        kwargs.update(
+            recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1
+        )
+    elif model.recompute == "selective":
+        kwargs.update(recompute_granularity="selective")
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_model_chunks(
+    model_cfg: ModelConfig,
+    parallel_cfg: ParallelConfig,
+    *,
+    wrap_ddp: bool,
+    ddp_config: Any = None,
+    config: Any = None,
+) -> list[torch.nn.Module]:
+    """The GPTModel chunks of this rank, in Megatron's order (chunk c = virtual stage c*pp+rank).
+
+    With `wrap_ddp`, each chunk is wrapped in Megatron's DistributedDataParallel (bucketing only
+    on the first chunk, as megatron/training/training.py does). `config` overrides the
+    TransformerConfig built from the two configs.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    parallel_cfg.check_model(model_cfg)
+    config = config if config is not None else transformer_config(model_cfg, parallel_cfg)
+    spec = _layer_spec()
+    vpp = parallel_cfg.vpp
+    chunks: list[torch.nn.Module] = []
+    for chunk in range(vpp):
+        vp_stage = chunk if vpp > 1 else None
+        # Seed per chunk so chunk weights do not depend on how many chunks were built before.
+        torch.manual_seed(
+            model_cfg.seed + 1000 * parallel_state.get_pipeline_model_parallel_rank() + chunk
+        )
+        module = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=model_cfg.vocab_size,
+            max_sequence_length=model_cfg.seq_length,
+            pre_process=parallel_state.is_pipeline_first_stage(
+                ignore_virtual=False, vp_stage=vp_stage
+            ),
+            post_process=parallel_state.is_pipeline_last_stage(
+                ignore_virtual=False, vp_stage=vp_stage
+            ),
+            share_embeddings_and_output_weights=model_cfg.tie_embeddings,
+            vp_stage=vp_stage,
+        )
+        if torch.cuda.is_available():
+            module = module.cuda(torch.cuda.current_device())
+        chunks.append(module)
+    if wrap_ddp:
+        chunks = _wrap_ddp(chunks, config, ddp_config)
+    return chunks
+
+
+def _layer_spec():
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if use_transformer_engine():
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec()
+
+
+def _wrap_ddp(chunks: list[torch.nn.Module], config: Any, ddp_config: Any) -> list[torch.nn.Module]:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    if ddp_config is None:
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=False
+        )
+    return [
+        DistributedDataParallel(
+            config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=index > 0
+        )
+        for index, chunk in enumerate(chunks)
+    ]
