@@ -55,6 +55,8 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         # The schedules' P2P settings. pp 2 with a virtual pipeline needs overlap_p2p_comm
         # (ParallelConfig enforces it), which in turn forbids batched P2P.
         overlap_p2p_comm=parallel.overlap_p2p_comm,
+        # As Megatron-LM's arguments set it; the schedule model (schedule/order.py) assumes it.
+        deallocate_pipeline_outputs=True,
         batch_p2p_comm=not parallel.overlap_p2p_comm,
         microbatch_group_size_per_vp_stage=(
             (parallel.group_size or parallel.pp) if parallel.vpp > 1 else None
