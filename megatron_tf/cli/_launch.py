@@ -16,6 +16,7 @@ This module imports neither torch nor megatron, so `--help` and `--dry-run` stay
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -26,6 +27,7 @@ from megatron_tf.cli._app import err_console
 from megatron_tf.errors import LaunchError
 from megatron_tf.launch.slurm import read_slurm_env, slurm_launch
 from megatron_tf.launch.torchrun import TorchrunLaunch, format_dry_run, run
+from megatron_tf.launch.worker_errors import ERROR_DIR_ENV, WorkerUserError, first_worker_error
 
 __all__ = [
     "DryRunOption",
@@ -161,14 +163,22 @@ def launch_or_print(
 ) -> None:
     """Run the job under torchrun, or print it under --dry-run; a failed job exits with code 1.
 
-    Raises LaunchError (exit 2 through `@user_errors`) for flags that cannot describe a job.
+    Raises LaunchError (exit 2 through `@user_errors`) for flags that cannot describe a job, and
+    WorkerUserError when a worker refused to run for a reason the user can fix (see
+    `megatron_tf.launch.worker_errors`).
     """
     launch = options.build(world_size=world_size, env=env)
     if options.dry_run:
         # Plain echo, not rich: the text must survive copy and paste unwrapped.
         typer.echo(format_dry_run(launch, entry_module, args))
         return
-    code = run(launch, entry_module, args)
+    with tempfile.TemporaryDirectory(prefix="timelyfreeze-errors-") as notes:
+        launch.env[ERROR_DIR_ENV] = notes
+        code = run(launch, entry_module, args)
+        worker_error = first_worker_error(notes) if code != 0 else None
+    if worker_error is not None:
+        # A rank refused to run (bad plan, mismatched layout): a user error, exit 2.
+        raise WorkerUserError(worker_error)
     if code != 0:
         err_console.print(
             f"[bold red]error:[/] the job failed (torchrun exit code {code}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -22,6 +23,7 @@ from megatron_tf.cli._launch import (
     RdzvEndpointOption,
     launch_or_print,
 )
+from megatron_tf.launch.worker_errors import ERROR_DIR_ENV
 
 app = typer.Typer()
 
@@ -161,7 +163,8 @@ def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
     [(launch, entry, args)] = calls
     assert (launch.nnodes, launch.nproc_per_node, launch.is_standalone) == (1, 4, True)
-    assert launch.env == {"TIMELYFREEZE_PLAN": "/plans/plan 1.json"}
+    assert launch.env["TIMELYFREEZE_PLAN"] == "/plans/plan 1.json"
+    assert set(launch.env) == {"TIMELYFREEZE_PLAN", ERROR_DIR_ENV}
     assert (entry, args) == ("megatron_tf.fake.worker", ["--world", "4"])
 
 
@@ -170,3 +173,16 @@ def test_a_failed_job_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke([])
     assert result.exit_code == 1
     assert "the job failed (torchrun exit code 1)" in result.output
+
+
+def test_a_worker_user_error_exits_2_with_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_run(launch, entry_module, args):
+        folder = Path(launch.env[ERROR_DIR_ENV])
+        (folder / "rank3.txt").write_text("the plan was solved for 1f1b pp=4 M=8\n")
+        (folder / "rank1.txt").write_text("the plan was solved for 1f1b pp=2 M=8\n")
+        return 1
+
+    monkeypatch.setattr(_launch, "run", fake_run)
+    result = invoke([])
+    assert result.exit_code == 2
+    assert result.output == "error: the plan was solved for 1f1b pp=2 M=8\n"  # lowest rank
