@@ -1,0 +1,140 @@
+"""Settings of a training run (`timelyfreeze pretrain`): schedule of the loop, optimizer, freezing.
+
+The model and the parallel layout live in `config.py` (shared with `profile`); the data source in
+`data.py`. Everything here is plain and torch-free, validated in `__post_init__` with messages
+naming the CLI flag, so `pretrain` rejects bad flags before any process starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from megatron_tf.errors import ConfigError
+
+LR_DECAY_STYLES: tuple[str, ...] = ("constant", "linear", "cosine", "inverse-square-root")
+
+
+@dataclass(kw_only=True, slots=True)
+class FreezeOptions:
+    """How the freeze runtime is fed (`--plan`, `--no-freeze`, `--max-freeze-ratio`, ...)."""
+
+    plan: str | None = None
+    """Path of a plan.json, `auto` (profile and solve in-job after the freeze warm-up), or None."""
+    max_freeze_ratio: float = 0.5
+    """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1]."""
+    warmup_iters: int = 0
+    """Iterations without freezing at the start (typically the LR warm-up)."""
+    ramp_iters: int = 0
+    """Iterations over which the plan's ratios are scaled from 0 to 1 after the warm-up."""
+    rescale: str = "mean"
+    """Gradient of a unit = mean over the microbatches it trained on (`mean`) or raw (`none`)."""
+    profile_iters: int = 3
+    """Measured iterations per phase of the in-job profile (`--plan auto`, re-planning)."""
+    drift_threshold: float = 0.0
+    """Re-profile when |measured / predicted - 1| exceeds this for `drift_patience` iterations;
+    0 turns drift re-profiling off (the default)."""
+    drift_patience: int = 5
+    """Consecutive drifting iterations that trigger a re-profile."""
+    seed: int = 1234
+    """Seed of the runtime's choice of frozen tensors."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_freeze_ratio <= 1.0:
+            raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {self.max_freeze_ratio}")
+        for flag, value in (
+            ("--freeze-warmup-iters", self.warmup_iters),
+            ("--freeze-ramp-iters", self.ramp_iters),
+        ):
+            if value < 0:
+                raise ConfigError(f"{flag} must be >= 0, got {value}")
+        if self.rescale not in ("mean", "none"):
+            raise ConfigError(f"--freeze-rescale must be `mean` or `none`, got {self.rescale!r}")
+        if self.profile_iters < 1:
+            raise ConfigError(f"--profile-iters must be >= 1, got {self.profile_iters}")
+        if self.drift_threshold < 0:
+            raise ConfigError(f"--drift-threshold must be >= 0, got {self.drift_threshold}")
+        if self.drift_patience < 1:
+            raise ConfigError(f"--drift-patience must be >= 1, got {self.drift_patience}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def auto(self) -> bool:
+        return self.plan == "auto"
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """The training loop: length, optimizer, LR schedule, logging, checkpoints."""
+
+    iters: int = 100
+    """Training iterations (optimizer steps)."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 3e-4
+    """Learning rate at the end of the decay."""
+    lr_warmup_iters: int = 10
+    """Linear LR warm-up, in iterations."""
+    lr_decay_style: str = "cosine"
+    """`constant`, `linear`, `cosine` or `inverse-square-root` (Megatron's scheduler)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 turns clipping off."""
+    log_interval: int = 10
+    """Iterations between console lines (every iteration goes to the JSONL file)."""
+    out_dir: str = "runs/pretrain"
+    """Where metrics.jsonl, TensorBoard events and (by default) checkpoints go."""
+    save: str | None = None
+    """Checkpoint folder to write (`--save`); None: no checkpoints."""
+    save_interval: int = 0
+    """Iterations between checkpoints; 0: only at the end (when `save` is set)."""
+    load: str | None = None
+    """Checkpoint folder to resume from (`--load`); its latest complete checkpoint is used."""
+    exit_after_iters: int = 0
+    """Stop after this many iterations of this run (for tests of interruption); 0: run to the end."""
+    tensorboard: bool = True
+    """Write TensorBoard events when `torch.utils.tensorboard` works."""
+    freeze: FreezeOptions = field(default_factory=FreezeOptions)
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise ConfigError(f"--iters must be >= 1, got {self.iters}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(
+                f"learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0, "
+                f"got --lr {self.lr} --min-lr {self.min_lr}"
+            )
+        if not 0 <= self.lr_warmup_iters < self.iters:
+            # Megatron's OptimizerParamScheduler asserts warm-up steps < decay steps.
+            raise ConfigError(
+                f"--lr-warmup-iters must lie in [0, --iters {self.iters}), "
+                f"got {self.lr_warmup_iters}"
+            )
+        if self.lr_decay_style not in LR_DECAY_STYLES:
+            raise ConfigError(
+                f"--lr-decay-style must be one of {', '.join(LR_DECAY_STYLES)}, "
+                f"got {self.lr_decay_style!r}"
+            )
+        if self.clip_grad < 0:
+            raise ConfigError(f"--clip-grad must be >= 0, got {self.clip_grad}")
+        if self.log_interval < 1:
+            raise ConfigError(f"--log-interval must be >= 1, got {self.log_interval}")
+        if self.save_interval < 0:
+            raise ConfigError(f"--save-interval must be >= 0, got {self.save_interval}")
+        if self.exit_after_iters < 0:
+            raise ConfigError(f"--exit-after-iters must be >= 0, got {self.exit_after_iters}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["freeze"] = FreezeOptions(**data.get("freeze", {}))
+        return cls(**data)

@@ -1,0 +1,540 @@
+"""The training loop on megatron.core, with the freeze runtime installed when a plan is given.
+
+Shape follows torchtitan's trainer: `Trainer(job)` builds everything, `train()` is the loop,
+`train_step()` one optimizer step, `state_dict()` what a checkpoint holds, `close()` tears down.
+
+Components (all Megatron-Core): GPTModel chunks from `train/model.py`, Megatron's
+DistributedDataParallel, Megatron's optimizer (`get_megatron_optimizer`: Adam with a
+distributed optimizer on GPU; on CPU Megatron's FP32 optimizer wrapping torch's AdamW, made to
+run there by `megatron/compat.py`), `OptimizerParamScheduler` (warm-up then decay), gradient
+clipping inside the optimizer, bf16 on GPU (Float16Module), and the pipeline schedule from
+`get_forward_backward_func()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_tf.errors import ConfigError
+from megatron_tf.train import checkpoint as ckpt
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.train.data import (
+    BatchPlan,
+    DataConfig,
+    PreparedData,
+    build_train_dataset,
+    iteration_iterators,
+)
+from megatron_tf.train.metrics import MetricsLogger, StepMetrics
+from megatron_tf.train.plan_source import PlanSource, load_plan_source
+from megatron_tf.train.train_config import TrainConfig
+
+__all__ = ["Job", "Trainer"]
+
+
+@dataclass(kw_only=True, slots=True)
+class Job:
+    """Everything a worker needs; written by `pretrain` as job.json, read by `train/main.py`."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    train: TrainConfig
+    prepared: PreparedData
+
+    def to_dict(self) -> dict[str, Any]:
+        corpus = self.prepared.corpus
+        return {
+            "model": self.model.to_dict(),
+            "parallel": self.parallel.to_dict(),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+            "prepared": {
+                "prefix": self.prepared.prefix,
+                "corpus": None if corpus is None else corpus.to_dict(),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
+
+        corpus = data["prepared"].get("corpus")
+        info = None
+        if corpus is not None:
+            info = CorpusInfo(
+                path_prefix=corpus["path_prefix"],
+                config=CorpusConfig(**corpus["config"]),
+                entropy_rate=corpus["entropy_rate"],
+                loss_floor=corpus["loss_floor"],
+            )
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            parallel=ParallelConfig.from_dict(data["parallel"]),
+            data=DataConfig.from_dict(data["data"]),
+            train=TrainConfig.from_dict(data["train"]),
+            prepared=PreparedData(prefix=data["prepared"]["prefix"], corpus=info),
+        )
+
+
+class Trainer:
+    """One rank of a pipeline-parallel GPT pretraining job."""
+
+    def __init__(self, job: Job) -> None:
+        from megatron.core import parallel_state as ps
+
+        from megatron_tf.megatron.distributed import init_distributed
+
+        self.job = job
+        self.cfg = job.train
+        init_distributed(job.parallel, seed=job.model.seed)
+        self.rank = dist.get_rank()
+        self.pp_rank = ps.get_pipeline_model_parallel_rank()
+        self.spec = job.parallel.schedule_spec()
+        self.chunks, self.tconfig = _build_model(job.model, job.parallel)
+        self.optimizer = _build_optimizer(self.cfg, self.chunks)
+        self.scheduler = _build_scheduler(self.cfg, self.optimizer)
+        self.batches = BatchPlan(
+            micro_batch_size=job.model.micro_batch_size,
+            microbatches=job.parallel.microbatches,
+            dp_rank=ps.get_data_parallel_rank(),
+            dp_size=ps.get_data_parallel_world_size(),
+        )
+        self.tokens_per_iteration = self.batches.samples_per_iteration * job.model.seq_length
+        self.dataset = build_train_dataset(
+            job.data, job.prepared, job.model, self.cfg.iters * self.batches.samples_per_iteration
+        )
+        self.iteration = 0  # optimizer steps done
+        self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
+        self.plan: PlanSource | None = None
+        self.freezer: Any = None
+        self.drift_count = 0
+        self.replans = 0
+        self.metrics = MetricsLogger(
+            self.cfg.out_dir,
+            enabled=self.rank == 0,
+            log_interval=self.cfg.log_interval,
+            tensorboard=self.cfg.tensorboard,
+        )
+        if self.cfg.freeze.enabled and not self.cfg.freeze.auto:
+            self._set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
+        if self.cfg.load:
+            self.load_checkpoint(self.cfg.load)
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> None:
+        """Run until `iters` (or `exit_after_iters` of this run) with logging and checkpoints."""
+        start_iteration = self.iteration
+        if job_floor := self._loss_floor():
+            self.metrics.note(f"entropy floor of the corpus: {job_floor:.4f} nats/token")
+        while self.iteration < self.cfg.iters:
+            if self.cfg.exit_after_iters and (
+                self.iteration - start_iteration >= self.cfg.exit_after_iters
+            ):
+                break
+            self._maybe_auto_plan()
+            metrics = self.train_step()
+            self.metrics.log(metrics)
+            self._check_drift(metrics)
+            if self._should_save():
+                self.save_checkpoint()
+
+    def train_step(self) -> StepMetrics:
+        """One iteration: zero grads, the pipeline schedule, freezer bookkeeping, optimizer."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        phase = self._phase()
+        if self.freezer is not None:
+            self.freezer.start_iteration(self.iteration)
+        t0 = time.perf_counter()
+        for chunk in self.chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = get_forward_backward_func()(
+            forward_step_func=_forward_step,
+            data_iterator=self._data_iterators(self.iteration),
+            model=self.chunks,
+            num_microbatches=self.job.parallel.microbatches,
+            seq_length=self.job.model.seq_length,
+            micro_batch_size=self.job.model.micro_batch_size,
+            forward_only=False,
+        )
+        if self.freezer is not None:
+            self.freezer.finish_iteration()
+        ok, grad_norm = _optimizer_step(self.optimizer, self.cfg.clip_grad)
+        if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
+            raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
+        self.scheduler.step(increment=1)
+        loss = self._reduce_loss(losses)
+        seconds = time.perf_counter() - t0
+        self.iteration += 1
+        self.elapsed += seconds
+        return StepMetrics(
+            iteration=self.iteration,
+            loss=loss,
+            lr=self.optimizer.param_groups[0]["lr"],
+            grad_norm=math.nan if grad_norm is None else float(grad_norm),
+            tokens=self.tokens_per_iteration,
+            seconds=seconds,
+            predicted_seconds=self._predicted(phase),
+            freeze_ratio=self._realised_ratios(),
+            phase=phase,
+            elapsed=self.elapsed,
+        )
+
+    # ------------------------------------------------------------------ freezing
+
+    def _set_plan(self, plan: PlanSource) -> None:
+        """Install (or re-target) the freeze runtime with `plan`'s ratios for this rank."""
+        from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+
+        self.plan = plan
+        if self.freezer is not None:
+            self.freezer.set_ratios(plan.ratios)
+            return
+        self.freezer = FreezeRuntime(
+            [_unwrap(c) for c in self.chunks], plan.ratios, self.spec, self._freeze_config()
+        )
+        self.freezer.install()
+
+    def _freeze_config(self) -> Any:
+        from megatron_tf.freeze import FreezeConfig
+
+        f = self.cfg.freeze
+        return FreezeConfig(
+            seed=f.seed, rescale=f.rescale, warmup_iters=f.warmup_iters, ramp_iters=f.ramp_iters
+        )
+
+    def _phase(self) -> str:
+        if not self.cfg.freeze.enabled:
+            return "train"
+        f = self.cfg.freeze
+        if self.iteration < f.warmup_iters or self.freezer is None:
+            return "warmup"
+        if self.iteration < f.warmup_iters + f.ramp_iters:
+            return "ramp"
+        return "freeze"
+
+    def _predicted(self, phase: str) -> float | None:
+        if self.plan is None:
+            return None
+        if phase == "freeze":
+            return self.plan.makespan
+        if phase in ("warmup", "train"):
+            return self.plan.baseline_makespan
+        return None  # during the ramp the prediction is between the two; not reported
+
+    def _maybe_auto_plan(self) -> None:
+        """`--plan auto`: at the end of the freeze warm-up, profile in-job and solve."""
+        if (
+            self.cfg.freeze.auto
+            and self.plan is None
+            and (self.iteration >= self.cfg.freeze.warmup_iters)
+        ):
+            self._replan(reason="auto plan")
+
+    def _check_drift(self, m: StepMetrics) -> None:
+        """Re-profile when the measured time drifts from the prediction for long enough."""
+        f = self.cfg.freeze
+        if f.drift_threshold <= 0 or m.phase != "freeze" or not m.predicted_seconds:
+            return
+        # Every rank must take the same decision: use rank 0's measurement.
+        drift = torch.tensor([abs(m.seconds / m.predicted_seconds - 1.0)], dtype=torch.float64)
+        dist.broadcast(drift, src=0)
+        self.drift_count = self.drift_count + 1 if drift.item() > f.drift_threshold else 0
+        if self.drift_count >= f.drift_patience:
+            self.drift_count = 0
+            self._replan(reason=f"drift {drift.item():.1%} > {f.drift_threshold:.1%}")
+
+    def _replan(self, *, reason: str) -> None:
+        """Profile the current model in-job (weights untouched), solve, retarget the freezer."""
+        from megatron_tf.train.injob import profile_and_solve
+
+        self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
+        plan = profile_and_solve(self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}")
+        self.replans += 1
+        self._set_plan(plan)
+        self.metrics.note(
+            f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> {plan.makespan * 1e3:.1f} ms "
+            f"per iteration (speedup {plan.baseline_makespan / plan.makespan:.3f})"
+        )
+
+    def _realised_ratios(self) -> list[float]:
+        """Realised freeze ratio per virtual stage, gathered on every rank (index c * pp + r)."""
+        if self.freezer is None:
+            return []
+        mine = [float(x) for x in self.freezer.realised_ratio_per_chunk()]
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.pp_rank, mine))
+        stages = [0.0] * self.spec.stages
+        for pp_rank, ratios in gathered:
+            for chunk, ratio in enumerate(ratios):
+                stages[chunk * self.spec.pp + pp_rank] = ratio
+        return stages
+
+    # ------------------------------------------------------------------ data and loss
+
+    def _data_iterators(self, iteration: int) -> Any:
+        its = iteration_iterators(self.dataset, self.batches, iteration, len(self.chunks))
+        return its if len(its) > 1 else its[0]
+
+    def _reduce_loss(self, losses: list[dict[str, torch.Tensor]]) -> float:
+        """Mean loss over microbatches and data-parallel replicas, known on every rank."""
+        from megatron.core import parallel_state as ps
+
+        total = torch.zeros(2, dtype=torch.float64)
+        if ps.is_pipeline_last_stage(ignore_virtual=True) and losses:
+            if ps.get_tensor_model_parallel_rank() == 0:
+                total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
+                total[1] = 1.0
+        dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _loss_floor(self) -> float | None:
+        corpus = self.job.prepared.corpus
+        return None if corpus is None else corpus.loss_floor
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's part of a checkpoint (model, optimizer, scheduler, freezer, RNG, data)."""
+        return {
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "model": [c.state_dict() for c in self.chunks],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "freezer": None if self.freezer is None else self.freezer.state_dict(),
+            "plan": None if self.plan is None else self.plan.to_dict(),
+            "replans": self.replans,
+            "drift_count": self.drift_count,
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.elapsed = float(state["elapsed"])
+        for chunk, sd in zip(self.chunks, state["model"], strict=True):
+            chunk.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["plan"] is not None:
+            self._set_plan(PlanSource.from_dict(state["plan"]))
+        if state["freezer"] is not None and self.freezer is not None:
+            self.freezer.load_state_dict(state["freezer"])
+        self.replans = int(state["replans"])
+        self.drift_count = int(state["drift_count"])
+        _set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        assert self.cfg.save is not None
+        meta = {
+            "model": self.job.model.to_dict(),
+            "parallel": self.job.parallel.to_dict(),
+            "schedule": self.spec.to_dict(),
+            "plan": None if self.plan is None else self.plan.source,
+            "elapsed": self.elapsed,
+        }
+        path = ckpt.save_checkpoint(
+            self.cfg.save,
+            self.iteration,
+            self.state_dict(),
+            meta,
+            rank=self.rank,
+            barrier=dist.barrier,
+        )
+        self.metrics.note(f"saved checkpoint {path}")
+
+    def load_checkpoint(self, load: str) -> None:
+        meta = ckpt.check_resume(load, self.job.model.to_dict(), self.job.parallel.to_dict())
+        if meta is None:
+            self.metrics.note(f"--load {load}: no checkpoint yet, starting from scratch")
+            return
+        path = ckpt.latest_checkpoint(load)
+        assert path is not None
+        self.load_state_dict(ckpt.load_rank_state(path, self.rank))
+        self.metrics.note(f"resumed from {path} at iteration {self.iteration}")
+
+    def _should_save(self) -> bool:
+        if not self.cfg.save:
+            return False
+        if self.iteration >= self.cfg.iters:
+            return True
+        return bool(self.cfg.save_interval) and self.iteration % self.cfg.save_interval == 0
+
+    def close(self) -> None:
+        from megatron_tf.megatron.distributed import destroy_distributed
+
+        if self.freezer is not None:
+            self.freezer.remove()
+        self.metrics.close()
+        destroy_distributed()
+
+
+# ---------------------------------------------------------------------- construction helpers
+
+
+def _build_model(model: ModelConfig, parallel: ParallelConfig) -> tuple[list[Any], Any]:
+    """Model chunks wrapped as Megatron-LM's `get_model` does: (Float16Module on GPU) then DDP."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.transformer.module import Float16Module
+
+    from megatron_tf.train.model import build_model_chunks, transformer_config
+
+    on_gpu = torch.cuda.is_available()
+    overrides: dict[str, Any] = {}
+    if on_gpu:
+        overrides = {"bf16": True, "pipeline_dtype": torch.bfloat16}
+    tconfig = transformer_config(model, parallel, **overrides)
+    chunks = build_model_chunks(model, parallel, wrap_ddp=False, config=tconfig)
+    if on_gpu:
+        chunks = [Float16Module(tconfig, c) for c in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=on_gpu,  # Megatron's distributed optimizer needs CUDA tensors
+    )
+    wrapped = [
+        DistributedDataParallel(
+            config=tconfig, ddp_config=ddp_config, module=c, disable_bucketing=i > 0
+        )
+        for i, c in enumerate(chunks)
+    ]
+    # What Megatron-LM's training.py sets: the schedules call it after the last backward to
+    # all-reduce data-parallel grads and the tied embedding's grads across first/last stage.
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    return wrapped, tconfig
+
+
+def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    on_gpu = torch.cuda.is_available()
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        # On CPU the clip happens in `_optimizer_step` (Megatron's clip asserts CUDA tensors).
+        clip_grad=cfg.clip_grad if on_gpu else 0.0,
+        bf16=on_gpu,
+        params_dtype=torch.float32,
+        use_distributed_optimizer=on_gpu,
+    )
+    return get_megatron_optimizer(config, chunks)
+
+
+def _optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
+    """Megatron's optimizer step; on CPU with the clip done here, in the same order.
+
+    megatron-core 0.19.2's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor`
+    grads, so on CPU the optimizer is built with `clip_grad=0` and this function performs
+    ChainedOptimizer.step's sequence itself: prepare_grads (main_grad -> grad), the global norm
+    from Megatron's `get_grad_norm` (across model-parallel ranks), the scale by
+    clip / (norm + 1e-6) when below 1 (Megatron's coefficient), then step_with_ready_grads.
+    """
+    if torch.cuda.is_available():
+        ok, grad_norm, _ = optimizer.step()
+        return ok, grad_norm
+    with torch.no_grad():
+        if optimizer.prepare_grads():  # found inf/nan: only fp16 loss scaling reports that
+            return False, None
+        grad_norm = float(optimizer.get_grad_norm())
+        coeff = clip_grad / (grad_norm + 1.0e-6)
+        if clip_grad > 0 and coeff < 1.0:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        param.grad.mul_(coeff)
+        return optimizer.step_with_ready_grads(), grad_norm
+
+
+def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_iters,
+        lr_decay_steps=cfg.iters,
+        lr_decay_style=cfg.lr_decay_style,
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=cfg.iters,
+        wd_incr_style="constant",
+    )
+
+
+def _unwrap(module: Any) -> Any:
+    """The GPTModel inside DDP (and Float16Module)."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def _forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
+    """Megatron's forward_step_func for a GPT: every chunk draws its microbatch (only the first
+    stage reads tokens and only the last labels), so all chunks' iterators stay in step."""
+    batch = next(data_iterator)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    tokens = batch["tokens"].to(device)
+    positions = batch["position_ids"].to(device)
+    labels = batch["labels"].to(device)
+    output = model(tokens, positions, attention_mask=None, labels=labels)
+    return output, partial(_loss, batch["loss_mask"].to(device))
+
+
+def _loss(loss_mask: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    losses = output.float().reshape(-1)
+    mask = loss_mask.reshape(-1).float()
+    loss = torch.sum(losses * mask) / mask.sum()
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        state["cuda"] = torch.cuda.get_rng_state()
+        state["tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        torch.cuda.set_rng_state(state["cuda"])
+        get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def load_job(path: str | Path) -> Job:
+    try:
+        return Job.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"job file {path} is unreadable: {exc}") from exc
