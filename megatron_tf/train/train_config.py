@@ -97,7 +97,7 @@ class TrainConfig:
     load: str | None = None
     """Checkpoint folder to resume from (`--load`); its latest complete checkpoint is used."""
     exit_after_iters: int = 0
-    """Stop after this many iterations of this run (for tests of interruption); 0: run to the end."""
+    """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
     """Write TensorBoard events when `torch.utils.tensorboard` works."""
     freeze: FreezeOptions = field(default_factory=FreezeOptions)

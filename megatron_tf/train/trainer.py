@@ -295,10 +295,10 @@ class Trainer:
         from megatron.core import parallel_state as ps
 
         total = torch.zeros(2, dtype=torch.float64)
-        if ps.is_pipeline_last_stage(ignore_virtual=True) and losses:
-            if ps.get_tensor_model_parallel_rank() == 0:
-                total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
-                total[1] = 1.0
+        last = ps.is_pipeline_last_stage(ignore_virtual=True)
+        if last and losses and ps.get_tensor_model_parallel_rank() == 0:
+            total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
+            total[1] = 1.0
         dist.all_reduce(total)
         return float(total[0] / total[1])
 
