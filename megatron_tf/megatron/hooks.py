@@ -25,7 +25,14 @@ from typing import Any
 
 from megatron_tf.megatron import guard
 
-__all__ = ["HookHandle", "ScheduleObserver", "install_hooks", "installed_route", "tensor_ids"]
+__all__ = [
+    "HookHandle",
+    "ScheduleObserver",
+    "current_num_microbatches",
+    "install_hooks",
+    "installed_route",
+    "tensor_ids",
+]
 
 P2P_CALLS: tuple[str, ...] = (
     "recv_forward",
@@ -100,6 +107,7 @@ class _Dispatcher:
         self.include_forward_only = 0  # number of handles that asked for forward-only runs
         self.active = False  # inside a schedule call whose events observers hear
         self.depth = 0
+        self.num_microbatches: int | None = None  # of the schedule call now running
 
     def rebuild(self) -> None:
         for event in _EVENTS:
@@ -115,12 +123,18 @@ class _Dispatcher:
 
     # Patched-tree hook protocol (schedules.schedule_hooks entries): the patch passes
     # forward_only to iteration_start/iteration_end and explicit ids to forward/backward.
-    def schedule_start(self, forward_only: bool) -> None:
+    def schedule_start(self, forward_only: bool, num_microbatches: int | None = None) -> None:
         self.depth += 1
         if self.depth == 1:
+            self.num_microbatches = num_microbatches
             self.active = (not forward_only) or self.include_forward_only > 0
             if self.active:
-                self.emit("iteration_start")
+                try:
+                    self.emit("iteration_start")
+                except BaseException:
+                    # An observer refused the run: leave no half-open iteration behind.
+                    self.depth, self.active, self.num_microbatches = 0, False, None
+                    raise
 
     def schedule_end(self, forward_only: bool) -> None:
         self.depth -= 1
@@ -128,6 +142,7 @@ class _Dispatcher:
             if self.active:
                 self.emit("iteration_end")
             self.active = False
+            self.num_microbatches = None
 
     def compute(self, event: str, chunk: int | None, microbatch: int | None) -> None:
         if self.active and microbatch is not None:
@@ -140,10 +155,10 @@ _DISPATCH = _Dispatcher()
 class _PatchedHookAdapter:
     """The object registered in a patched schedules.py's `schedule_hooks` list."""
 
-    def iteration_start(self, forward_only: bool) -> None:
-        _DISPATCH.schedule_start(forward_only)
+    def iteration_start(self, forward_only: bool, num_microbatches: int | None = None) -> None:
+        _DISPATCH.schedule_start(forward_only, num_microbatches)
 
-    def iteration_end(self, forward_only: bool) -> None:
+    def iteration_end(self, forward_only: bool, num_microbatches: int | None = None) -> None:
         _DISPATCH.schedule_end(forward_only)
 
     def before_forward(self, chunk: int | None, microbatch: int | None) -> None:
@@ -236,7 +251,7 @@ def _wrap_entry(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def entry(*args: Any, **kwargs: Any) -> Any:
         forward_only = bool(kwargs.get("forward_only", False))
-        _DISPATCH.schedule_start(forward_only)
+        _DISPATCH.schedule_start(forward_only, kwargs.get("num_microbatches"))
         try:
             return original(*args, **kwargs)
         finally:
@@ -348,6 +363,11 @@ def install_hooks(*observers: ScheduleObserver, include_forward_only: bool = Fal
     _DISPATCH.include_forward_only += int(include_forward_only)
     _DISPATCH.rebuild()
     return HookHandle(observers, include_forward_only)
+
+
+def current_num_microbatches() -> int | None:
+    """`num_microbatches` of the schedule call now running (None outside one)."""
+    return _DISPATCH.num_microbatches
 
 
 def installed_route() -> str:

@@ -1,0 +1,348 @@
+"""Apply the freeze policy inside megatron-core's schedules.
+
+Mechanism (MEGATRON_NOTES.md, "Skipping the weight gradient"): for microbatch m of chunk c,
+the frozen weights get `requires_grad=False` for that microbatch's forward AND its backward
+(activation recompute reruns the forward inside backward). Megatron's Column/RowParallelLinear
+then take `linear_with_frozen_weight` (tensor_parallel/layers.py, `_forward_impl`), which
+computes the input gradient only; TransformerEngine records `weight.requires_grad` at forward
+time and skips its wgrad GEMM. On the first virtual stage a microbatch the policy marks "full"
+has every parameter of the chunk off, so its output needs no grad and the stock
+`backward_step` skips the whole backward.
+
+Gradients: with `rescale="mean"` each parameter's gradient is multiplied by M / n_active
+(n_active = microbatches that trained it) before any reduction: in a Megatron DDP chunk,
+right before its bucket group's data-parallel collective (which also precedes the
+tied-embedding all-reduce in `finalize_model_grads`), so both embedding copies are scaled by
+their own factor and then summed; in a plain module, at the end of the iteration.
+
+Megatron DDP with `overlap_grad_reduce=True` dispatches a bucket when all its parameters
+reported ready on the last microbatch (param_and_grad_buffer.py, `register_grad_ready`); a
+parameter frozen on a chunk's last microbatch never reports, so the runtime reports it after
+that backward (as many times as DDP learned to expect in the first iteration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
+from megatron_tf.freeze.units import UnitSpec, make_units
+from megatron_tf.megatron import guard
+from megatron_tf.megatron.hooks import (
+    HookHandle,
+    ScheduleObserver,
+    current_num_microbatches,
+    install_hooks,
+)
+from megatron_tf.schedule.spec import ScheduleSpec
+
+__all__ = ["FreezeRuntime", "chunk_units"]
+
+
+def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / Float16Module wrappers (they keep it in `.module`)."""
+    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
+        chunk = chunk.module
+    return chunk
+
+
+def _is_ddp(chunk: torch.nn.Module) -> bool:
+    return hasattr(chunk, "param_to_bucket_group") and hasattr(chunk, "bucket_groups")
+
+
+def chunk_units(
+    chunk: torch.nn.Module, costs: dict[str, float] | None = None
+) -> tuple[list[UnitSpec], list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(units, their parameters, all trainable parameters) of one model chunk."""
+    named = [(n, p) for n, p in _unwrap(chunk).named_parameters() if p.requires_grad]
+    units = make_units([(n, p.numel()) for n, p in named], costs)
+    by_name = dict(named)
+    return units, [by_name[u.name] for u in units], [p for _, p in named]
+
+
+def _rank_ratios(ratios: Any, spec: ScheduleSpec, rank: int) -> list[list[float]]:
+    """This rank's [chunk][microbatch] ratios from a Plan or a [rank][chunk][mb] array."""
+    from megatron_tf.formats.plan import Plan, check_plan_matches
+
+    if isinstance(ratios, Plan):
+        check_plan_matches(ratios, spec)
+        ratios = ratios.ratios
+    ratios = [[list(map(float, row)) for row in per_rank] for per_rank in ratios]
+    shape = (len(ratios), {len(r) for r in ratios}, {len(row) for r in ratios for row in r})
+    if shape != (spec.pp, {spec.vpp}, {spec.microbatches}):
+        raise ScheduleMismatchError(
+            f"ratios have shape [rank={shape[0]}][chunk={sorted(shape[1])}]"
+            f"[microbatch={sorted(shape[2])}] but this run is {spec.describe()} "
+            f"(expected [{spec.pp}][{spec.vpp}][{spec.microbatches}])"
+        )
+    return ratios[rank]
+
+
+class FreezeRuntime(ScheduleObserver):
+    """Freezes the planned weights per (chunk, microbatch) in this rank's model chunks."""
+
+    def __init__(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        ratios: Any,
+        spec: ScheduleSpec,
+        config: FreezeConfig | None = None,
+        *,
+        rank: int | None = None,
+        unit_costs: dict[str, float] | None = None,
+    ) -> None:
+        """`ratios` is a `formats.plan.Plan` or `ratios[rank][chunk][microbatch]`; `rank` is
+        the pipeline rank (default: Megatron's parallel_state)."""
+        if rank is None:
+            from megatron.core import parallel_state
+
+            rank = parallel_state.get_pipeline_model_parallel_rank()
+        self.chunks = list(model_chunks)
+        self.spec = spec
+        self.rank = rank
+        self.config = config or FreezeConfig()
+        if len(self.chunks) != spec.vpp:
+            raise ScheduleMismatchError(
+                f"this rank has {len(self.chunks)} model chunk(s) but the schedule "
+                f"{spec.describe()} has vpp={spec.vpp}"
+            )
+        found = [chunk_units(c, unit_costs) for c in self.chunks]
+        self.units = [f[0] for f in found]
+        self.unit_params = [f[1] for f in found]
+        self.all_params = [f[2] for f in found]
+        self.policy = FreezePolicy(
+            units=self.units,
+            ratios=_rank_ratios(ratios, spec, rank),
+            rank=rank,
+            first_stage_chunk=0 if rank == 0 else None,
+            config=self.config,
+        )
+        self.masks: IterationMasks | None = None
+        self._toggle: list[list[list[torch.nn.Parameter]]] = []
+        self._scale: dict[torch.nn.Parameter, float] = {}
+        self._scaled_groups: set[int] = set()
+        self._handle: HookHandle | None = None
+        self._bucket_patches: list[Any] = []
+        self._in_iteration = False
+        self._frozen_cost = [0.0] * len(self.chunks)  # summed over iterations and microbatches
+        self._planned_cost = [0] * len(self.chunks)  # microbatches counted
+
+    # -- installation ---------------------------------------------------------------------
+
+    def install(self) -> FreezeRuntime:
+        """Check megatron-core and the run, register on the schedules, wrap DDP buckets."""
+        from megatron.core.utils import get_model_config
+
+        config = get_model_config(self.chunks[0])
+        guard.check_all(config)
+        self._check_layout(config)
+        self._handle = install_hooks(self)
+        for chunk in self.chunks:
+            if _is_ddp(chunk):
+                for group in chunk.bucket_groups + chunk.expert_parallel_bucket_groups:
+                    self._wrap_bucket_group(group)
+        return self
+
+    def remove(self) -> None:
+        """Unregister and restore Megatron's objects; parameters end trainable as found."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        for group in self._bucket_patches:
+            del group.start_grad_sync  # the instance attribute shadowed the class method
+        self._bucket_patches.clear()
+        for params in self.all_params:
+            for p in params:
+                p.requires_grad_(True)
+
+    def __enter__(self) -> FreezeRuntime:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _check_layout(self, config: Any) -> None:
+        from megatron.core import parallel_state
+
+        pp = parallel_state.get_pipeline_model_parallel_world_size()
+        found = {
+            "pp": pp,
+            "vpp": len(self.chunks),
+            "group_size": (
+                getattr(config, "microbatch_group_size_per_vp_stage", None) or pp
+                if len(self.chunks) > 1
+                else pp
+            ),
+        }
+        wanted = {"pp": self.spec.pp, "vpp": self.spec.vpp, "group_size": self.spec.group_size}
+        if found != wanted:
+            raise ScheduleMismatchError(
+                f"the freeze plan is for {self.spec.describe()} but the model runs with "
+                + ", ".join(f"{k}={v}" for k, v in found.items())
+            )
+
+    def _wrap_bucket_group(self, group: Any) -> None:
+        original = group.start_grad_sync  # bound method of the class
+
+        def start_grad_sync(*args: Any, **kwargs: Any) -> Any:
+            self._scale_group(group)
+            return original(*args, **kwargs)
+
+        group.start_grad_sync = start_grad_sync
+        self._bucket_patches.append(group)
+
+    # -- iteration bookkeeping ------------------------------------------------------------
+
+    def start_iteration(self, iteration: int) -> IterationMasks:
+        """Decide this iteration's frozen units (call before the schedule, or let it auto-run)."""
+        masks = self.policy.plan(iteration)
+        self.masks = masks
+        m = self.spec.microbatches
+        self._toggle = []
+        self._scale = {}
+        for c, params in enumerate(self.unit_params):
+            per_mb = []
+            for mb in range(m):
+                if masks.full[c][mb]:
+                    per_mb.append(list(self.all_params[c]))
+                else:
+                    per_mb.append([params[i] for i in sorted(masks.frozen[c][mb])])
+            self._toggle.append(per_mb)
+            self._account(c, masks)
+            if self.config.rescale == "mean":
+                self._scale.update(self._chunk_scales(per_mb, self.all_params[c], m))
+        self._scaled_groups = set()
+        self._in_iteration = True
+        return masks
+
+    @staticmethod
+    def _chunk_scales(
+        per_mb: list[list[torch.nn.Parameter]], params: list[torch.nn.Parameter], m: int
+    ) -> dict[torch.nn.Parameter, float]:
+        frozen_on: dict[torch.nn.Parameter, int] = {}
+        for frozen in per_mb:
+            for p in frozen:
+                frozen_on[p] = frozen_on.get(p, 0) + 1
+        scales = {}
+        for p, n_frozen in frozen_on.items():
+            active = m - n_frozen
+            if active > 0:  # 0 only in measurement runs (coverage off): nothing to scale
+                scales[p] = m / active
+        return scales
+
+    def _account(self, chunk: int, masks: IterationMasks) -> None:
+        units = self.units[chunk]
+        total = sum(u.cost for u in units) or 1.0
+        for frozen in masks.frozen[chunk]:
+            self._frozen_cost[chunk] += sum(units[i].cost for i in frozen) / total
+            self._planned_cost[chunk] += 1
+
+    def finish_iteration(self) -> None:
+        """Rescale what no DDP collective rescaled; idempotent within an iteration."""
+        if not self._in_iteration:
+            return
+        self._in_iteration = False
+        if not self._scale:
+            return
+        for c, chunk in enumerate(self.chunks):
+            if _is_ddp(chunk):
+                for group in chunk.bucket_groups + chunk.expert_parallel_bucket_groups:
+                    self._scale_group(group)
+            else:
+                with torch.no_grad():
+                    for p in self.all_params[c]:
+                        scale = self._scale.get(p)
+                        if scale is not None and p.grad is not None:
+                            p.grad.mul_(scale)
+
+    def _scale_group(self, group: Any) -> None:
+        """Multiply each parameter's main_grad by M / n_active once per iteration."""
+        if id(group) in self._scaled_groups or not self._in_iteration:
+            return
+        self._scaled_groups.add(id(group))
+        if not self._scale:
+            return
+        with torch.no_grad():
+            for p in group.params:
+                scale = self._scale.get(p)
+                if scale is not None:
+                    p.main_grad.mul_(scale)
+
+    # -- observer hooks -------------------------------------------------------------------
+
+    def iteration_start(self) -> None:
+        found = current_num_microbatches()
+        if found is not None and found != self.spec.microbatches:
+            raise ScheduleMismatchError(
+                f"the freeze plan is for {self.spec.microbatches} microbatches per iteration "
+                f"but the schedule was called with num_microbatches={found}"
+            )
+        if not self._in_iteration:
+            self.start_iteration(self.policy.next_iteration)
+
+    def iteration_end(self) -> None:
+        self.finish_iteration()
+
+    def _set(self, chunk: int, microbatch: int, value: bool) -> None:
+        for p in self._toggle[chunk][microbatch]:
+            p.requires_grad_(value)
+
+    def before_forward(self, chunk: int, microbatch: int) -> None:
+        self._set(chunk, microbatch, False)
+
+    def after_forward(self, chunk: int, microbatch: int) -> None:
+        self._set(chunk, microbatch, True)
+
+    def before_backward(self, chunk: int, microbatch: int) -> None:
+        self._set(chunk, microbatch, False)
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        self._set(chunk, microbatch, True)
+        if microbatch == self.spec.microbatches - 1:
+            self._report_ready(chunk, self._toggle[chunk][microbatch])
+
+    def _report_ready(self, chunk: int, frozen: list[torch.nn.Parameter]) -> None:
+        """Tell DDP that parameters frozen on the last microbatch have their gradient."""
+        ddp = self.chunks[chunk]
+        if not frozen or not _is_ddp(ddp) or not ddp.ddp_config.overlap_grad_reduce:
+            return
+        force = getattr(ddp, "force_all_reduce", False)
+        for p in frozen:
+            group = ddp.param_to_bucket_group.get(p)
+            if group is None or not group.is_last_microbatch:
+                continue
+            expected = group.golden_per_param_grad_ready_counts.get(p, 1)
+            for _ in range(expected - group.per_param_grad_ready_counts.get(p, 0)):
+                group.register_grad_ready(p, force)
+
+    # -- plan, checkpoint, reporting --------------------------------------------------------
+
+    def set_ratios(self, ratios: Any) -> None:
+        """Re-plan within the job: new ratios from the next iteration on."""
+        self.policy.set_ratios(_rank_ratios(ratios, self.spec, self.rank))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.config = self.policy.config
+
+    def realised_ratio_per_chunk(self) -> list[float]:
+        """Mean frozen share of each chunk's unit cost over every microbatch planned so far."""
+        return [
+            f / n if n else 0.0 for f, n in zip(self._frozen_cost, self._planned_cost, strict=True)
+        ]
+
+    def frozen_names(self, chunk: int, microbatch: int) -> list[str]:
+        """Names of the units frozen on (chunk, microbatch) in the current iteration."""
+        if self.masks is None:
+            return []
+        if self.masks.full[chunk][microbatch]:
+            return [u.name for u in self.units[chunk]]
+        return [self.units[chunk][i].name for i in sorted(self.masks.frozen[chunk][microbatch])]
