@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.schedule.dag import Dag, NodeKind
+from megatron_tf.schedule.dag import CommModel, Dag, NodeKind, build_dag
 
-__all__ = ["RankStats", "SimResult", "Ratios", "simulate", "node_durations"]
+if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
+
+__all__ = ["RankStats", "SimResult", "Ratios", "simulate", "simulate_profile", "node_durations"]
 
 Ratios = Mapping[tuple[int, int, int], float] | Sequence[Sequence[Sequence[float]]]
 """Freeze ratio per backward: {(rank, chunk, microbatch): r} or a plan's ratios[rank][chunk][mb]."""
@@ -173,3 +176,13 @@ def _critical_path(dag: Dag, start: list[float], end: list[float], dur: list[flo
         cur = best
     path.reverse()
     return [i for i in path if dag.nodes[i].kind is not NodeKind.P2P or dur[i] > 0]
+
+
+def simulate_profile(
+    profile: Profile, comm_model: CommModel = "megatron", ratios: Ratios | None = None
+) -> SimResult:
+    """Build the profile's DAG and simulate it (what `timelyfreeze simulate` runs)."""
+    from megatron_tf.schedule.costs import CostModel
+
+    dag = build_dag(profile.spec, CostModel.from_profile(profile), comm_model)
+    return simulate(dag, ratios)

@@ -1,0 +1,129 @@
+"""Schedule and what-if cost flags shared by `simulate` and `profile --synthetic`.
+
+Both commands declare the options with these aliases (one "Schedule" help panel) and call
+`synthetic_from_flags`, so the two accept exactly the same spelling.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from megatron_tf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
+    from megatron_tf.schedule.spec import ScheduleSpec
+
+_PANEL = "Schedule (what-if costs)"
+
+ScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--schedule",
+        help="1f1b or interleaved (Megatron's two pipeline schedules).",
+        rich_help_panel=_PANEL,
+    ),
+]
+PpOption = Annotated[
+    int | None, typer.Option("--pp", help="Pipeline-parallel size.", rich_help_panel=_PANEL)
+]
+VppOption = Annotated[
+    int,
+    typer.Option(
+        "--vpp", help="Model chunks per rank (interleaved: >= 2).", rich_help_panel=_PANEL
+    ),
+]
+MicrobatchesOption = Annotated[
+    int | None,
+    typer.Option("--microbatches", help="Microbatches per iteration.", rich_help_panel=_PANEL),
+]
+GroupSizeOption = Annotated[
+    int,
+    typer.Option(
+        "--group-size",
+        help="Megatron's microbatch_group_size_per_vp_stage (0: pp, Megatron's default).",
+        rich_help_panel=_PANEL,
+    ),
+]
+OverlapOption = Annotated[
+    bool,
+    typer.Option(
+        "--overlap-p2p-comm",
+        help="Interleaved only: Megatron's overlap_p2p_comm (asynchronous P2P).",
+        rich_help_panel=_PANEL,
+    ),
+]
+CostsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--costs",
+        help="F,B,W seconds of one rank (forward, input grad, weight grad), or pp triples "
+        "separated by ';'. Each chunk gets 1/vpp of them.",
+        rich_help_panel=_PANEL,
+    ),
+]
+CommOption = Annotated[
+    float,
+    typer.Option("--comm", help="Seconds per P2P message.", rich_help_panel=_PANEL),
+]
+
+
+def spec_from_flags(
+    *,
+    schedule: str | None,
+    pp: int | None,
+    vpp: int,
+    microbatches: int | None,
+    group_size: int,
+    overlap_p2p_comm: bool,
+) -> ScheduleSpec:
+    from megatron_tf.schedule.spec import ScheduleSpec
+
+    missing = [
+        flag
+        for flag, value in (
+            ("--schedule", schedule),
+            ("--pp", pp),
+            ("--microbatches", microbatches),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (needed to describe the schedule)")
+    return ScheduleSpec(
+        kind=schedule,  # type: ignore[arg-type]  # validated by ScheduleSpec
+        pp=pp,  # type: ignore[arg-type]
+        vpp=vpp,
+        microbatches=microbatches,  # type: ignore[arg-type]
+        group_size=group_size,
+        overlap_p2p_comm=overlap_p2p_comm,
+    )
+
+
+def synthetic_from_flags(
+    *,
+    schedule: str | None,
+    pp: int | None,
+    vpp: int,
+    microbatches: int | None,
+    group_size: int,
+    overlap_p2p_comm: bool,
+    costs: str | None,
+    comm: float,
+) -> Profile:
+    """The synthetic profile the flags describe (`profile --synthetic`, file-less `simulate`)."""
+    from megatron_tf.schedule.costs import parse_costs, synthetic_profile
+
+    spec = spec_from_flags(
+        schedule=schedule,
+        pp=pp,
+        vpp=vpp,
+        microbatches=microbatches,
+        group_size=group_size,
+        overlap_p2p_comm=overlap_p2p_comm,
+    )
+    if costs is None:
+        raise ConfigError("missing --costs F,B,W (seconds of forward, input grad, weight grad)")
+    return synthetic_profile(spec, parse_costs(costs, spec.pp), comm)
