@@ -12,6 +12,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.train.trainer import Trainer, load_job
 
 
@@ -20,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron_tf.train.main")
     parser.add_argument("--job", required=True, help="job.json written by `timelyfreeze pretrain`")
     args = parser.parse_args(argv)
-    trainer = Trainer(load_job(args.job))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    # A TimelyFreezeError (plan for another layout, bad checkpoint) becomes one line and exit 2,
+    # which `timelyfreeze pretrain` passes on as its own exit 2.
+    with report_user_errors():
+        trainer = Trainer(load_job(args.job))
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
     return 0
 
 

@@ -84,11 +84,11 @@ class MetricsLogger:
             for stage, ratio in enumerate(m.freeze_ratio):
                 self._tb.add_scalar(f"freeze_ratio/stage{stage}", ratio, m.iteration)
         if m.iteration % self.log_interval == 0 or m.phase == "profile":
-            self.console.print(format_line(m))
+            self.console.print(format_line(m), soft_wrap=True)
 
     def note(self, text: str) -> None:
         if self.enabled:
-            self.console.print(f"[dim]{text}[/]")
+            self.console.print(f"[dim]{text}[/]", soft_wrap=True)
 
     def close(self) -> None:
         if self._jsonl is not None:

@@ -204,9 +204,8 @@ class Trainer:
         if self.freezer is not None:
             self.freezer.set_ratios(plan.ratios)
             return
-        self.freezer = FreezeRuntime(
-            [_unwrap(c) for c in self.chunks], plan.ratios, self.spec, self._freeze_config()
-        )
+        # The DDP-wrapped chunks: the runtime rescales gradients inside DDP's bucket groups.
+        self.freezer = FreezeRuntime(self.chunks, plan.ratios, self.spec, self._freeze_config())
         self.freezer.install()
 
     def _freeze_config(self) -> Any:
@@ -480,13 +479,6 @@ def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:
         wd_incr_steps=cfg.iters,
         wd_incr_style="constant",
     )
-
-
-def _unwrap(module: Any) -> Any:
-    """The GPTModel inside DDP (and Float16Module)."""
-    while hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 def _forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
