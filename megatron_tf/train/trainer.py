@@ -13,11 +13,9 @@ clipping inside the optimizer, bf16 on GPU (Float16Module), and the pipeline sch
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,66 +24,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_tf.errors import ConfigError
 from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.data import (
-    BatchPlan,
-    DataConfig,
-    PreparedData,
-    build_train_dataset,
-    iteration_iterators,
-)
+from megatron_tf.train.data import BatchPlan, build_train_dataset, iteration_iterators
+from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 from megatron_tf.train.train_config import TrainConfig
 
-__all__ = ["Job", "Trainer"]
-
-
-@dataclass(kw_only=True, slots=True)
-class Job:
-    """Everything a worker needs; written by `pretrain` as job.json, read by `train/main.py`."""
-
-    model: ModelConfig
-    parallel: ParallelConfig
-    data: DataConfig
-    train: TrainConfig
-    prepared: PreparedData
-
-    def to_dict(self) -> dict[str, Any]:
-        corpus = self.prepared.corpus
-        return {
-            "model": self.model.to_dict(),
-            "parallel": self.parallel.to_dict(),
-            "data": self.data.to_dict(),
-            "train": self.train.to_dict(),
-            "prepared": {
-                "prefix": self.prepared.prefix,
-                "corpus": None if corpus is None else corpus.to_dict(),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Job:
-        from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
-
-        corpus = data["prepared"].get("corpus")
-        info = None
-        if corpus is not None:
-            info = CorpusInfo(
-                path_prefix=corpus["path_prefix"],
-                config=CorpusConfig(**corpus["config"]),
-                entropy_rate=corpus["entropy_rate"],
-                loss_floor=corpus["loss_floor"],
-            )
-        return cls(
-            model=ModelConfig.from_dict(data["model"]),
-            parallel=ParallelConfig.from_dict(data["parallel"]),
-            data=DataConfig.from_dict(data["data"]),
-            train=TrainConfig.from_dict(data["train"]),
-            prepared=PreparedData(prefix=data["prepared"]["prefix"], corpus=info),
-        )
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -523,10 +470,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
         torch.cuda.set_rng_state(state["cuda"])
         get_cuda_rng_tracker().set_states(state["tracker"])
-
-
-def load_job(path: str | Path) -> Job:
-    try:
-        return Job.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"job file {path} is unreadable: {exc}") from exc

@@ -1,0 +1,102 @@
+"""A pretraining job: the configs the workers need, checked and prepared in the launching process.
+
+`prepare_job` is what `timelyfreeze pretrain` runs before any worker starts: it validates the
+plan against the layout, the checkpoint to resume against the model and layout, and the data and
+tokenizer against the model (writing the embedded corpus if needed). Anything wrong is a
+TimelyFreezeError, so the command exits 2 with one line and no process is started. The workers
+read the result from job.json (`load_job`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megatron_tf.errors import ConfigError
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.train.data import DataConfig, PreparedData, prepare_data
+from megatron_tf.train.train_config import TrainConfig
+
+__all__ = ["Job", "load_job", "prepare_job", "write_job"]
+
+
+@dataclass(kw_only=True, slots=True)
+class Job:
+    """Everything a worker needs; written by `pretrain` as job.json, read by `train/main.py`."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    train: TrainConfig
+    prepared: PreparedData
+
+    def to_dict(self) -> dict[str, Any]:
+        corpus = self.prepared.corpus
+        return {
+            "model": self.model.to_dict(),
+            "parallel": self.parallel.to_dict(),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+            "prepared": {
+                "prefix": self.prepared.prefix,
+                "corpus": None if corpus is None else corpus.to_dict(),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
+
+        corpus = data["prepared"].get("corpus")
+        info = None
+        if corpus is not None:
+            info = CorpusInfo(
+                path_prefix=corpus["path_prefix"],
+                config=CorpusConfig(**corpus["config"]),
+                entropy_rate=corpus["entropy_rate"],
+                loss_floor=corpus["loss_floor"],
+            )
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            parallel=ParallelConfig.from_dict(data["parallel"]),
+            data=DataConfig.from_dict(data["data"]),
+            train=TrainConfig.from_dict(data["train"]),
+            prepared=PreparedData(prefix=data["prepared"]["prefix"], corpus=info),
+        )
+
+
+def prepare_job(
+    model: ModelConfig, parallel: ParallelConfig, data: DataConfig, train: TrainConfig
+) -> Job:
+    """Check everything that can be checked without workers, and prepare the data."""
+    from megatron_tf.train import checkpoint as ckpt
+    from megatron_tf.train.plan_source import load_plan_source
+
+    parallel.check_model(model)
+    spec = parallel.schedule_spec()
+    if train.freeze.enabled and not train.freeze.auto:
+        load_plan_source(str(train.freeze.plan), spec)  # raises on a file for another layout
+    if train.load:
+        ckpt.check_resume(train.load, model.to_dict(), parallel.to_dict())
+    return Job(
+        model=model, parallel=parallel, data=data, train=train, prepared=prepare_data(data, model)
+    )
+
+
+def write_job(job: Job, path: str | Path) -> Path:
+    """Write job.json atomically (the workers read it at start)."""
+    from megatron_tf.formats.profile import write_json_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job.to_dict(), path)
+    return path
+
+
+def load_job(path: str | Path) -> Job:
+    try:
+        return Job.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"job file {path} is unreadable: {exc}") from exc
