@@ -33,6 +33,7 @@ from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import UnitSpec, make_units
 from megatron_tf.megatron import guard
+from megatron_tf.megatron.frozen_linear import fix_frozen_linear_bias_grad
 from megatron_tf.megatron.hooks import (
     HookHandle,
     ScheduleObserver,
@@ -141,6 +142,7 @@ class FreezeRuntime(ScheduleObserver):
         config = get_model_config(self.chunks[0])
         guard.check_all(config)
         self._check_layout(config)
+        fix_frozen_linear_bias_grad()
         self._handle = install_hooks(self)
         for chunk in self.chunks:
             if _is_ddp(chunk):

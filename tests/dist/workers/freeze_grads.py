@@ -1,0 +1,340 @@
+"""Freeze-runtime gradients against an independent reference, on megatron-core's real schedules.
+
+Reference: a second, identically initialised copy of the model (Megatron DDP, no overlap, no
+finalize) runs the stock schedule once per microbatch j with every other microbatch's loss
+multiplied by 0, which leaves exactly microbatch j's contribution g_j (scaled 1/M, as in a
+normal run) in each parameter's main_grad. For a freeze run, the gradient the optimizer sees
+is then, per parameter p with active microbatches A(p):
+    sum_{j in A(p)} g_j(p) * (M / |A(p)| for rescale="mean", 1 for "none"),
+averaged over data-parallel replicas and, for the tied word embedding, summed over its first-
+and last-stage copies (what Megatron's finalize_model_grads does). The test worker emulates
+those two reductions on the expected values with torch.distributed collectives.
+
+Also recorded: which parameters accumulated a gradient during which (chunk, microbatch)
+backward (frozen ones must not), which backward_steps ran autograd at all (a fully frozen
+microbatch on the first virtual stage must not), and whether all-zero ratios are bitwise stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from _results import save_result
+
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.hooks import ScheduleObserver, installed_route
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.train.model import build_model_chunks, transformer_config
+from megatron_tf.train.step import gpt_forward_step, synthetic_batch
+
+Grads = dict[tuple[int, str], torch.Tensor]  # (chunk, parameter name) -> gradient
+
+
+def ratios_for(pp: int, vpp: int, m: int) -> list[list[list[float]]]:
+    """Varied ratios: full freezes (incl. on the last microbatch), partial, none."""
+    patterns = [[1.0, 0.5, 0.0, 1.0], [0.3, 0.6, 0.0, 1.0], [0.7, 0.0, 0.4, 0.9]]
+    return [
+        [[patterns[(r + c) % 3][k % 4] for k in range(m)] for c in range(vpp)] for r in range(pp)
+    ]
+
+
+def make_forward_step(chunks: list[torch.nn.Module], keep: int | None) -> Any:
+    """gpt_forward_step whose loss is multiplied by 0 except on microbatch `keep`."""
+    consumed = [0] * len(chunks)
+    index = {id(c): i for i, c in enumerate(chunks)}
+
+    def forward_step(data_iterator: Iterator, model: torch.nn.Module) -> Any:
+        c = index[id(model)]
+        mb = consumed[c]
+        consumed[c] += 1
+        output, loss_fn = gpt_forward_step(data_iterator, model)
+        if keep is None or mb == keep:
+            return output, loss_fn
+
+        def zeroed(out: torch.Tensor, fn: Any = loss_fn) -> Any:
+            loss, report = fn(out)
+            return loss * 0.0, report
+
+        return output, zeroed
+
+    return forward_step
+
+
+def batches(model: ModelConfig, m: int, dp_rank: int) -> Iterator:
+    # Data differ across data-parallel replicas (as in real training), not across iterations,
+    # so one set of per-microbatch reference gradients serves every iteration.
+    for mb in range(m):
+        yield synthetic_batch(model, iteration=1000 * dp_rank, microbatch=mb)
+
+
+def run_schedule(chunks, model: ModelConfig, parallel: ParallelConfig, keep=None) -> None:
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    dp_rank = parallel_state.get_data_parallel_rank()
+    for chunk in chunks:
+        chunk.zero_grad_buffer()
+    iterators = [batches(model, parallel.microbatches, dp_rank) for _ in chunks]
+    get_forward_backward_func()(
+        forward_step_func=make_forward_step(chunks, keep),
+        data_iterator=iterators if len(chunks) > 1 else iterators[0],
+        model=chunks,
+        num_microbatches=parallel.microbatches,
+        seq_length=model.seq_length,
+        micro_batch_size=model.micro_batch_size,
+        forward_only=False,
+    )
+
+
+def named(chunks) -> list[tuple[int, str, torch.nn.Parameter]]:
+    from megatron_tf.megatron.freeze_runtime import _unwrap
+
+    return [(c, n, p) for c, ch in enumerate(chunks) for n, p in _unwrap(ch).named_parameters()]
+
+
+def grads(chunks) -> Grads:
+    return {(c, n): p.main_grad.detach().clone() for c, n, p in named(chunks)}
+
+
+def build(model: ModelConfig, parallel: ParallelConfig, *, overlap: bool, finalize: bool):
+    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
+
+    ddp = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=overlap,
+        use_distributed_optimizer=False,
+        bucket_size=4000 if overlap else None,  # several buckets: dispatch order matters
+    )
+    config = transformer_config(model, parallel)
+    chunks = build_model_chunks(model, parallel, wrap_ddp=True, ddp_config=ddp, config=config)
+    config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads if finalize else None
+    return chunks
+
+
+def reference(model: ModelConfig, parallel: ParallelConfig) -> list[Grads]:
+    """Per-microbatch local gradients g_j (scaled 1/M as in a full run)."""
+    chunks = build(model, parallel, overlap=False, finalize=False)
+    out = []
+    for j in range(parallel.microbatches):
+        run_schedule(chunks, model, parallel, keep=j)
+        out.append(grads(chunks))
+    return out
+
+
+def expected(runtime: FreezeRuntime, ref: list[Grads], chunks, rescale: str) -> Grads:
+    """Combine per the semantics, then emulate finalize_model_grads' reductions."""
+    from megatron.core import parallel_state
+
+    m = len(ref)
+    frozen_on: dict[int, list[set[int]]] = {}
+    for c in range(len(chunks)):
+        frozen_on[c] = [set(map(id, runtime._toggle[c][j])) for j in range(m)]
+    out = {}
+    for c, name, p in named(chunks):
+        active = [j for j in range(m) if id(p) not in frozen_on[c][j]]
+        total = torch.zeros_like(ref[0][(c, name)])
+        for j in active:
+            total += ref[j][(c, name)]
+        if rescale == "mean" and active:
+            total *= m / len(active)
+        dp = parallel_state.get_data_parallel_world_size()
+        if dp > 1:
+            dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+            total /= dp
+        out[(c, name)] = total
+    # Tied word embedding: first-stage embedding + last-stage output layer, summed.
+    group = parallel_state.get_embedding_group()
+    for c, name, p in named(chunks):
+        vp_stage = c if len(chunks) > 1 else None
+        in_group = parallel_state.is_rank_in_embedding_group(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
+        if getattr(p, "shared_embedding", False) and in_group and group.size() > 1:
+            dist.all_reduce(out[(c, name)], group=group)
+    return out
+
+
+class Recorder(ScheduleObserver):
+    """Which parameters accumulated a gradient, and whether autograd ran, per backward."""
+
+    def __init__(self, chunks) -> None:
+        from megatron.core.pipeline_parallel import schedules
+
+        self.current: tuple[int, int] | None = None
+        self.accumulated: set[tuple[int, int, str]] = set()
+        self.autograd_ran: dict[tuple[int, int], bool] = {}
+        self.handles = [
+            p.register_post_accumulate_grad_hook(partial(self._acc, c, n))
+            for c, n, p in named(chunks)
+        ]
+        self._schedules = schedules
+        self._orig = schedules.custom_backward
+
+        def counting(*a: Any, **k: Any) -> Any:
+            if self.current is not None:
+                self.autograd_ran[self.current] = True
+            return self._orig(*a, **k)
+
+        schedules.custom_backward = counting
+
+    def _acc(self, c: int, name: str, _p: Any) -> None:
+        if self.current is not None:
+            self.accumulated.add((*self.current, name))
+
+    def before_backward(self, chunk: int, microbatch: int) -> None:
+        self.current = (chunk, microbatch)
+        self.autograd_ran[self.current] = False
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        self.current = None
+
+    def close(self) -> None:
+        self._schedules.custom_backward = self._orig
+        for h in self.handles:
+            h.remove()
+
+
+def rel_errors(got: Grads, want: Grads) -> dict[str, float]:
+    out = {}
+    for key, w in want.items():
+        scale = max(float(w.norm()), 1e-30)
+        out[f"{key[0]}:{key[1]}"] = float((got[key] - w).norm()) / scale
+    return out
+
+
+def run_case(
+    case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
+) -> dict[str, Any]:
+    from megatron_tf.megatron.hooks import install_hooks
+
+    model = ModelConfig(
+        num_layers=parallel.pp * parallel.vpp,
+        hidden_size=16,
+        num_attention_heads=2,
+        seq_length=8,
+        vocab_size=64,
+        micro_batch_size=1,
+        recompute=case.get("recompute", "none"),
+        tie_embeddings=case.get("tied", True),
+    )
+    key = (model.tie_embeddings,)
+    if key not in refs:
+        refs[key] = reference(model, parallel)
+    ref = refs[key]
+    chunks = build(model, parallel, overlap=case.get("overlap", False), finalize=True)
+    spec = parallel.schedule_spec()
+    ratios = case.get("ratios") or ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
+    cfg = FreezeConfig(seed=7, rescale=case.get("rescale", "mean"))
+    result: dict[str, Any] = {"iterations": []}
+    if case.get("zero_ratios"):
+        run_schedule(chunks, model, parallel)
+        stock = grads(chunks)
+        ratios = [[[0.0] * parallel.microbatches] * parallel.vpp] * parallel.pp
+    runtime = FreezeRuntime(chunks, ratios, spec, cfg).install()
+    recorder = Recorder(chunks)
+    rec_handle = install_hooks(recorder)
+    result["route"] = installed_route()
+    try:
+        for it in range(case.get("iters", 1)):
+            recorder.accumulated.clear()
+            recorder.autograd_ran.clear()
+            runtime.start_iteration(it)
+            run_schedule(chunks, model, parallel)
+            got = grads(chunks)
+            want = expected(runtime, ref, chunks, cfg.rescale)
+            frozen = {
+                (c, j): runtime.frozen_names(c, j)
+                for c in range(parallel.vpp)
+                for j in range(parallel.microbatches)
+            }
+            result["iterations"].append(
+                {
+                    "rel_err": rel_errors(got, want),
+                    "grads": got,
+                    "frozen": frozen,
+                    "full": runtime.masks.full,
+                    "accumulated": set(recorder.accumulated),
+                    "autograd_ran": dict(recorder.autograd_ran),
+                    "bitwise_stock": (
+                        all(torch.equal(got[k], stock[k]) for k in stock)
+                        if case.get("zero_ratios")
+                        else None
+                    ),
+                }
+            )
+        result["state"] = runtime.state_dict()
+        result["realised"] = runtime.realised_ratio_per_chunk()
+    finally:
+        rec_handle.remove()
+        recorder.close()
+        runtime.remove()
+    if case.get("checkpoint"):
+        result["restored_masks"] = restored_masks(chunks, ratios, spec, cfg)
+    return result
+
+
+def restored_masks(chunks, ratios, spec, cfg) -> dict[str, Any]:
+    """Masks of iterations 2..4: uninterrupted vs. restored from a state saved after 1."""
+    straight = FreezeRuntime(chunks, ratios, spec, cfg)
+    want = [straight.start_iteration(it) for it in range(5)][2:]
+    first = FreezeRuntime(chunks, ratios, spec, cfg)
+    for it in range(2):
+        first.start_iteration(it)
+    state = first.state_dict()
+    zeros = [[[0.0] * spec.microbatches] * spec.vpp] * spec.pp
+    resumed = FreezeRuntime(chunks, zeros, spec, FreezeConfig(seed=99))
+    resumed.load_state_dict(state)
+    got = [resumed.start_iteration(it) for it in range(2, 5)]
+    return {"equal": got == want, "any_frozen": any(m.any_frozen() for m in want)}
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "base": {"iters": 2},
+    "overlap": {"overlap": True, "iters": 3},
+    "recompute": {"recompute": "full"},
+    "none": {"rescale": "none"},
+    "untied": {"tied": False},
+    "zero": {"zero_ratios": True},
+    "checkpoint": {"checkpoint": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pp", type=int, required=True)
+    parser.add_argument("--vpp", type=int, default=1)
+    parser.add_argument("--dp", type=int, default=1)
+    parser.add_argument("--microbatches", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=0)
+    parser.add_argument("--overlap-p2p-comm", action="store_true")
+    parser.add_argument("--cases", required=True, help="comma-separated names from CASES")
+    args = parser.parse_args()
+    parallel = ParallelConfig(
+        pp=args.pp,
+        vpp=args.vpp,
+        dp=args.dp,
+        microbatches=args.microbatches,
+        group_size=args.group_size,
+        overlap_p2p_comm=args.overlap_p2p_comm,
+    )
+    init_distributed(parallel, seed=1234)
+    refs: dict[tuple, list[Grads]] = {}
+    out = {}
+    for name in args.cases.split(","):
+        with contextlib.ExitStack():
+            out[name] = run_case(CASES[name], parallel, refs)
+    save_result(out)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
