@@ -1,0 +1,311 @@
+"""`timelyfreeze pretrain`: GPT pretraining on Megatron-Core with the freeze runtime, via torchrun.
+
+The command checks everything it can in this process (flags, plan vs layout, checkpoint vs
+layout, data and tokenizer vs model), writes `<out-dir>/job.json`, and launches
+`python -m megatron_tf.train.main --job job.json` on tp * pp * dp ranks with the shared launch
+flags. `pretrain_job_from_options` holds the whole option-to-job translation so other routes
+(a Megatron-LM script, more launch flags) can extend it in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._launch import (
+    DryRunOption,
+    LauncherOption,
+    LaunchOptions,
+    NnodesOption,
+    NprocPerNodeOption,
+    RdzvEndpointOption,
+    launch_or_print,
+)
+
+_MODEL = "Model"
+_LAYOUT = "Parallel layout"
+_DATA = "Data"
+_TRAIN = "Training"
+_FREEZE = "Freezing"
+
+
+@dataclass(kw_only=True, slots=True)
+class PretrainOptions:
+    """Every `pretrain` flag except the launch ones, as parsed (the one place they meet)."""
+
+    values: dict[str, Any]
+
+
+def pretrain_job_from_options(opts: PretrainOptions) -> Any:
+    """Build and check the Job for these flags; raises TimelyFreezeError (exit 2) on bad input."""
+    from megatron_tf.train.config import ModelConfig, ParallelConfig
+    from megatron_tf.train.data import DataConfig
+    from megatron_tf.train.job import prepare_job
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+    v = opts.values
+    model = ModelConfig(
+        num_layers=v["num_layers"],
+        hidden_size=v["hidden_size"],
+        num_attention_heads=v["num_attention_heads"],
+        ffn_hidden_size=v["ffn_hidden_size"],
+        seq_length=v["seq_length"],
+        vocab_size=v["vocab_size"],
+        micro_batch_size=v["micro_batch_size"],
+        recompute=v["recompute"],
+        seed=v["seed"],
+    )
+    parallel = ParallelConfig(
+        tp=v["tp"],
+        pp=v["pp"],
+        vpp=v["vpp"],
+        dp=v["dp"],
+        microbatches=v["microbatches"],
+        group_size=v["group_size"],
+        overlap_p2p_comm=v["overlap_p2p_comm"],
+    )
+    source = "mock" if v["mock_data"] else ("path" if v["data_path"] else "synthetic")
+    data = DataConfig(
+        source=source,
+        data_path=v["data_path"],
+        tokenizer_type=v["tokenizer_type"],
+        tokenizer_model=v["tokenizer_model"],
+        vocab_file=v["vocab_file"],
+        merge_file=v["merge_file"],
+        cache_dir=v["cache_dir"],
+        corpus_seed=v["seed"],
+    )
+    freeze = FreezeOptions(
+        plan=None if v["no_freeze"] else v["plan"],
+        max_freeze_ratio=v["max_freeze_ratio"],
+        warmup_iters=v["freeze_warmup_iters"],
+        ramp_iters=v["freeze_ramp_iters"],
+        profile_iters=v["profile_iters"],
+        drift_threshold=v["drift_threshold"],
+        drift_patience=v["drift_patience"],
+        seed=v["seed"],
+    )
+    train = TrainConfig(
+        iters=v["iters"],
+        lr=v["lr"],
+        min_lr=v["min_lr"],
+        lr_warmup_iters=v["lr_warmup_iters"],
+        lr_decay_style=v["lr_decay_style"],
+        weight_decay=v["weight_decay"],
+        clip_grad=v["clip_grad"],
+        log_interval=v["log_interval"],
+        out_dir=str(v["out_dir"]),
+        save=v["save"],
+        save_interval=v["save_interval"],
+        load=v["load"],
+        exit_after_iters=v["exit_after_iters"],
+        freeze=freeze,
+    )
+    return prepare_job(model, parallel, data, train)
+
+
+@app.command("pretrain")
+@user_errors
+def pretrain(
+    # -- model
+    num_layers: Annotated[
+        int, typer.Option(help="Transformer layers.", rich_help_panel=_MODEL)
+    ] = 4,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size.", rich_help_panel=_MODEL)] = 64,
+    num_attention_heads: Annotated[
+        int, typer.Option(help="Attention heads.", rich_help_panel=_MODEL)
+    ] = 4,
+    ffn_hidden_size: Annotated[
+        int, typer.Option(help="MLP hidden size; 0 = 4 x hidden.", rich_help_panel=_MODEL)
+    ] = 0,
+    seq_length: Annotated[
+        int, typer.Option(help="Tokens per sample.", rich_help_panel=_MODEL)
+    ] = 64,
+    vocab_size: Annotated[
+        int, typer.Option(help="Vocabulary size of the model.", rich_help_panel=_MODEL)
+    ] = 512,
+    micro_batch_size: Annotated[
+        int, typer.Option(help="Samples per microbatch.", rich_help_panel=_MODEL)
+    ] = 2,
+    recompute: Annotated[
+        str,
+        typer.Option(help="Activation recompute: none, full, selective.", rich_help_panel=_MODEL),
+    ] = "none",
+    seed: Annotated[
+        int, typer.Option(help="Seed of weights, data and freezing.", rich_help_panel=_MODEL)
+    ] = 1234,
+    # -- layout
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size.", rich_help_panel=_LAYOUT)] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.", rich_help_panel=_LAYOUT)] = 2,
+    vpp: Annotated[
+        int, typer.Option(help="Chunks per rank (>1: interleaved).", rich_help_panel=_LAYOUT)
+    ] = 1,
+    dp: Annotated[int, typer.Option(help="Data-parallel size.", rich_help_panel=_LAYOUT)] = 1,
+    microbatches: Annotated[
+        int, typer.Option(help="Microbatches per iteration.", rich_help_panel=_LAYOUT)
+    ] = 8,
+    group_size: Annotated[
+        int,
+        typer.Option(
+            help="Microbatch group size per virtual stage (0 = pp).", rich_help_panel=_LAYOUT
+        ),
+    ] = 0,
+    overlap_p2p_comm: Annotated[
+        bool,
+        typer.Option(
+            "--overlap-p2p-comm/--no-overlap-p2p-comm",
+            help="Megatron's overlap_p2p_comm (interleaved; required at pp 2).",
+            rich_help_panel=_LAYOUT,
+        ),
+    ] = False,
+    # -- data
+    data_path: Annotated[
+        str | None,
+        typer.Option(
+            help="Megatron indexed dataset prefix (PREFIX.bin/.idx). Default: the embedded "
+            "synthetic corpus with a known entropy floor.",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    mock_data: Annotated[
+        bool, typer.Option(help="Megatron's mock GPT dataset.", rich_help_panel=_DATA)
+    ] = False,
+    tokenizer_type: Annotated[
+        str, typer.Option(help="Megatron tokenizer type for --data-path.", rich_help_panel=_DATA)
+    ] = "NullTokenizer",
+    tokenizer_model: Annotated[
+        str | None, typer.Option(help="Tokenizer model / HF name.", rich_help_panel=_DATA)
+    ] = None,
+    vocab_file: Annotated[
+        str | None, typer.Option(help="Vocab file (GPT2BPETokenizer).", rich_help_panel=_DATA)
+    ] = None,
+    merge_file: Annotated[
+        str | None, typer.Option(help="Merges file (GPT2BPETokenizer).", rich_help_panel=_DATA)
+    ] = None,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Corpus and index cache (default ~/.cache/timelyfreeze).", rich_help_panel=_DATA
+        ),
+    ] = None,
+    # -- training
+    iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel=_TRAIN)] = 100,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)] = 3e-3,
+    min_lr: Annotated[
+        float, typer.Option(help="Final learning rate.", rich_help_panel=_TRAIN)
+    ] = 3e-4,
+    lr_warmup_iters: Annotated[
+        int, typer.Option(help="LR warm-up iterations.", rich_help_panel=_TRAIN)
+    ] = 10,
+    lr_decay_style: Annotated[
+        str,
+        typer.Option(help="constant, linear, cosine, inverse-square-root.", rich_help_panel=_TRAIN),
+    ] = "cosine",
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay.", rich_help_panel=_TRAIN)
+    ] = 0.01,
+    clip_grad: Annotated[
+        float, typer.Option(help="Gradient-norm clip (0 = off).", rich_help_panel=_TRAIN)
+    ] = 1.0,
+    log_interval: Annotated[
+        int, typer.Option(help="Iterations per console line.", rich_help_panel=_TRAIN)
+    ] = 10,
+    out_dir: Annotated[
+        Path,
+        typer.Option(help="job.json, metrics.jsonl, TensorBoard events.", rich_help_panel=_TRAIN),
+    ] = Path("runs/pretrain"),
+    save: Annotated[
+        str | None, typer.Option(help="Checkpoint folder to write.", rich_help_panel=_TRAIN)
+    ] = None,
+    save_interval: Annotated[
+        int,
+        typer.Option(help="Iterations per checkpoint (0 = at the end).", rich_help_panel=_TRAIN),
+    ] = 0,
+    load: Annotated[
+        str | None,
+        typer.Option(help="Resume from this checkpoint folder's latest.", rich_help_panel=_TRAIN),
+    ] = None,
+    exit_after_iters: Annotated[
+        int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
+    ] = 0,
+    # -- freezing
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help="plan.json from `solve`, or `auto` (profile and solve in-job after the warm-up).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = None,
+    no_freeze: Annotated[
+        bool, typer.Option(help="Ignore --plan: the baseline run.", rich_help_panel=_FREEZE)
+    ] = False,
+    max_freeze_ratio: Annotated[
+        float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
+    ] = 0.5,
+    freeze_warmup_iters: Annotated[
+        int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
+    ] = 0,
+    freeze_ramp_iters: Annotated[
+        int,
+        typer.Option(help="Iterations ramping ratios from 0 to the plan.", rich_help_panel=_FREEZE),
+    ] = 0,
+    profile_iters: Annotated[
+        int,
+        typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
+    ] = 3,
+    drift_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Re-profile when |measured/predicted - 1| exceeds this (0 = off).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = 0.0,
+    drift_patience: Annotated[
+        int, typer.Option(help="Drifting iterations before re-profiling.", rich_help_panel=_FREEZE)
+    ] = 5,
+    # -- launch
+    nnodes: NnodesOption = 1,
+    nproc_per_node: NprocPerNodeOption = None,
+    rdzv_endpoint: RdzvEndpointOption = None,
+    launcher: LauncherOption = "local",
+    dry_run: DryRunOption = False,
+) -> None:
+    """Pretrain a GPT on Megatron-Core, freezing weight gradients by a plan.
+
+    Example: [bold]timelyfreeze pretrain --pp 2 --iters 200 --plan plan.json[/]
+
+    Without --data-path it trains on the embedded synthetic corpus, whose entropy floor is
+    printed at the start. Bad input (missing data, a plan or checkpoint for another layout, a
+    tokenizer that does not match the data) exits 2 before any process starts.
+    """
+    values = {k: v for k, v in locals().items() if k not in _LAUNCH_KEYS}
+    job = pretrain_job_from_options(PretrainOptions(values=values))
+    from megatron_tf.train.job import write_job
+
+    job_file = write_job(job, Path(job.train.out_dir) / "job.json")
+    if job.prepared.corpus is not None and not dry_run:
+        console.print(
+            f"[dim]data: embedded corpus {job.prepared.prefix} "
+            f"(entropy floor {job.prepared.corpus.loss_floor:.4f} nats/token)[/]",
+            soft_wrap=True,
+        )
+    options = LaunchOptions(
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        rdzv_endpoint=rdzv_endpoint,
+        launcher=launcher,
+        dry_run=dry_run,
+    )
+    launch_or_print(
+        options,
+        "megatron_tf.train.main",
+        ["--job", str(job_file)],
+        world_size=job.parallel.world_size,
+    )
+
+
+_LAUNCH_KEYS = frozenset({"nnodes", "nproc_per_node", "rdzv_endpoint", "launcher", "dry_run"})
