@@ -101,5 +101,8 @@ def run_torchrun(
         return results
 
 
-def _tail(text: str, lines: int = 80) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+def _tail(text: str, lines: int = 60) -> str:
+    """The ranks' own error lines (torchrun prefixes them with `[rankN]:`), then the tail."""
+    all_lines = text.splitlines()
+    rank_errors = [line for line in all_lines if line.startswith("[rank")][-lines:]
+    return "\n".join([*rank_errors, "----", *all_lines[-20:]])
