@@ -332,6 +332,12 @@ def main() -> None:
     for name in args.cases.split(","):
         with contextlib.ExitStack():
             out[name] = run_case(CASES[name], parallel, refs)
+    from megatron.core import parallel_state
+
+    out["_ranks"] = {
+        "pp": parallel_state.get_pipeline_model_parallel_rank(),
+        "dp": parallel_state.get_data_parallel_rank(),
+    }
     save_result(out)
     destroy_distributed()
 
