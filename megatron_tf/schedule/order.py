@@ -462,12 +462,17 @@ def rank_programs(spec: ScheduleSpec) -> list[list[Op]]:
                             pend.microbatch,
                         )
 
+    resolved: dict[tuple[str, int, int, int], Message] = {}
+
     def resolve(pend: _Pending) -> Message:
         key = (pend.kind, pend.src, pend.dst, pend.seq)
-        if key not in sent:
-            raise AssertionError(f"unmatched receive {key} in {spec.describe()}")
-        stage, mb = sent[key]
-        return Message(pend.kind, pend.src, pend.dst, stage, mb, pend.seq)
+        msg = resolved.get(key)
+        if msg is None:
+            if key not in sent:
+                raise AssertionError(f"unmatched receive {key} in {spec.describe()}")
+            stage, mb = sent[key]
+            msg = resolved[key] = Message(pend.kind, pend.src, pend.dst, stage, mb, pend.seq)
+        return msg
 
     programs: list[list[Op]] = []
     received: set[tuple[str, int, int, int]] = set()
