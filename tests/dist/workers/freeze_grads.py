@@ -152,14 +152,15 @@ def expected(runtime: FreezeRuntime, ref: list[Grads], chunks, rescale: str) -> 
             total /= dp
         out[(c, name)] = total
     # Tied word embedding: first-stage embedding + last-stage output layer, summed.
-    group = parallel_state.get_embedding_group()
     for c, name, p in named(chunks):
         vp_stage = c if len(chunks) > 1 else None
         in_group = parallel_state.is_rank_in_embedding_group(
             ignore_virtual=False, vp_stage=vp_stage
         )
-        if getattr(p, "shared_embedding", False) and in_group and group.size() > 1:
-            dist.all_reduce(out[(c, name)], group=group)
+        if getattr(p, "shared_embedding", False) and in_group:
+            group = parallel_state.get_embedding_group()
+            if group.size() > 1:
+                dist.all_reduce(out[(c, name)], group=group)
     return out
 
 
