@@ -1,0 +1,91 @@
+"""Settings of a profiling run and the job file the CLI hands to the torchrun workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+
+__all__ = ["LINEARITY_RATIOS", "ProfileConfig", "ProfileJob", "JOB_ENV"]
+
+LINEARITY_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
+"""Freeze ratios measured by `--linearity`, besides 0 (unfrozen) and 1 (frozen)."""
+
+JOB_ENV = "TIMELYFREEZE_PROFILE_JOB"
+"""Environment variable naming the job file of `python -m megatron_tf.profile.worker`."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ProfileConfig:
+    """How many iterations of which kind a profile measures."""
+
+    iters: int = 5
+    """Measured iterations per phase (unfrozen, fully frozen, each linearity ratio)."""
+    warmup_iters: int = 2
+    """Unmeasured iterations first (allocator, caches, gloo connections)."""
+    linearity: bool = False
+    """Also measure at ratios 0.25, 0.5, 0.75 and fit backward time against the ratio."""
+    outlier_mads: float = 5.0
+    """A sample further than this many (scaled) MADs from its median is an outlier."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
+            raise ConfigError(f"--iters must be a positive integer, got {self.iters!r}")
+        if not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
+            raise ConfigError(f"--warmup-iters must be an integer >= 0, got {self.warmup_iters!r}")
+        if not self.outlier_mads > 0:
+            raise ConfigError(f"outlier_mads must be > 0, got {self.outlier_mads!r}")
+
+    @property
+    def phases(self) -> list[tuple[str, float]]:
+        """(name, freeze ratio) of each measured phase, in the order they run."""
+        phases = [("unfrozen", 0.0), ("frozen", 1.0)]
+        if self.linearity:
+            phases += [(f"ratio_{r:g}", r) for r in LINEARITY_RATIOS]
+        return phases
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(kw_only=True, slots=True)
+class ProfileJob:
+    """Everything a profiling worker needs; written by the CLI, read by every rank."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    output: str
+    """Path of the profile.json rank 0 writes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "parallel": self.parallel.to_dict(),
+            "profile": self.profile.to_dict(),
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileJob:
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            parallel=ParallelConfig.from_dict(data["parallel"]),
+            profile=ProfileConfig(**data["profile"]),
+            output=data["output"],
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ProfileJob:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"cannot read profile job {path}: {exc}") from None

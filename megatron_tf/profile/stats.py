@@ -1,0 +1,265 @@
+"""Turn the timings gathered from every rank into a `timelyfreeze.profile/1` (no torch).
+
+Input: `timings[phase][rank]` = list of iterations, each `(wall, [(kind, chunk, mb, start,
+end), ...])` in seconds (Python floats, i.e. float64). Per (rank, chunk) the forward comes
+from the unfrozen phase, `backward` from the unfrozen phase and `backward_frozen` from the
+fully frozen one. Each value is a median over iterations and microbatches after outliers
+(further than `outlier_mads` scaled MADs from the median) are dropped; the dropped samples are
+listed in `measured.outliers`, never silently kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from megatron_tf.formats.profile import (
+    CommLink,
+    Measured,
+    MeasuredAction,
+    MicrobatchCost,
+    Profile,
+    ScheduleModel,
+    StageCost,
+)
+from megatron_tf.schedule.spec import ScheduleSpec
+
+__all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
+
+RawAction = tuple[str, int, int, float, float]
+RawIteration = tuple[float, list[RawAction]]
+Timings = dict[str, list[list[RawIteration]]]  # [phase][rank] -> iterations
+
+_MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+_COMM_QUANTILE = 0.1  # a P2P call's transfer time: its fast calls (peer already waiting)
+
+
+@dataclass(slots=True)
+class RobustStat:
+    """Median and MAD of the kept samples, and the samples dropped as outliers."""
+
+    median: float
+    mad: float
+    n: int
+    outliers: list[float]
+
+
+def robust_stat(samples: Sequence[float], outlier_mads: float = 5.0) -> RobustStat:
+    """Median and MAD after dropping samples more than `outlier_mads` scaled MADs away."""
+    if not samples:
+        return RobustStat(0.0, 0.0, 0, [])
+    med = statistics.median(samples)
+    mad = statistics.median(abs(x - med) for x in samples)
+    limit = outlier_mads * _MAD_SCALE * mad
+    kept = [x for x in samples if mad == 0 or abs(x - med) <= limit]
+    dropped = [x for x in samples if not (mad == 0 or abs(x - med) <= limit)]
+    med = statistics.median(kept)
+    mad = statistics.median(abs(x - med) for x in kept)
+    return RobustStat(med, mad, len(kept), dropped)
+
+
+def _quantile(samples: Sequence[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
+    """Least-squares line y = intercept + slope * x and its R^2 (1 when y is constant)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    slope = sxy / sxx if sxx else 0.0
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return {"slope": slope, "intercept": intercept, "r2": r2}
+
+
+def _durations(
+    iterations_by_rank: list[list[RawIteration]], kind: str
+) -> dict[tuple[int, int, int], list[float]]:
+    """(rank, chunk, mb) -> durations of `kind` ("F" or "B") over the phase's iterations."""
+    out: dict[tuple[int, int, int], list[float]] = defaultdict(list)
+    for rank, iterations in enumerate(iterations_by_rank):
+        for _, actions in iterations:
+            for k, chunk, mb, start, end in actions:
+                if k == kind:
+                    out[(rank, chunk, mb)].append(end - start)
+    return out
+
+
+def _per_stage(
+    per_mb: dict[tuple[int, int, int], list[float]],
+    spec: ScheduleSpec,
+    outlier_mads: float,
+    label: str,
+    outliers: list[dict[str, Any]],
+) -> tuple[dict[tuple[int, int], RobustStat], dict[tuple[int, int, int], float]]:
+    stages: dict[tuple[int, int], RobustStat] = {}
+    mbs: dict[tuple[int, int, int], float] = {}
+    for r in range(spec.pp):
+        for c in range(spec.vpp):
+            pooled: list[float] = []
+            for mb in range(spec.microbatches):
+                samples = per_mb.get((r, c, mb), [])
+                pooled += samples
+                if samples:
+                    mbs[(r, c, mb)] = robust_stat(samples, outlier_mads).median
+            stat = robust_stat(pooled, outlier_mads)
+            stages[(r, c)] = stat
+            if stat.outliers:
+                outliers.append({"rank": r, "chunk": c, "value": label, "dropped": stat.outliers})
+    return stages, mbs
+
+
+def _comm_links(iterations_by_rank: list[list[RawIteration]]) -> list[CommLink]:
+    """Per rank and direction, the transfer time of one message.
+
+    A blocking P2P call lasts (wait for the peer) + (transfer); its fast calls are the ones
+    whose peer was already waiting, so a low quantile of its durations is the transfer time.
+    Calls that send activations count for `forward`, those that send gradients for `backward`.
+    """
+    samples: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for rank, iterations in enumerate(iterations_by_rank):
+        for _, actions in iterations:
+            for kind, _, _, start, end in actions:
+                if kind in ("F", "B"):
+                    continue
+                if "send_forward" in kind:
+                    samples[(rank, "forward")].append(end - start)
+                if "send_backward" in kind:
+                    samples[(rank, "backward")].append(end - start)
+    pp = len(iterations_by_rank)
+    # The last rank sends no activations and the first no gradients: reuse the other value.
+    everything = [x for v in samples.values() for x in v]
+    fallback = _quantile(everything, _COMM_QUANTILE)
+    return [
+        CommLink(
+            rank=r,
+            direction=d,
+            seconds=_quantile(samples[(r, d)], _COMM_QUANTILE) if samples[(r, d)] else fallback,
+        )
+        for r in range(pp)
+        for d in ("forward", "backward")
+    ]
+
+
+def _iteration_walls(iterations_by_rank: list[list[RawIteration]]) -> list[float]:
+    """Each iteration's time: the slowest rank's (ranks start together after a barrier)."""
+    count = min(len(its) for its in iterations_by_rank)
+    return [max(its[i][0] for its in iterations_by_rank) for i in range(count)]
+
+
+def _representative_actions(
+    iterations_by_rank: list[list[RawIteration]], walls: list[float]
+) -> list[MeasuredAction]:
+    """Every rank's actions of the iteration whose time is closest to the median."""
+    med = statistics.median(walls)
+    index = min(range(len(walls)), key=lambda i: abs(walls[i] - med))
+    actions = []
+    for rank, iterations in enumerate(iterations_by_rank):
+        for kind, chunk, mb, start, end in iterations[index][1]:
+            actions.append(
+                MeasuredAction(
+                    rank=rank, kind=kind, chunk=chunk, microbatch=mb, start=start, end=end
+                )
+            )
+    return actions
+
+
+def build_profile(
+    timings: Timings,
+    spec: ScheduleSpec,
+    *,
+    outlier_mads: float = 5.0,
+    phase_ratios: dict[str, float] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Profile:
+    """The profile these timings describe (see the module docstring)."""
+    outliers: list[dict[str, Any]] = []
+    unfrozen, frozen = timings["unfrozen"], timings["frozen"]
+    fwd, fwd_mb = _per_stage(_durations(unfrozen, "F"), spec, outlier_mads, "forward", outliers)
+    bwd, bwd_mb = _per_stage(_durations(unfrozen, "B"), spec, outlier_mads, "backward", outliers)
+    frz, frz_mb = _per_stage(
+        _durations(frozen, "B"), spec, outlier_mads, "backward_frozen", outliers
+    )
+    stages = []
+    for r in range(spec.pp):
+        for c in range(spec.vpp):
+            b = bwd[(r, c)].median
+            stages.append(
+                StageCost(
+                    rank=r,
+                    chunk=c,
+                    forward=fwd[(r, c)].median,
+                    backward=b,
+                    # Noise can make the frozen median exceed the full one on a tiny chunk.
+                    backward_frozen=min(frz[(r, c)].median, b),
+                )
+            )
+    microbatches = []
+    for key in sorted(fwd_mb):
+        r, c, mb = key
+        b = bwd_mb.get(key)
+        f_b = frz_mb.get(key)
+        if b is not None and f_b is not None:
+            f_b = min(f_b, b)
+        microbatches.append(
+            MicrobatchCost(
+                rank=r, chunk=c, microbatch=mb, forward=fwd_mb[key], backward=b, backward_frozen=f_b
+            )
+        )
+    walls = _iteration_walls(unfrozen)
+    wall_stat = robust_stat(walls, outlier_mads)
+    frozen_walls = _iteration_walls(frozen)
+    measured = Measured(
+        iteration_time=wall_stat.median,
+        iteration_times=walls,
+        actions=_representative_actions(unfrozen, walls),
+        iteration_time_mad=wall_stat.mad,
+        frozen_iteration_time=statistics.median(frozen_walls),
+        frozen_iteration_times=frozen_walls,
+        spread={
+            f"{name}[r={r},c={c}]": {"median": s.median, "mad": s.mad, "n": s.n}
+            for name, table in (("forward", fwd), ("backward", bwd), ("backward_frozen", frz))
+            for (r, c), s in table.items()
+        },
+        outliers=outliers,
+    )
+    linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads)
+    return Profile(
+        schedule=ScheduleModel.from_spec(spec),
+        stages=stages,
+        microbatches=microbatches,
+        comm=_comm_links(unfrozen),
+        measured=measured,
+        linearity=linearity,
+        provenance=provenance or {},
+    )
+
+
+def _linearity(
+    timings: Timings, spec: ScheduleSpec, phase_ratios: dict[str, float], outlier_mads: float
+) -> dict[str, Any] | None:
+    """Per (rank, chunk): backward median at each measured ratio, the fitted line and R^2."""
+    phases = sorted((ratio, name) for name, ratio in phase_ratios.items() if name in timings)
+    if len(phases) <= 2:
+        return None
+    stages = []
+    for r in range(spec.pp):
+        for c in range(spec.vpp):
+            ys = []
+            for _, name in phases:
+                per_mb = _durations(timings[name], "B")
+                pooled = [x for (rr, cc, _), v in per_mb.items() if (rr, cc) == (r, c) for x in v]
+                ys.append(robust_stat(pooled, outlier_mads).median)
+            xs = [ratio for ratio, _ in phases]
+            stages.append({"rank": r, "chunk": c, "backward": ys, **fit_line(xs, ys)})
+    return {"ratios": [ratio for ratio, _ in phases], "stages": stages}

@@ -1,0 +1,110 @@
+"""Torchrun entry of `timelyfreeze profile`: `python -m megatron_tf.profile.worker`.
+
+Reads the job file named by $TIMELYFREEZE_PROFILE_JOB (written by the CLI), measures on every
+rank, gathers to global rank 0, which writes the profile atomically. Data-parallel and
+tensor-parallel replicas measure too; the profile keeps the replica with data-parallel rank 0
+and tensor-parallel rank 0 of each pipeline rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from megatron_tf.launch.worker_errors import report_user_errors
+from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
+from megatron_tf.profile.config import JOB_ENV, ProfileJob
+from megatron_tf.profile.runner import gather_to_rank0, measure_phases
+from megatron_tf.train.model import build_model_chunks, use_transformer_engine
+
+
+def _progress(rank: int) -> Any:
+    def report(phase: str, done: int, total: int) -> None:
+        if rank == 0:
+            print(f"[profile] {phase}: {done}/{total}", flush=True)
+
+    return report
+
+
+def provenance(job: ProfileJob) -> dict[str, Any]:
+    """Model and layout, device, versions and date: what a profile was measured on."""
+    from megatron.core import package_info
+
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name()} x {dist.get_world_size()} (nccl)"
+    else:
+        device = (
+            f"CPU {platform.processor() or platform.machine()} x {dist.get_world_size()} (gloo)"
+        )
+    return {
+        "model": job.model.to_dict(),
+        "parallel": job.parallel.to_dict(),
+        "profile": job.profile.to_dict(),
+        "device": device,
+        "hostname": platform.node(),
+        "layer_spec": "transformer_engine" if use_transformer_engine() else "local",
+        "torch": torch.__version__,
+        "megatron_core": package_info.__version__,
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",
+    }
+
+
+def run_job(job: ProfileJob) -> None:
+    from megatron.core import parallel_state
+
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.profile.stats import build_profile
+
+    init_distributed(job.parallel, seed=job.model.seed)
+    try:
+        rank = dist.get_rank()
+        chunks = build_model_chunks(job.model, job.parallel, wrap_ddp=True)
+        timings = measure_phases(chunks, job.model, job.parallel, job.profile, _progress(rank))
+        ids = (
+            parallel_state.get_pipeline_model_parallel_rank(),
+            parallel_state.get_data_parallel_rank(),
+            parallel_state.get_tensor_model_parallel_rank(),
+        )
+        gathered = gather_to_rank0((ids, timings))
+        if rank == 0:
+            assert gathered is not None
+            by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
+            phases = {
+                name: [by_pp[r][name] for r in range(job.parallel.pp)]
+                for name, _ in job.profile.phases
+            }
+            profile = build_profile(
+                phases,
+                job.parallel.schedule_spec(),
+                outlier_mads=job.profile.outlier_mads,
+                phase_ratios=dict(job.profile.phases),
+                provenance=provenance(job),
+            )
+            save_profile(profile, job.output)
+            print(f"[profile] wrote {job.output}", flush=True)
+    finally:
+        destroy_distributed()
+
+
+@record
+def main() -> None:
+    with report_user_errors():
+        path = os.environ.get(JOB_ENV)
+        if not path:
+            from megatron_tf.errors import LaunchError
+
+            raise LaunchError(f"{JOB_ENV} is not set: start this worker with timelyfreeze profile")
+        run_job(ProfileJob.load(path))
+
+
+if __name__ == "__main__":
+    main()
