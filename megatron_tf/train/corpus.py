@@ -210,13 +210,12 @@ def ensure_corpus(cfg: CorpusConfig, cache_dir: Path | None = None) -> CorpusInf
 
 def _write_indexed(docs: np.ndarray, prefix: str) -> None:
     # Imported here: generating and checking the chain needs only numpy.
-    import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     dtype = np.uint16 if docs.max() < 2**16 else np.int32
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
     for doc in docs:
-        builder.add_document(torch.from_numpy(doc), lengths=[len(doc)])
+        builder.add_document(doc, lengths=[len(doc)])  # numpy in, numpy written
     builder.finalize(prefix + ".idx")
 
 
