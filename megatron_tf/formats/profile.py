@@ -33,6 +33,7 @@ __all__ = [
     "parse_profile",
     "profile_sha256",
     "write_json_atomic",
+    "default_file_mode",
 ]
 
 PROFILE_FORMAT = "timelyfreeze.profile/1"
@@ -261,6 +262,7 @@ def write_json_atomic(data: object, path: str | os.PathLike[str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, allow_nan=False)
             fh.write("\n")
@@ -268,6 +270,13 @@ def write_json_atomic(data: object, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def default_file_mode() -> int:
+    """What `open(path, "w")` would give (0o666 minus the umask); mkstemp's 0o600 is private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _canonical(profile: Profile) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.profile import default_file_mode
 from megatron_tf.schedule.dag import NodeKind
 from megatron_tf.schedule.simulate import SimResult
 
@@ -133,6 +134,7 @@ def draw_timelines(timelines: Sequence[Timeline], path: str | os.PathLike[str]) 
     fig.tight_layout(rect=(0, 0.06 if max_ranks > 4 else 0.1, 1, 1))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=130, format=suffix[1:])
@@ -240,6 +242,7 @@ def write_chrome_trace(timelines: Sequence[Timeline], path: str | os.PathLike[st
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(chrome_trace(timelines), fh)
         os.replace(tmp, target)
