@@ -156,6 +156,9 @@ class _PatchedHookAdapter:
     """The object registered in a patched schedules.py's `schedule_hooks` list."""
 
     def iteration_start(self, forward_only: bool, num_microbatches: int | None = None) -> None:
+        # The patched schedules cannot bracket their body in try/finally: a schedule that
+        # raised never reported its end, so a new start always opens a fresh iteration.
+        _DISPATCH.depth = 0
         _DISPATCH.schedule_start(forward_only, num_microbatches)
 
     def iteration_end(self, forward_only: bool, num_microbatches: int | None = None) -> None:
