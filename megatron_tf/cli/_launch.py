@@ -16,6 +16,7 @@ This module imports neither torch nor megatron, so `--help` and `--dry-run` stay
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 Launcher = Literal["local", "slurm"]
+
+TIMEOUT_ENV = "TIMELYFREEZE_TIMEOUT"
+"""Seconds after which a launched job is killed (exit code 1); unset: no limit."""
 
 _PANEL = "Launch"
 
@@ -160,8 +164,12 @@ def launch_or_print(
     *,
     world_size: int | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Run the job under torchrun, or print it under --dry-run; a failed job exits with code 1.
+
+    `timeout` (seconds; default: $TIMELYFREEZE_TIMEOUT if set, else none) kills a job that runs
+    longer, e.g. a hung rank in CI.
 
     Raises LaunchError (exit 2 through `@user_errors`) for flags that cannot describe a job, and
     WorkerUserError when a worker refused to run for a reason the user can fix (see
@@ -174,7 +182,7 @@ def launch_or_print(
         return
     with tempfile.TemporaryDirectory(prefix="timelyfreeze-errors-") as notes:
         launch.env[ERROR_DIR_ENV] = notes
-        code = run(launch, entry_module, args)
+        code = run(launch, entry_module, args, timeout=timeout or _env_timeout())
         worker_error = first_worker_error(notes) if code != 0 else None
     if worker_error is not None:
         # A rank refused to run (bad plan, mismatched layout): a user error, exit 2.
@@ -187,6 +195,19 @@ def launch_or_print(
             soft_wrap=True,
         )
         raise typer.Exit(code=1)
+
+
+def _env_timeout() -> float | None:
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise LaunchError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _per_node(world_size: int, nnodes: int) -> int:

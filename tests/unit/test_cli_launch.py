@@ -154,7 +154,7 @@ def test_bad_launch_flags_exit_2_with_one_line(args, env, message) -> None:
 def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake_run(launch, entry_module, args):
+    def fake_run(launch, entry_module, args, timeout=None):
         calls.append((launch, entry_module, list(args)))
         return 0
 
@@ -169,14 +169,14 @@ def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_failed_job_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_launch, "run", lambda *a: 1)
+    monkeypatch.setattr(_launch, "run", lambda *a, **k: 1)
     result = invoke([])
     assert result.exit_code == 1
     assert "the job failed (torchrun exit code 1)" in result.output
 
 
 def test_a_worker_user_error_exits_2_with_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run(launch, entry_module, args):
+    def fake_run(launch, entry_module, args, timeout=None):
         folder = Path(launch.env[ERROR_DIR_ENV])
         (folder / "rank3.txt").write_text("the plan was solved for 1f1b pp=4 M=8\n")
         (folder / "rank1.txt").write_text("the plan was solved for 1f1b pp=2 M=8\n")

@@ -1,0 +1,92 @@
+"""The `--megatron-lm PATH [--script S] -- <Megatron-LM arguments>` route of `pretrain`/`profile`.
+
+The commands call `megatron_lm_job(...)` to check the checkout, script and plan in this process
+(so bad input exits 2 before any rank starts), then `launch_megatron_lm(...)`. Megatron-LM's
+arguments are handed to the workers untouched; TimelyFreeze's own settings travel as
+`TIMELYFREEZE_*` environment variables (printed by `--dry-run`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from megatron_tf.cli._launch import LaunchOptions, launch_or_print
+from megatron_tf.errors import LaunchError
+from megatron_tf.launch.megatron_lm import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
+
+__all__ = [
+    "MegatronArgsArgument",
+    "MegatronLMOption",
+    "ScriptOption",
+    "launch_megatron_lm",
+    "megatron_lm_job",
+]
+
+_PANEL = "Megatron-LM"
+
+MegatronLMOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--megatron-lm",
+        metavar="PATH",
+        help="Run your Megatron-LM checkout's entry script instead of the built-in trainer; "
+        "its arguments follow `--`.",
+        rich_help_panel=_PANEL,
+    ),
+]
+ScriptOption = Annotated[
+    str,
+    typer.Option(
+        "--script",
+        help="Entry script inside the --megatron-lm checkout.",
+        rich_help_panel=_PANEL,
+    ),
+]
+MegatronArgsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[-- MEGATRON_ARGS]...",
+        help="With --megatron-lm: Megatron-LM's own arguments, after `--`, passed untouched.",
+        show_default=False,
+    ),
+]
+
+
+def megatron_lm_job(
+    *,
+    megatron_lm: str | os.PathLike[str],
+    script: str = "pretrain_gpt.py",
+    plan: str | os.PathLike[str] | None = None,
+    freeze: Mapping[str, Any] | None = None,
+    mode: Mode = "pretrain",
+) -> MegatronLMJob:
+    """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
+
+    Raises LaunchError (not a checkout, missing script) or FormatError (a plan that is not
+    one); the plan's layout is checked by the workers against what Megatron-LM parses.
+    """
+    entry = resolve_checkout(megatron_lm, script)
+    plan_path = None
+    if plan is not None:
+        from megatron_tf.formats.plan import load_plan
+
+        load_plan(plan)
+        plan_path = Path(plan).resolve()
+    return MegatronLMJob(script=entry, mode=mode, plan=plan_path, freeze=dict(freeze or {}))
+
+
+def launch_megatron_lm(
+    job: MegatronLMJob, options: LaunchOptions, megatron_args: Sequence[str] | None
+) -> None:
+    """Start (or print, under --dry-run) the job on this node; exits like `launch_or_print`."""
+    if options.nproc_per_node is None and options.launcher == "local":
+        raise LaunchError(
+            "--nproc-per-node is required with --megatron-lm: Megatron-LM's world size "
+            "(tensor x pipeline x data parallel) is decided by its own arguments"
+        )
+    launch_or_print(options, ENTRY_MODULE, list(megatron_args or []), env=job.environment())

@@ -1,0 +1,170 @@
+"""`--megatron-lm`: a user's Megatron-LM script runs under torchrun with TimelyFreeze installed.
+
+The "checkout" is a temporary folder holding `tests/dist/megatron_lm_standin/pretrain_gpt.py`,
+a stand-in script that parses its arguments with Megatron-LM's own parser and trains a tiny GPT
+with megatron-core's pipeline schedules on CPU (gloo), 2 ranks, pp 2, M 4.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from megatron_tf.cli._app import user_errors
+from megatron_tf.cli._launch import LaunchOptions, NprocPerNodeOption
+from megatron_tf.cli._megatron_lm import (
+    MegatronArgsArgument,
+    MegatronLMOption,
+    launch_megatron_lm,
+    megatron_lm_job,
+)
+from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+
+pytestmark = pytest.mark.dist
+
+# TODO(C): drive `timelyfreeze pretrain --megatron-lm` itself once the command has the route.
+app = typer.Typer()
+
+
+@app.command("pretrain")
+@user_errors
+def _pretrain(
+    megatron_args: MegatronArgsArgument = None,
+    *,
+    megatron_lm: MegatronLMOption = None,
+    plan: Annotated[Path | None, typer.Option()] = None,
+    nproc_per_node: NprocPerNodeOption = None,
+) -> None:
+    job = megatron_lm_job(megatron_lm=megatron_lm, plan=plan)
+    launch_megatron_lm(job, LaunchOptions(nproc_per_node=nproc_per_node), megatron_args)
+
+
+@app.command("other")
+def _other() -> None:
+    """A second command, so typer keeps `pretrain` as a subcommand."""
+
+
+STANDIN = Path(__file__).parent / "megatron_lm_standin" / "pretrain_gpt.py"
+
+# What Megatron-LM's parser needs for a tiny 2-stage GPT on CPU; argv must reach the script as is.
+MEGATRON_ARGS = [
+    "--pipeline-model-parallel-size", "2",
+    "--num-layers", "2",
+    "--hidden-size", "32",
+    "--num-attention-heads", "4",
+    "--seq-length", "16",
+    "--max-position-embeddings", "16",
+    "--micro-batch-size", "1",
+    "--global-batch-size", "4",  # M = 4 / (1 x dp 1)
+    "--train-iters", "2",
+    "--tokenizer-type", "NullTokenizer",
+    "--vocab-size", "64",
+    "--lr", "1e-3",
+    "--mock-data",
+    "--no-gradient-accumulation-fusion",
+    "--use-cpu-initialization",
+]  # fmt: skip
+OWN_PARSER_ARGS = [
+    "--pipeline-model-parallel-size", "2",
+    "--num-layers", "2",
+    "--hidden-size", "32",
+    "--num-attention-heads", "4",
+    "--seq-length", "16",
+    "--micro-batch-size", "1",
+    "--global-batch-size", "4",
+    "--vocab-size", "64",
+    "--train-iters", "2",
+]  # fmt: skip
+
+RATIOS = [[[1.0, 0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]]  # [rank][chunk][microbatch]
+
+
+def make_plan(path: Path, microbatches: int, ratios: list) -> Path:
+    plan = Plan(
+        schedule=PlanSchedule(kind="1f1b", pp=2, vpp=1, microbatches=microbatches, group_size=2),
+        profile_sha256="0" * 64,
+        max_freeze_ratio=0.5,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=ratios,
+        predicted=Predicted(baseline_makespan=1.0, makespan=1.0, speedup=1.0),
+        solver=SolverInfo(name="GLOP", status="OPTIMAL", seconds=0.0),
+    )
+    save_plan(plan, path)
+    return path
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "Megatron-LM"
+    root.mkdir()
+    shutil.copy(STANDIN, root / "pretrain_gpt.py")
+    return root
+
+
+def pretrain(checkout: Path, plan: Path, args: list[str], results: Path, own_parser: bool):
+    env = {
+        "STANDIN_RESULTS": str(results),
+        "STANDIN_OWN_PARSER": "1" if own_parser else "0",
+        "TIMELYFREEZE_TIMEOUT": "300",
+    }
+    cli = ["pretrain", "--megatron-lm", str(checkout), "--plan", str(plan)]
+    cli += ["--nproc-per-node", "2", "--", *args]
+    return CliRunner().invoke(app, cli, env=env)
+
+
+def test_plan_reaches_every_rank_before_the_first_iteration(checkout: Path, tmp_path: Path):
+    plan = make_plan(tmp_path / "plan.json", 4, RATIOS)
+    results = tmp_path / "results"
+    result = pretrain(checkout, plan, MEGATRON_ARGS, results, own_parser=False)
+    assert result.exit_code == 0, result.output[-4000:]
+    for rank in (0, 1):
+        assert f"timelyfreeze[rank {rank}]: plan " in result.output
+        assert f"timelyfreeze[rank {rank}]: freeze runtime installed before iteration 0" in (
+            result.output
+        )
+        seen = json.loads((results / f"rank{rank}.json").read_text())
+        # Megatron-LM's argv, untouched: the script path, then exactly the arguments after `--`.
+        assert seen["argv"] == [str(checkout / "pretrain_gpt.py"), *MEGATRON_ARGS]
+        frozen = {(it, mb): n for it, chunk, mb, n in seen["records"]}
+        for iteration in (0, 1):  # from the very first iteration, as planned for this rank
+            for mb in range(4):
+                planned = RATIOS[rank][0][mb] > 0
+                assert (frozen[iteration, mb] > 0) == planned, (rank, iteration, mb, frozen)
+        # The evaluation (forward-only) call freezes nothing.
+        assert all(frozen[-1, mb] == 0 for mb in range(4))
+
+
+def test_plan_for_another_layout_is_refused_from_megatron_args(checkout: Path, tmp_path: Path):
+    plan = make_plan(tmp_path / "plan.json", 8, [[[0.0] * 8]] * 2)
+    results = tmp_path / "results"
+    result = pretrain(checkout, plan, MEGATRON_ARGS, results, own_parser=False)
+    assert result.exit_code == 2, result.output[-4000:]
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: the plan was solved for 1f1b pp=2 M=8 but this job runs 1f1b pp=2 M=4 "
+        "(from Megatron-LM's arguments;"
+    ), last
+    assert not results.exists()  # no rank trained, or even built the model
+
+
+def test_plan_for_another_layout_is_refused_at_the_first_schedule_call(
+    checkout: Path, tmp_path: Path
+):
+    plan = make_plan(tmp_path / "plan.json", 8, [[[0.0] * 8]] * 2)
+    results = tmp_path / "results"
+    result = pretrain(checkout, plan, OWN_PARSER_ARGS, results, own_parser=True)
+    assert result.exit_code == 2, result.output[-4000:]
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: the plan was solved for 1f1b pp=2 M=8 but this job runs 1f1b pp=2 M=4 "
+        "(at its first schedule call;"
+    ), last
+    assert not results.exists()
