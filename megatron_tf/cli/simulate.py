@@ -75,7 +75,12 @@ def simulate(
     """
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.schedule.simulate import simulate_profile
-    from megatron_tf.schedule.timeline import draw_timelines, timeline_from_sim, write_chrome_trace
+    from megatron_tf.schedule.timeline import (
+        draw_timelines,
+        timeline_from_measured,
+        timeline_from_sim,
+        write_chrome_trace,
+    )
 
     flags_given = any(v is not None for v in (schedule, pp, microbatches, costs)) or (
         vpp,
@@ -138,6 +143,9 @@ def simulate(
             panels.append(timeline_from_sim(result, _title(f"with plan {plan.name}", result)))  # type: ignore[union-attr]
         else:
             panels.append(timeline_from_sim(result))
+        if data.measured is not None and data.measured.actions:
+            # A measured profile: draw what the real run did under what the model predicts.
+            panels.append(timeline_from_measured(data.measured, spec.pp, spec.vpp))
         if timeline is not None:
             draw_timelines(panels, timeline)
         if trace is not None:

@@ -16,14 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.formats.profile import default_file_mode
+from megatron_tf.formats.profile import Measured, default_file_mode
 from megatron_tf.schedule.dag import NodeKind
 from megatron_tf.schedule.simulate import SimResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["Bar", "Timeline", "timeline_from_sim", "draw_timelines", "write_chrome_trace"]
+__all__ = [
+    "Bar",
+    "Timeline",
+    "timeline_from_sim",
+    "timeline_from_measured",
+    "draw_timelines",
+    "write_chrome_trace",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,29 @@ def timeline_from_sim(result: SimResult, title: str | None = None) -> Timeline:
         f"makespan {result.makespan:.4g} s, bubble {result.bubble_fraction:.1%}"
     )
     return Timeline(title=text, ranks=spec.pp, chunks=spec.vpp, bars=bars)
+
+
+def timeline_from_measured(
+    measured: Measured, ranks: int, chunks: int = 1, title: str | None = None
+) -> Timeline:
+    """Bars of the actions a profiler recorded (those with an end time), to draw beside a
+    simulated timeline of the same schedule."""
+    bars = [
+        Bar(
+            rank=a.rank,
+            kind=a.kind if a.kind in ("F", "B") else "P2P",
+            start=a.start,
+            end=a.end,
+            chunk=a.chunk,
+            microbatch=a.microbatch,
+            label="" if a.kind in ("F", "B") else a.kind,
+        )
+        for a in measured.actions or []
+        if a.end is not None
+    ]
+    span = max((b.end for b in bars), default=0.0)
+    text = title or f"measured: iteration {measured.iteration_time or span:.4g} s"
+    return Timeline(title=text, ranks=ranks, chunks=chunks, bars=bars)
 
 
 # Forward chunks in blues, backward chunks in oranges/reds (darker = later chunk).

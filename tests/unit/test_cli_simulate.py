@@ -162,3 +162,35 @@ def test_subprocess_error_is_one_line() -> None:
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--costs" in lines[0], proc.stderr
+
+
+def test_measured_actions_get_their_own_tracks(tmp_path: Path) -> None:
+    from megatron_tf.formats.profile import Measured, MeasuredAction, save_profile
+    from megatron_tf.schedule.costs import synthetic_profile
+    from megatron_tf.schedule.spec import ScheduleSpec
+
+    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=1)
+    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
+    profile.measured = Measured(
+        iteration_time=6.5,
+        actions=[
+            MeasuredAction(rank=0, kind="F", chunk=0, microbatch=0, start=0.0, end=1.1),
+            MeasuredAction(rank=1, kind="F", chunk=0, microbatch=0, start=1.2, end=2.2),
+            MeasuredAction(rank=1, kind="B", chunk=0, microbatch=0, start=2.2, end=4.3),
+            MeasuredAction(rank=0, kind="B", chunk=0, microbatch=0, start=4.4, end=6.5),
+        ],
+    )
+    path, trace = tmp_path / "measured.json", tmp_path / "trace.json"
+    save_profile(profile, path)
+    result = runner.invoke(app, ["simulate", "--profile", str(path), "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    measured = sorted((e["tid"], e["name"], e["ts"]) for e in spans if e["pid"] == 1)
+    assert measured == [
+        (0, "B c0 m0", pytest.approx(4.4e6)),
+        (0, "F c0 m0", 0.0),
+        (1, "B c0 m0", pytest.approx(2.2e6)),
+        (1, "F c0 m0", pytest.approx(1.2e6)),
+    ]
