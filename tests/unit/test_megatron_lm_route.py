@@ -1,0 +1,193 @@
+"""The Megatron-LM route's pieces that need no torchrun: checkout checks, the job's environment,
+the layout read from Megatron-LM's arguments, function replacement, freezer state files."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
+from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
+from megatron_tf.megatron import megatron_lm
+from megatron_tf.megatron.megatron_lm import MegatronLMFreezer, layout_from_args
+from megatron_tf.schedule.spec import ScheduleSpec
+
+
+def test_checkout_with_pretrain_gpt(tmp_path: Path) -> None:
+    (tmp_path / "pretrain_gpt.py").write_text("")
+    assert resolve_checkout(tmp_path) == (tmp_path / "pretrain_gpt.py").resolve()
+
+
+def test_fork_with_megatron_package_and_another_script(tmp_path: Path) -> None:
+    (tmp_path / "megatron" / "training").mkdir(parents=True)
+    (tmp_path / "megatron" / "training" / "__init__.py").write_text("")
+    (tmp_path / "pretrain_mamba.py").write_text("")
+    assert resolve_checkout(tmp_path, "pretrain_mamba.py").name == "pretrain_mamba.py"
+
+
+@pytest.mark.parametrize(
+    ("setup", "script", "message"),
+    [
+        (lambda p: None, "pretrain_gpt.py", r"is not a Megatron-LM checkout: it has neither"),
+        (lambda p: (p / "pretrain_gpt.py").write_text(""), "nope.py", r"--script nope.py: no such"),
+        (
+            lambda p: [(p / n).write_text("") for n in ("pretrain_gpt.py", "run.sh")],
+            "run.sh",
+            r"--script run.sh: expected a Python script",
+        ),
+    ],
+)
+def test_bad_checkout_or_script(tmp_path: Path, setup, script: str, message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(LaunchError, match=message):
+        resolve_checkout(tmp_path, script)
+
+
+def test_missing_checkout_folder(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match=r"--megatron-lm .*/gone: does not exist"):
+        resolve_checkout(tmp_path / "gone")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LaunchError, match=r"is not a folder"):
+        resolve_checkout(tmp_path / "file")
+
+
+def test_job_travels_by_environment(tmp_path: Path) -> None:
+    job = MegatronLMJob(
+        script=tmp_path / "pretrain_gpt.py",
+        plan=tmp_path / "plan.json",
+        freeze={"seed": 3, "warmup_iters": 10},
+    )
+    env = job.environment()
+    assert env == {
+        "TIMELYFREEZE_MEGATRON_SCRIPT": str(tmp_path / "pretrain_gpt.py"),
+        "TIMELYFREEZE_MODE": "pretrain",
+        "TIMELYFREEZE_PLAN": str(tmp_path / "plan.json"),
+        "TIMELYFREEZE_FREEZE_CONFIG": '{"seed": 3, "warmup_iters": 10}',
+    }
+    assert MegatronLMJob.from_environment(env) == job
+
+
+def test_entry_outside_timelyfreeze_is_refused() -> None:
+    with pytest.raises(LaunchError, match="TIMELYFREEZE_MEGATRON_SCRIPT is not set"):
+        MegatronLMJob.from_environment({})
+
+
+def megatron_args(**overrides) -> SimpleNamespace:
+    base = dict(
+        pipeline_model_parallel_size=4,
+        virtual_pipeline_model_parallel_size=None,
+        micro_batch_size=2,
+        data_parallel_size=8,
+        global_batch_size=256,
+        microbatch_group_size_per_vp_stage=None,
+        overlap_p2p_comm=True,
+    )
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def test_layout_from_megatron_args() -> None:
+    # M = 256 / (2 x 8) = 16; overlap_p2p_comm means nothing for 1F1B.
+    assert layout_from_args(megatron_args()) == ScheduleSpec(kind="1f1b", pp=4, microbatches=16)
+    interleaved = layout_from_args(
+        megatron_args(virtual_pipeline_model_parallel_size=2, microbatch_group_size_per_vp_stage=8)
+    )
+    assert interleaved == ScheduleSpec(
+        kind="interleaved", pp=4, vpp=2, microbatches=16, group_size=8, overlap_p2p_comm=True
+    )
+    assert layout_from_args(megatron_args(pipeline_model_parallel_size=1)) is None
+
+
+def test_layout_from_megatron_args_needs_whole_microbatches() -> None:
+    with pytest.raises(ConfigError, match="--global-batch-size 100 is not a multiple"):
+        layout_from_args(megatron_args(global_batch_size=100))
+
+
+def _plan_file(tmp_path: Path, microbatches: int) -> Path:
+    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+
+    plan = Plan(
+        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
+        profile_sha256="a" * 64,
+        max_freeze_ratio=0.5,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=[[[0.0] * microbatches]] * 4,
+        predicted=Predicted(baseline_makespan=1.0, makespan=1.0, speedup=1.0),
+        solver=SolverInfo(name="GLOP", status="OPTIMAL", seconds=0.0),
+    )
+    save_plan(plan, tmp_path / "plan.json")
+    return tmp_path / "plan.json"
+
+
+def test_arguments_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer.on_arguments(megatron_args())
+    assert "matches Megatron-LM's arguments" in capsys.readouterr().out
+    with pytest.raises(
+        ScheduleMismatchError,
+        match=r"solved for 1f1b pp=4 M=16 but this job runs 1f1b pp=4 M=8 \(from Megatron-LM's",
+    ):
+        freezer.on_arguments(megatron_args(global_batch_size=128))
+    with pytest.raises(ScheduleMismatchError, match="without pipeline parallelism"):
+        freezer.on_arguments(megatron_args(pipeline_model_parallel_size=1))
+    with pytest.raises(ConfigError, match="--rampup-batch-size"):
+        freezer.on_arguments(megatron_args(rampup_batch_size=["16", "16", "1000"]))
+
+
+def test_functions_are_replaced_wherever_imported_by_name(monkeypatch) -> None:
+    home = types.ModuleType("tf_fake_home")
+    user = types.ModuleType("tf_fake_user")
+
+    def save(iteration: int) -> str:
+        return f"saved {iteration}"
+
+    home.save = save
+    user.save = save  # as `from tf_fake_home import save` leaves it
+    monkeypatch.setitem(sys.modules, "tf_fake_home", home)
+    monkeypatch.setitem(sys.modules, "tf_fake_user", user)
+    freezer = MegatronLMFreezer(plan=None, freeze={})
+    freezer._replace("tf_fake_home", "save", lambda f: lambda i: f(i).upper())
+    assert (home.save(3), user.save(4)) == ("SAVED 3", "SAVED 4")
+    freezer.uninstall()
+    assert home.save is save and user.save is save
+
+
+class _FakeRuntime:
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.loaded: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded.append(state)
+
+
+def test_freezer_state_beside_megatron_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    args = SimpleNamespace(save=str(tmp_path / "ckpt"), load=str(tmp_path / "ckpt"))
+    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setenv("RANK", "3")
+    plan = _plan_file(tmp_path, 16)
+
+    writer = MegatronLMFreezer(plan=plan, freeze={})
+    writer.runtime = _FakeRuntime({"next_iteration": 20, "counts": [[1, 2]]})
+    writer.after_save(20)
+    saved = tmp_path / "ckpt" / "iter_0000020" / "timelyfreeze" / "rank00003.pt"
+    assert saved.is_file()
+
+    # A resumed job: the state waits for the runtime, which starts at the first schedule call.
+    reader = MegatronLMFreezer(plan=plan, freeze={})
+    reader.after_load(20)
+    assert reader.pending_state == {"next_iteration": 20, "counts": [[1, 2]]}
+    assert reader.next_iteration == 20
+
+    # A checkpoint written without TimelyFreeze: start fresh, say so.
+    fresh = MegatronLMFreezer(plan=plan, freeze={})
+    fresh.after_load(30)
+    assert fresh.pending_state is None and fresh.next_iteration == 30
