@@ -1,4 +1,9 @@
-"""`timelyfreeze profile`: write a profile.json (what-if costs with --synthetic)."""
+"""`timelyfreeze profile`: measure a profile.json on the real model, or write what-if costs.
+
+Measuring launches `python -m megatron_tf.profile.worker` under torchrun (gloo on CPU, nccl on
+GPU) with the shared launch flags; every flag is checked here first, so a bad one exits 2
+before any process starts.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,15 @@ from typing import Annotated
 import typer
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._launch import (
+    DryRunOption,
+    LauncherOption,
+    LaunchOptions,
+    NnodesOption,
+    NprocPerNodeOption,
+    RdzvEndpointOption,
+    launch_or_print,
+)
 from megatron_tf.cli._schedule_opts import (
     CommOption,
     CostsOption,
@@ -20,6 +34,9 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+
+_MODEL = "Model (measuring)"
+_MEASURE = "Measuring"
 
 
 @app.command("profile")
@@ -44,8 +61,61 @@ def profile(
     overlap_p2p_comm: OverlapOption = False,
     costs: CostsOption = None,
     comm: CommOption = 0.0,
+    # -- model and layout (measuring)
+    num_layers: Annotated[
+        int, typer.Option(help="Transformer layers.", rich_help_panel=_MODEL)
+    ] = 4,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size.", rich_help_panel=_MODEL)] = 64,
+    num_attention_heads: Annotated[
+        int, typer.Option(help="Attention heads.", rich_help_panel=_MODEL)
+    ] = 4,
+    ffn_hidden_size: Annotated[
+        int, typer.Option(help="MLP hidden size; 0 = 4 x hidden.", rich_help_panel=_MODEL)
+    ] = 0,
+    seq_length: Annotated[
+        int, typer.Option(help="Tokens per sample.", rich_help_panel=_MODEL)
+    ] = 64,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.", rich_help_panel=_MODEL)] = 512,
+    micro_batch_size: Annotated[
+        int, typer.Option(help="Samples per microbatch.", rich_help_panel=_MODEL)
+    ] = 2,
+    recompute: Annotated[
+        str,
+        typer.Option(help="Activation recompute: none, full, selective.", rich_help_panel=_MODEL),
+    ] = "none",
+    seed: Annotated[
+        int, typer.Option(help="Seed of weights and data.", rich_help_panel=_MODEL)
+    ] = 1234,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size.", rich_help_panel=_MODEL)] = 1,
+    dp: Annotated[int, typer.Option(help="Data-parallel size.", rich_help_panel=_MODEL)] = 1,
+    # -- measuring
+    iters: Annotated[
+        int, typer.Option(help="Measured iterations per phase.", rich_help_panel=_MEASURE)
+    ] = 5,
+    warmup_iters: Annotated[
+        int, typer.Option(help="Unmeasured iterations first.", rich_help_panel=_MEASURE)
+    ] = 2,
+    linearity: Annotated[
+        bool,
+        typer.Option(
+            "--linearity",
+            help="Also measure at freeze ratios 0.25, 0.5, 0.75 and fit backward time vs ratio.",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = False,
+    # -- launch
+    nnodes: NnodesOption = 1,
+    nproc_per_node: NprocPerNodeOption = None,
+    rdzv_endpoint: RdzvEndpointOption = None,
+    launcher: LauncherOption = "local",
+    dry_run: DryRunOption = False,
 ) -> None:
     """Write a [bold]timelyfreeze.profile/1[/] file: per-stage forward/backward costs.
+
+    Measure the real model (torchrun; gloo on CPU, nccl on GPU): [bold]timelyfreeze profile
+    --pp 2 --microbatches 4 -o profile.json[/]. Warm-up, then --iters iterations with nothing
+    frozen and --iters with every freezable tensor frozen (no optimizer step: weights are never
+    changed), medians over iterations and microbatches, outliers flagged.
 
     What-if planning, no GPU: [bold]timelyfreeze profile --synthetic --schedule interleaved
     --pp 4 --vpp 2 --microbatches 8 --costs 1,1,1 -o profile.json[/]. F, B, W are one rank's
@@ -53,10 +123,40 @@ def profile(
     backward = B+W and backward_frozen = B (0 on the first virtual stage).
     """
     if not synthetic:
-        raise ConfigError(
-            "measuring profiles needs the profiling runner (not available yet): "
-            "use --synthetic with --costs F,B,W for a what-if profile"
+        measure_profile(
+            output,
+            schedule=schedule,
+            model_flags=dict(
+                num_layers=num_layers,
+                hidden_size=hidden_size,
+                num_attention_heads=num_attention_heads,
+                ffn_hidden_size=ffn_hidden_size,
+                seq_length=seq_length,
+                vocab_size=vocab_size,
+                micro_batch_size=micro_batch_size,
+                recompute=recompute,
+                seed=seed,
+            ),
+            layout_flags=dict(
+                tp=tp,
+                pp=2 if pp is None else pp,
+                vpp=vpp,
+                dp=dp,
+                microbatches=4 if microbatches is None else microbatches,
+                group_size=group_size,
+                overlap_p2p_comm=overlap_p2p_comm,
+            ),
+            measure_flags=dict(iters=iters, warmup_iters=warmup_iters, linearity=linearity),
+            launch=LaunchOptions(
+                nnodes=nnodes,
+                nproc_per_node=nproc_per_node,
+                rdzv_endpoint=rdzv_endpoint,
+                launcher=launcher,
+                dry_run=dry_run,
+            ),
+            costs=costs,
         )
+        return
     write_synthetic_profile(
         output,
         schedule=schedule,
@@ -68,6 +168,52 @@ def profile(
         costs=costs,
         comm=comm,
     )
+
+
+def measure_profile(
+    output: Path,
+    *,
+    schedule: str | None,
+    model_flags: dict,
+    layout_flags: dict,
+    measure_flags: dict,
+    launch: LaunchOptions,
+    costs: str | None = None,
+) -> None:
+    """The measuring path: check every flag, launch the workers, print a one-line summary."""
+    import tempfile
+
+    from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+    from megatron_tf.profile.launch import prepare_profile_job, summary_line
+    from megatron_tf.train.config import ModelConfig, ParallelConfig
+
+    if costs is not None:
+        raise ConfigError("--costs describes what-if costs: it needs --synthetic")
+    model = ModelConfig(**model_flags)
+    parallel = ParallelConfig(**layout_flags)
+    kind = "1f1b" if parallel.vpp == 1 else "interleaved"
+    if schedule is not None and schedule != kind:
+        raise ConfigError(
+            f"--schedule {schedule} disagrees with --vpp {parallel.vpp} (which runs {kind}); "
+            "when measuring, --vpp alone picks the schedule"
+        )
+    job = prepare_profile_job(model, parallel, ProfileConfig(**measure_flags), output)
+    with tempfile.TemporaryDirectory(prefix="timelyfreeze-profile-") as folder:
+        # Under --dry-run the printed command must still work later: keep the job file.
+        job_path = (
+            output.with_name(output.stem + ".job.json")
+            if launch.dry_run
+            else Path(folder) / "profile_job.json"
+        )
+        job.save(job_path)
+        launch_or_print(
+            launch,
+            "megatron_tf.profile.worker",
+            world_size=parallel.world_size,
+            env={JOB_ENV: str(job_path.resolve())},
+        )
+    if not launch.dry_run:
+        console.print(f"wrote {output}: {summary_line(output)}", highlight=False, soft_wrap=True)
 
 
 def write_synthetic_profile(
