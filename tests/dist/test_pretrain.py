@@ -1,0 +1,133 @@
+"""`timelyfreeze pretrain` end to end: the real CLI, torchrun, gloo on CPU, the embedded corpus.
+
+Each run is a subprocess of the real command; losses come from the run's metrics.jsonl and
+weights from its checkpoints. Runs are tiny (a few iterations of the default small GPT) so the
+whole file takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 300
+
+
+def _pretrain(tmp: Path, *args: str, out: str = "run") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TIMELYFREEZE_CACHE=str(tmp / "cache"))
+    cmd = [sys.executable, "-m", "megatron_tf", "pretrain", "--out-dir", str(tmp / out)]
+    return subprocess.run(
+        [*cmd, "--microbatches", "4", "--log-interval", "1", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _losses(tmp: Path, out: str = "run") -> dict[int, float]:
+    lines = (tmp / out / "metrics.jsonl").read_text().splitlines()
+    return {r["iteration"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def _plan(path: Path, *, pp: int, vpp: int, microbatches: int, ratio: float) -> Path:
+    """A uniform plan for the layout (the solver's output format; ratios are what matter)."""
+    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
+    from megatron_tf.train.config import ParallelConfig
+
+    spec = ParallelConfig(
+        pp=pp, vpp=vpp, microbatches=microbatches, overlap_p2p_comm=vpp > 1
+    ).schedule_spec()
+    plan = Plan(
+        schedule=PlanSchedule.from_spec(spec),
+        profile_sha256="0" * 64,
+        max_freeze_ratio=ratio,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=[[[ratio] * microbatches for _ in range(vpp)] for _ in range(pp)],
+        predicted={"baseline_makespan": 0.04, "makespan": 0.03, "speedup": 4 / 3},
+        solver={"name": "GLOP", "status": "OPTIMAL", "seconds": 0.0},
+    )
+    save_plan(plan, path)
+    return path
+
+
+@pytest.mark.parametrize("vpp", [1, 2], ids=["1f1b", "interleaved"])
+@pytest.mark.parametrize("with_plan", [False, True], ids=["baseline", "plan"])
+def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> None:
+    args = ["--iters", "8", "--lr-warmup-iters", "1", "--vpp", str(vpp)]
+    if vpp > 1:
+        args.append("--overlap-p2p-comm")
+    if with_plan:
+        plan = _plan(tmp_path / "plan.json", pp=2, vpp=vpp, microbatches=4, ratio=0.5)
+        args += ["--plan", str(plan)]
+    proc = _pretrain(tmp_path, *args)
+    _ok(proc)
+    losses = _losses(tmp_path)
+    assert sorted(losses) == list(range(1, 9))
+    # Starts near ln(vocab) = ln(512) and goes down: the last two iterations average below the
+    # first by a margin far above the step-to-step noise of this tiny run.
+    assert abs(losses[1] - torch.log(torch.tensor(512.0)).item()) < 0.3
+    assert (losses[7] + losses[8]) / 2 < losses[1] - 0.15
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    if with_plan:
+        # The freeze runtime was on: realised ratios per virtual stage near the plan's 0.5.
+        assert all(len(r["freeze_ratio"]) == 2 * vpp for r in records)
+        assert all(abs(x - 0.5) < 0.15 for r in records for x in r["freeze_ratio"])
+    else:
+        assert all(r["freeze_ratio"] == [] for r in records)
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """N iterations straight vs N/2, stop, resume: identical losses and weights at N."""
+    plan = _plan(tmp_path / "plan.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
+    common = ["--iters", "8", "--lr-warmup-iters", "2", "--plan", str(plan), "--save-interval", "4"]
+    _ok(_pretrain(tmp_path, *common, "--save", str(tmp_path / "ckA"), out="straight"))
+    _ok(
+        _pretrain(
+            tmp_path,
+            *common,
+            "--save",
+            str(tmp_path / "ckB"),
+            "--exit-after-iters",
+            "4",
+            out="first",
+        )
+    )
+    assert (tmp_path / "ckB" / "latest").read_text().strip() == "iter_0000004"
+    _ok(
+        _pretrain(
+            tmp_path,
+            *common,
+            "--save",
+            str(tmp_path / "ckB"),
+            "--load",
+            str(tmp_path / "ckB"),
+            out="second",
+        )
+    )
+    straight, first, second = (_losses(tmp_path, o) for o in ("straight", "first", "second"))
+    assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [5, 6, 7, 8]
+    assert {**first, **second} == straight  # exact float equality, iteration by iteration
+    for rank in (0, 1):
+        a = torch.load(tmp_path / "ckA/iter_0000008" / f"rank_{rank:05d}.pt", weights_only=False)
+        b = torch.load(tmp_path / "ckB/iter_0000008" / f"rank_{rank:05d}.pt", weights_only=False)
+        for sa, sb in zip(a["model"], b["model"], strict=True):
+            assert sa.keys() == sb.keys()
+            for key in sa:
+                if isinstance(sa[key], torch.Tensor):
+                    assert torch.equal(sa[key], sb[key]), key
+        assert a["freezer"] == b["freezer"]
