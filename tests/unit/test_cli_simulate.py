@@ -99,7 +99,8 @@ BASE = ["simulate", "--pp", "4", "--microbatches", "8", "--costs", "1,1,1"]
         ([*BASE, "--schedule", "1f1b", "--timeline", "t.gif"], "--timeline must end in"),
         (["simulate"], "nothing to simulate"),
         (["simulate", "--pp", "4"], "missing --schedule, --microbatches"),
-        (["profile", "-o", "x.json"], "measuring profiles needs"),
+        (["profile", "--synthetic", "--schedule", "1f1b", "--pp", "2", "--microbatches", "2",
+          "-o", "x.json"], "missing --costs"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line(args: list[str], needle: str) -> None:
