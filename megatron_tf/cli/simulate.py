@@ -25,6 +25,7 @@ from megatron_tf.cli._schedule_opts import (
 from megatron_tf.errors import ConfigError
 
 if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
     from megatron_tf.schedule.simulate import SimResult
 
 
@@ -151,19 +152,42 @@ def simulate(
         if trace is not None:
             write_chrome_trace(panels, trace)
 
+    check = _prediction_check(data, baseline or result)
     if as_json:
         out = result.to_dict()
         if baseline is not None:
             out["baseline_makespan"] = baseline.makespan
             out["speedup"] = baseline.makespan / result.makespan if result.makespan else 1.0
+        out.update(check)
         typer.echo(json.dumps(out))
         return
     console.print(_table(result))
     for line in _summary(result, baseline):
         console.print(escape(line), highlight=False)
+    if check:
+        console.print(
+            f"measured iteration {check['measured_iteration_time']:.6g} s, prediction error "
+            f"{check['prediction_error']:+.2%} (unfrozen run)",
+            highlight=False,
+        )
     for path in (timeline, trace):
         if path is not None:
             console.print(f"wrote {path}")
+
+
+def _prediction_check(data: Profile, unfrozen: SimResult) -> dict[str, float]:
+    """A measured profile: the real median iteration time and the model's relative error.
+
+    The measured iterations ran with nothing frozen, so the check uses the simulation without
+    the plan's ratios.
+    """
+    measured = data.measured.iteration_time if data.measured is not None else None
+    if not measured:
+        return {}
+    return {
+        "measured_iteration_time": measured,
+        "prediction_error": (unfrozen.makespan - measured) / measured,
+    }
 
 
 def _title(what: str, res: SimResult) -> str:
