@@ -53,9 +53,11 @@ def robust_stat(samples: Sequence[float], outlier_mads: float = 5.0) -> RobustSt
         return RobustStat(0.0, 0.0, 0, [])
     med = statistics.median(samples)
     mad = statistics.median(abs(x - med) for x in samples)
-    limit = outlier_mads * _MAD_SCALE * mad
-    kept = [x for x in samples if mad == 0 or abs(x - med) <= limit]
-    dropped = [x for x in samples if not (mad == 0 or abs(x - med) <= limit)]
+    # A floor of 1% of the median: with most samples equal the MAD is 0, and a tiny jitter
+    # must not count as an outlier.
+    limit = max(outlier_mads * _MAD_SCALE * mad, 0.01 * abs(med))
+    kept = [x for x in samples if abs(x - med) <= limit]
+    dropped = [x for x in samples if abs(x - med) > limit]
     med = statistics.median(kept)
     mad = statistics.median(abs(x - med) for x in kept)
     return RobustStat(med, mad, len(kept), dropped)
