@@ -31,7 +31,9 @@ class StepMetrics:
     tokens: int
     """Tokens consumed by the iteration (global batch * sequence length)."""
     seconds: float
-    """Wall time of the iteration, measured on rank 0."""
+    """Wall time of the iteration (schedule + optimizer step), measured on rank 0."""
+    schedule_seconds: float = 0.0
+    """Wall time of the pipeline schedule alone (what the DAG model predicts), on rank 0."""
     predicted_seconds: float | None = None
     """The plan's (or profile's) predicted iteration time, when known."""
     freeze_ratio: list[float] = field(default_factory=list)
@@ -101,7 +103,11 @@ class MetricsLogger:
 
 def format_line(m: StepMetrics) -> str:
     """The console line: iteration, loss, tokens/s, measured vs predicted time, ratios, lr, norm."""
-    predicted = f" (pred {m.predicted_seconds * 1e3:.0f} ms)" if m.predicted_seconds else ""
+    predicted = ""
+    if m.predicted_seconds:
+        predicted = (
+            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, pred {m.predicted_seconds * 1e3:.0f})"
+        )
     ratios = ""
     if m.freeze_ratio:
         ratios = " frz " + "/".join(f"{r:.2f}" for r in m.freeze_ratio)

@@ -120,12 +120,13 @@ class Trainer:
         )
         if self.freezer is not None:
             self.freezer.finish_iteration()
+        schedule_seconds = time.perf_counter() - t0
         ok, grad_norm = _optimizer_step(self.optimizer, self.cfg.clip_grad)
         if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
             raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
         self.scheduler.step(increment=1)
+        seconds = time.perf_counter() - t0  # the iteration's work ends with the optimizer step
         loss = self._reduce_loss(losses)
-        seconds = time.perf_counter() - t0
         self.iteration += 1
         self.elapsed += seconds
         return StepMetrics(
@@ -135,6 +136,7 @@ class Trainer:
             grad_norm=math.nan if grad_norm is None else float(grad_norm),
             tokens=self.tokens_per_iteration,
             seconds=seconds,
+            schedule_seconds=schedule_seconds,
             predicted_seconds=self._predicted(phase),
             freeze_ratio=self._realised_ratios(),
             phase=phase,
@@ -196,8 +198,13 @@ class Trainer:
         f = self.cfg.freeze
         if f.drift_threshold <= 0 or m.phase != "freeze" or not m.predicted_seconds:
             return
-        # Every rank must take the same decision: use rank 0's measurement.
-        drift = torch.tensor([abs(m.seconds / m.predicted_seconds - 1.0)], dtype=torch.float64)
+        if self.iteration >= self.cfg.iters:
+            return  # nothing left to train with a new plan
+        # The prediction covers the pipeline schedule (forward and backward of all microbatches),
+        # so it is compared with that part of the iteration. Every rank must take the same
+        # decision: rank 0's measurement is broadcast.
+        ratio = m.schedule_seconds / m.predicted_seconds
+        drift = torch.tensor([abs(ratio - 1.0)], dtype=torch.float64)
         dist.broadcast(drift, src=0)
         self.drift_count = self.drift_count + 1 if drift.item() > f.drift_threshold else 0
         if self.drift_count >= f.drift_patience:

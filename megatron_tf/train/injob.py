@@ -1,0 +1,85 @@
+"""In-job planning (`--plan auto`, drift re-profiling): profile the live model, solve, broadcast.
+
+The measurement reuses the profiler's loop (`profile/runner.py`, `measure_phases`): K iterations
+with nothing frozen and K with every unit frozen, forward and backward only. No optimizer step
+runs and the trainer zeroes the gradient buffers at the start of every training step, so the
+measurement iterations change neither the weights nor the optimizer, scheduler, data position or
+RNG (the profiler feeds its own seeded batches). Rank 0 builds the profile, solves the LP with
+the run's `--max-freeze-ratio`, writes profile.json and plan.json under `out_dir` for the record,
+and broadcasts the plan to every rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+
+from megatron_tf.train.plan_source import PlanSource, from_plan
+
+if TYPE_CHECKING:
+    from megatron_tf.train.trainer import Trainer
+
+
+def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> PlanSource:
+    """Measure the current model on the current layout and return the optimal plan for it."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_tf.profile.config import ProfileConfig
+    from megatron_tf.profile.runner import gather_to_rank0, measure_phases
+
+    job = trainer.job
+    freezer = trainer.freezer
+    if freezer is not None:  # the profiler installs its own all-frozen runtime
+        freezer.remove()
+    try:
+        config = ProfileConfig(iters=trainer.cfg.freeze.profile_iters, warmup_iters=1)
+        timings = measure_phases(trainer.chunks, job.model, job.parallel, config)
+    finally:
+        if freezer is not None:
+            freezer.install()
+    ids = (
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+        ps.get_tensor_model_parallel_rank(),
+    )
+    gathered = gather_to_rank0((ids, timings))
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        assert gathered is not None
+        box[0] = _solve_on_rank0(trainer, gathered, config, out_dir).to_dict()
+    dist.broadcast_object_list(box, src=0)
+    return PlanSource.from_dict(box[0])
+
+
+def _solve_on_rank0(
+    trainer: Trainer, gathered: list[Any], config: Any, out_dir: Path
+) -> PlanSource:
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.profile.stats import build_profile
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    parallel = trainer.job.parallel
+    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
+    phases = {name: [by_pp[r][name] for r in range(parallel.pp)] for name, _ in config.phases}
+    profile = build_profile(
+        phases,
+        parallel.schedule_spec(),
+        outlier_mads=config.outlier_mads,
+        phase_ratios=dict(config.phases),
+        provenance={
+            "model": trainer.job.model.to_dict(),
+            "parallel": parallel.to_dict(),
+            "source": f"in-job profile at iteration {trainer.iteration}",
+        },
+    )
+    outcome = solve_profile(
+        profile, SolverConfig(max_freeze_ratio=trainer.cfg.freeze.max_freeze_ratio)
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_profile(profile, out_dir / "profile.json")
+    save_plan(outcome.plan, out_dir / "plan.json")
+    return from_plan(outcome.plan, source=f"auto:{trainer.replans}")
