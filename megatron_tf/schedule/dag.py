@@ -223,62 +223,71 @@ def _build_megatron(
     costs: CostModel,
     add_compute: Callable[[int, Compute], int],
 ) -> None:
-    # Pass 1: program nodes of every rank, program-order edges, and for every message the
-    # "posted" point (the node before the call; -1 at the start) and the blocking node of each
-    # side. Pass 2 adds the rendezvous edges and the in-flight nodes of non-blocking messages.
-    posted: dict[tuple[str, int, int, int], list[int]] = {}
-    blocking_node: dict[tuple[str, int, int, int], list[int]] = {}
-    waits: list[tuple[int, int, Message]] = []  # (rank, position in rank program, message)
-    call_nodes: list[tuple[int, P2PCall, int]] = []
+    # Pass 1: program nodes of every rank, program-order edges, and for every message (by its
+    # dense uid) the "posted" point of each side (the node before the call; -1 at the start)
+    # and the blocking node of each side, if any. Pass 2 adds the rendezvous edges and the
+    # in-flight nodes of non-blocking messages.
+    n_msgs = 1 + max(
+        (m.uid for ops in programs for op in ops if isinstance(op, P2PCall) for m in op.sends),
+        default=-1,
+    )
+    posted: list[list[int]] = [[] for _ in range(n_msgs)]
+    blocking_node: list[int] = [-1] * n_msgs
+    waits: list[tuple[int, Message]] = []  # (node that waits, or -1 at the end; message)
+    call_nodes: list[tuple[P2PCall, int]] = []
+    preds = dag.preds
     for rank, ops in enumerate(programs):
         prev = -1
         pending_waits: list[Message] = []
+        program = dag.rank_program[rank]
         for index, op in enumerate(ops):
             if isinstance(op, Wait):
                 pending_waits.append(op.message)
                 continue
             if isinstance(op, P2PCall):
-                for msg in op.messages:
-                    posted.setdefault(msg.key, []).append(prev)
+                msgs = op.messages
+                for msg in msgs:
+                    posted[msg.uid].append(prev)
                 if not op.blocking:
                     continue
-                duration = max(costs.message_time(m.kind, m.src) for m in op.messages)
+                duration = max(costs.message_time(m.kind, m.src) for m in msgs)
                 i = dag.add(Node(NodeKind.P2P, rank, label=f"#{index}:{op.name}"), duration)
-                for msg in op.messages:
-                    blocking_node.setdefault(msg.key, []).append(i)
-                call_nodes.append((rank, op, i))
+                for msg in msgs:
+                    if blocking_node[msg.uid] < 0:
+                        blocking_node[msg.uid] = i
+                call_nodes.append((op, i))
             else:
                 i = add_compute(rank, op)
             if prev >= 0:
-                dag.preds[i].append(prev)
-            for msg in pending_waits:
-                waits.append((rank, i, msg))
-            pending_waits = []
-            dag.rank_program[rank].append(i)
+                preds[i].append(prev)
+            if pending_waits:
+                waits.extend((i, msg) for msg in pending_waits)
+                pending_waits = []
+            program.append(i)
             prev = i
-        for msg in pending_waits:  # waits after the last node: they only end the iteration
-            waits.append((rank, -1, msg))
+        # Waits after the last node only end the iteration (their message node is a sink).
+        waits.extend((-1, msg) for msg in pending_waits)
 
     # Rendezvous: a blocking call also waits until each peer posted its side of each message.
-    for _rank, op, i in call_nodes:
+    for op, i in call_nodes:
+        mine = preds[i]
         for msg in op.messages:
-            for p in posted[msg.key]:
-                if p >= 0 and p not in dag.preds[i] and p != i:
-                    dag.preds[i].append(p)
+            for p in posted[msg.uid]:
+                if p >= 0 and p != i and p not in mine:
+                    mine.append(p)
 
     # Completion of each message that some rank waits on.
-    done: dict[tuple[str, int, int, int], int] = {}
-    for _rank, i, msg in waits:
-        if msg.key not in done:
-            blockers = blocking_node.get(msg.key)
-            if blockers:
-                done[msg.key] = blockers[0]
-            else:
-                label = f"msg:{msg.name}"
+    done: dict[int, int] = {}
+    for i, msg in waits:
+        j = done.get(msg.uid)
+        if j is None:
+            j = blocking_node[msg.uid]
+            if j < 0:
                 j = dag.add(
-                    Node(NodeKind.P2P, msg.src, label=label), costs.message_time(msg.kind, msg.src)
+                    Node(NodeKind.P2P, msg.src, label=f"msg:{msg.name}"),
+                    costs.message_time(msg.kind, msg.src),
                 )
-                dag.preds[j].extend(p for p in posted[msg.key] if p >= 0)
-                done[msg.key] = j
-        if i >= 0 and done[msg.key] not in dag.preds[i]:
-            dag.preds[i].append(done[msg.key])
+                preds[j].extend(p for p in posted[msg.uid] if p >= 0)
+            done[msg.uid] = j
+        if i >= 0 and j not in preds[i]:
+            preds[i].append(j)

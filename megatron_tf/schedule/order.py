@@ -63,6 +63,8 @@ class Message:
     microbatch: int
     seq: int
     """Position among the messages of this kind on the channel src -> dst (FIFO matching)."""
+    uid: int = field(default=-1, compare=False)
+    """Dense id within one `rank_programs` result (0..messages-1), for array-indexed lookups."""
 
     @property
     def key(self) -> tuple[str, int, int, int]:
@@ -448,51 +450,54 @@ def rank_programs(spec: ScheduleSpec) -> list[list[Op]]:
 
     Receives are matched to sends first-in first-out per (kind, src, dst) channel, the way
     ordered point-to-point messages between two ranks pair up; every message then carries the
-    (virtual stage, microbatch) of the action that produced it.
+    (virtual stage, microbatch) of the action that produced it. Both sides of a message share
+    one `Message` object.
     """
     raws = _raw_programs(spec)
-    sent: dict[tuple[str, int, int, int], tuple[int, int]] = {}
+    sent: dict[tuple[str, int, int, int], Message] = {}
     for rec in raws:
         for op in rec.ops:
             if isinstance(op, tuple):
-                for handle, pend in op[1].items():
+                for handle, p in op[1].items():
                     if handle.startswith("send"):
-                        sent[(pend.kind, pend.src, pend.dst, pend.seq)] = (
-                            pend.stage,
-                            pend.microbatch,
+                        key = (p.kind, p.src, p.dst, p.seq)
+                        sent[key] = Message(
+                            p.kind, p.src, p.dst, p.stage, p.microbatch, p.seq, uid=len(sent)
                         )
 
-    resolved: dict[tuple[str, int, int, int], Message] = {}
+    received = 0
 
-    def resolve(pend: _Pending) -> Message:
-        key = (pend.kind, pend.src, pend.dst, pend.seq)
-        msg = resolved.get(key)
+    def resolve(p: _Pending) -> Message:
+        msg = sent.get((p.kind, p.src, p.dst, p.seq))
         if msg is None:
-            if key not in sent:
-                raise AssertionError(f"unmatched receive {key} in {spec.describe()}")
-            stage, mb = sent[key]
-            msg = resolved[key] = Message(pend.kind, pend.src, pend.dst, stage, mb, pend.seq)
+            raise AssertionError(f"unmatched receive {(p.kind, p.src, p.dst, p.seq)}")
         return msg
 
     programs: list[list[Op]] = []
-    received: set[tuple[str, int, int, int]] = set()
     for rec in raws:
         ops: list[Op] = []
+        append = ops.append
         for op in rec.ops:
             if isinstance(op, Compute):
-                ops.append(op)
+                append(op)
             elif isinstance(op, _Pending):
-                ops.append(Wait(resolve(op)))
+                append(Wait(resolve(op)))
             else:
                 name, handles, blocking = op
-                sends = tuple(resolve(p) for h, p in handles.items() if h.startswith("send"))
-                recvs = tuple(resolve(p) for h, p in handles.items() if h.startswith("recv"))
-                received.update(m.key for m in recvs)
-                ops.append(P2PCall(name, sends, recvs, blocking))
+                sends: list[Message] = []
+                recvs: list[Message] = []
+                for handle, p in handles.items():
+                    if handle[0] == "s":  # send_next / send_prev
+                        sends.append(resolve(p))
+                    else:
+                        recvs.append(resolve(p))
+                received += len(recvs)
+                append(P2PCall(name, tuple(sends), tuple(recvs), blocking))
         programs.append(ops)
-    if received != set(sent):
-        missing = sorted(set(sent) - received)[:3]
-        raise AssertionError(f"sends never received in {spec.describe()}: {missing}")
+    if received != len(sent):
+        raise AssertionError(
+            f"{len(sent)} messages sent but {received} received in {spec.describe()}"
+        )
     return programs
 
 
