@@ -7,10 +7,14 @@ relative; in practice they are exactly equal) and checks that frozen work was re
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import run_torchrun
+from harness import REPO, WORKERS, run_torchrun
+
+from megatron_tf.megatron.patchset import apply_patches, installed_megatron_root
 
 TOL = 1e-6
 
@@ -87,10 +91,48 @@ def test_1f1b_pp4() -> None:
     check_all(results, ["base", "overlap"])
 
 
-def test_interleaved_pp2_overlap_p2p() -> None:
-    args = ["--pp", "2", "--vpp", "2", "--overlap-p2p-comm", "--cases", "base,overlap,recompute"]
-    results = run_torchrun("freeze_grads", 2, args, timeout=400)
-    check_all(results, ["base", "overlap", "recompute"])
+INTERLEAVED_PP2 = ["--pp", "2", "--vpp", "2", "--overlap-p2p-comm"]
+
+
+@pytest.fixture(scope="module")
+def pp2_interleaved() -> list[dict[str, Any]]:
+    args = [*INTERLEAVED_PP2, "--cases", "base,overlap,recompute"]
+    return run_torchrun("freeze_grads", 2, args, timeout=400)
+
+
+def test_interleaved_pp2_overlap_p2p(pp2_interleaved: list[dict[str, Any]]) -> None:
+    check_all(pp2_interleaved, ["base", "overlap", "recompute"])
+
+
+@pytest.fixture(scope="module")
+def patched_megatron(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the installed megatron package with the hook-point patch applied."""
+    root = tmp_path_factory.mktemp("patched-megatron")
+    shutil.copytree(installed_megatron_root() / "megatron", root / "megatron")
+    assert {s.state for s in apply_patches(root)} == {"applied"}
+    return root
+
+
+@pytest.mark.parametrize("layout", ["1f1b", "interleaved"])
+def test_patched_tree_route_gives_the_same_gradients(
+    layout: str,
+    patched_megatron: Path,
+    pp2_1f1b: list[dict[str, Any]],
+    pp2_interleaved: list[dict[str, Any]],
+) -> None:
+    args, runtime = (
+        (["--pp", "2"], pp2_1f1b) if layout == "1f1b" else (INTERLEAVED_PP2, pp2_interleaved)
+    )
+    env = {"PYTHONPATH": f"{patched_megatron}:{REPO}:{WORKERS}"}
+    patched = run_torchrun("freeze_grads", 2, [*args, "--cases", "base"], 400, env=env)
+    check_all(patched, ["base"])
+    for got, want in zip(patched, runtime, strict=True):
+        assert got["base"]["route"] == "patched" and want["base"]["route"] == "runtime"
+        for it_got, it_want in zip(
+            got["base"]["iterations"], want["base"]["iterations"], strict=True
+        ):
+            assert it_got["frozen"] == it_want["frozen"]
+            assert all(it_got["grads"][k].equal(it_want["grads"][k]) for k in it_want["grads"])
 
 
 def test_interleaved_pp4_vpp2() -> None:
