@@ -63,7 +63,7 @@ NprocPerNodeOption = Annotated[
         "--nproc-per-node",
         min=1,
         help="Worker processes per node (one per GPU). Default: the job's world size / "
-        "nodes; for a Megatron-LM script, 1 or SLURM_GPUS_ON_NODE under --launcher slurm.",
+        "nodes; with --megatron-lm, SLURM_GPUS_ON_NODE under --launcher slurm, else required.",
         rich_help_panel=_PANEL,
     ),
 ]

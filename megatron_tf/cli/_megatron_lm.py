@@ -50,7 +50,7 @@ ScriptOption = Annotated[
 MegatronArgsArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="[-- MEGATRON_ARGS]...",
+        metavar="-- MEGATRON_ARGS",
         help="With --megatron-lm: Megatron-LM's own arguments, after `--`, passed untouched.",
         show_default=False,
     ),

@@ -25,6 +25,14 @@ from megatron_tf.cli._launch import (
     RdzvEndpointOption,
     launch_or_print,
 )
+from megatron_tf.cli._megatron_lm import (
+    MegatronArgsArgument,
+    MegatronLMOption,
+    ScriptOption,
+    launch_megatron_lm,
+    megatron_lm_job,
+)
+from megatron_tf.errors import ConfigError
 
 _MODEL = "Model"
 _LAYOUT = "Parallel layout"
@@ -273,6 +281,10 @@ def pretrain(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    # -- a user's Megatron-LM script instead of the built-in trainer
+    megatron_lm: MegatronLMOption = None,
+    script: ScriptOption = "pretrain_gpt.py",
+    megatron_args: MegatronArgsArgument = None,
 ) -> None:
     """Pretrain a GPT on Megatron-Core, freezing weight gradients by a plan.
 
@@ -281,7 +293,32 @@ def pretrain(
     Without --data-path it trains on the embedded synthetic corpus, whose entropy floor is
     printed at the start. Bad input (missing data, a plan or checkpoint for another layout, a
     tokenizer that does not match the data) exits 2 before any process starts.
+
+    Your own Megatron-LM: [bold]timelyfreeze pretrain --megatron-lm PATH --plan plan.json
+    --nproc-per-node 8 -- <Megatron-LM arguments>[/] runs PATH/pretrain_gpt.py with its
+    arguments untouched; the model, layout, data and training flags above are then Megatron's.
     """
+    options = LaunchOptions(
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        rdzv_endpoint=rdzv_endpoint,
+        launcher=launcher,
+        dry_run=dry_run,
+    )
+    if megatron_lm is not None or megatron_args:
+        _pretrain_megatron_lm(
+            megatron_lm=megatron_lm,
+            script=script,
+            megatron_args=megatron_args,
+            plan=None if no_freeze else plan,
+            freeze={
+                "seed": seed,
+                "warmup_iters": freeze_warmup_iters,
+                "ramp_iters": freeze_ramp_iters,
+            },
+            options=options,
+        )
+        return
     values = {k: v for k, v in locals().items() if k not in _LAUNCH_KEYS}
     job = pretrain_job_from_options(PretrainOptions(values=values))
     from megatron_tf.train.job import write_job
@@ -293,13 +330,6 @@ def pretrain(
             f"(entropy floor {job.prepared.corpus.loss_floor:.4f} nats/token)[/]",
             soft_wrap=True,
         )
-    options = LaunchOptions(
-        nnodes=nnodes,
-        nproc_per_node=nproc_per_node,
-        rdzv_endpoint=rdzv_endpoint,
-        launcher=launcher,
-        dry_run=dry_run,
-    )
     launch_or_print(
         options,
         "megatron_tf.train.main",
@@ -308,4 +338,40 @@ def pretrain(
     )
 
 
-_LAUNCH_KEYS = frozenset({"nnodes", "nproc_per_node", "rdzv_endpoint", "launcher", "dry_run"})
+_LAUNCH_KEYS = frozenset(
+    {
+        "nnodes",
+        "nproc_per_node",
+        "rdzv_endpoint",
+        "launcher",
+        "dry_run",
+        "options",
+        "megatron_lm",
+        "script",
+        "megatron_args",
+    }
+)
+
+
+def _pretrain_megatron_lm(
+    *,
+    megatron_lm: Path | None,
+    script: str,
+    megatron_args: list[str] | None,
+    plan: str | None,
+    freeze: dict[str, Any],
+    options: LaunchOptions,
+) -> None:
+    """The --megatron-lm route (helper C): check here, then run the user's script per rank."""
+    if megatron_lm is None:
+        raise ConfigError(
+            "arguments after `--` are for a Megatron-LM script: add --megatron-lm PATH "
+            f"(got {' '.join(megatron_args or [])!r})"
+        )
+    if plan == "auto":
+        raise ConfigError(
+            "--plan auto needs the built-in trainer; with --megatron-lm pass a plan.json from "
+            "`timelyfreeze solve`"
+        )
+    job = megatron_lm_job(megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze)
+    launch_megatron_lm(job, options, megatron_args)

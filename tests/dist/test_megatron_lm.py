@@ -10,45 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from megatron_tf.cli._app import user_errors
-from megatron_tf.cli._launch import LaunchOptions, NprocPerNodeOption
-from megatron_tf.cli._megatron_lm import (
-    MegatronArgsArgument,
-    MegatronLMOption,
-    launch_megatron_lm,
-    megatron_lm_job,
-)
+from megatron_tf.cli import app
 from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
 
 pytestmark = pytest.mark.dist
-
-# TODO(C): drive `timelyfreeze pretrain --megatron-lm` itself once the command has the route.
-app = typer.Typer()
-
-
-@app.command("pretrain")
-@user_errors
-def _pretrain(
-    megatron_args: MegatronArgsArgument = None,
-    *,
-    megatron_lm: MegatronLMOption = None,
-    plan: Annotated[Path | None, typer.Option()] = None,
-    nproc_per_node: NprocPerNodeOption = None,
-) -> None:
-    job = megatron_lm_job(megatron_lm=megatron_lm, plan=plan)
-    launch_megatron_lm(job, LaunchOptions(nproc_per_node=nproc_per_node), megatron_args)
-
-
-@app.command("other")
-def _other() -> None:
-    """A second command, so typer keeps `pretrain` as a subcommand."""
-
 
 STANDIN = Path(__file__).parent / "megatron_lm_standin" / "pretrain_gpt.py"
 

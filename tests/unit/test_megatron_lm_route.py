@@ -191,3 +191,57 @@ def test_freezer_state_beside_megatron_checkpoints(tmp_path: Path, monkeypatch) 
     fresh = MegatronLMFreezer(plan=plan, freeze={})
     fresh.after_load(30)
     assert fresh.pending_state is None and fresh.next_iteration == 30
+
+
+# --- the CLI: bad input exits 2 with one line, before any rank starts ---------------------------
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from megatron_tf.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize("command", ["pretrain"])
+def test_cli_bad_megatron_lm_input_exits_2(command: str, tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "Megatron-LM").mkdir()
+    (tmp_path / "Megatron-LM" / "pretrain_gpt.py").write_text("")
+    checkout = str(tmp_path / "Megatron-LM")
+    cases = [
+        (["--megatron-lm", str(tmp_path / "ckpt")], "is not a Megatron-LM checkout"),
+        (["--megatron-lm", checkout, "--script", "pretrain_t5.py"], "--script pretrain_t5.py"),
+        (["--megatron-lm", checkout, "--plan", str(tmp_path / "no.json")], "cannot read plan"),
+        (["--megatron-lm", checkout], "--nproc-per-node is required with --megatron-lm"),
+        (["--megatron-lm", checkout, "--launcher", "slurm"], "SLURM_JOB_NUM_NODES"),
+        (["--", "--num-layers", "2"], "add --megatron-lm PATH"),
+    ]
+    for args, message in cases:
+        result = _cli([command, *args, "--dry-run", "--", "--num-layers", "2"])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, result.output)
+
+
+def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "pretrain_gpt.py").write_text("")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "dgx[3,5]")
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
+    args = ["--num-layers", "2", "--data-path", "a b"]
+    result = _cli(
+        ["pretrain", "--megatron-lm", str(tmp_path), "--launcher", "slurm", "--dry-run", "--"]
+        + args
+    )
+    assert result.exit_code == 0, result.output
+    *exports, command = result.output.strip().splitlines()
+    assert f"export TIMELYFREEZE_MEGATRON_SCRIPT={tmp_path / 'pretrain_gpt.py'}" in exports
+    assert command.endswith(
+        "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
+        "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
+        "--module megatron_tf.launch.megatron_lm --num-layers 2 --data-path 'a b'"
+    )
