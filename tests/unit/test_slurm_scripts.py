@@ -153,3 +153,55 @@ def test_submit_all_chains_the_three_jobs(fake_bin: Path, tmp_path: Path) -> Non
         "--parsable", "--nodes", "4", "--dependency=afterok:102", "--export=ALL",
         str(SLURM_DIR / "pretrain.sbatch"), *MEGATRON_ARGS,
     ]  # fmt: skip
+
+
+def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> None:
+    """DRY_RUN=1 with the real `timelyfreeze`: each node prints its own torchrun command."""
+    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+
+    checkout = tmp_path / "Megatron-LM"
+    checkout.mkdir()
+    (checkout / "pretrain_gpt.py").write_text("")
+    plan = Plan(
+        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=8, group_size=4),
+        profile_sha256="b" * 64,
+        max_freeze_ratio=0.5,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=[[[0.0] * 8]] * 4,
+        predicted=Predicted(baseline_makespan=1.0, makespan=1.0, speedup=1.0),
+        solver=SolverInfo(name="GLOP", status="OPTIMAL", seconds=0.0),
+    )
+    save_plan(plan, tmp_path / "plan.json")
+    (fake_bin / "timelyfreeze").unlink()  # the real one, from this interpreter's environment
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "TIMELYFREEZE": str(Path(sys.executable).with_name("timelyfreeze")),
+        "MEGATRON_LM": str(checkout),
+        "PLAN": str(tmp_path / "plan.json"),
+        "DRY_RUN": "1",
+        "SLURM_JOB_ID": "5150",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "gpu[01-02]",
+        "SLURM_GPUS_ON_NODE": "8",
+    }
+    done = subprocess.run(
+        ["bash", str(SLURM_DIR / "pretrain.sbatch"), *MEGATRON_ARGS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if "torch.distributed.run" in line]
+    assert len(commands) == 2
+    for node, command in enumerate(commands):
+        assert (
+            "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu01:29550 "
+            f"--rdzv-id=timelyfreeze-5150 --node-rank={node} --max-restarts=0 "
+            "--module megatron_tf.launch.megatron_lm "
+            "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c'"
+        ) in command
+    assert f"export TIMELYFREEZE_PLAN={tmp_path / 'plan.json'}" in done.stdout
