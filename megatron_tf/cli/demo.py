@@ -1,0 +1,53 @@
+"""`timelyfreeze demo`: profile, solve, baseline and TimelyFreeze runs, report (CPU, minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from megatron_tf.cli._app import app, console, user_errors
+
+
+@app.command("demo")
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="Report, plots and runs go here.")] = Path(
+        "runs/demo"
+    ),
+    iters: Annotated[int, typer.Option(min=10, help="Training iterations per run.")] = 300,
+    max_freeze_ratio: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="The LP's cap on each stage's mean ratio.")
+    ] = 0.8,
+    cache_dir: Annotated[
+        str | None, typer.Option(help="Corpus cache (default ~/.cache/timelyfreeze).")
+    ] = None,
+) -> None:
+    """Show the whole TimelyFreeze story on this machine, CPU only, in a few minutes.
+
+    Example: [bold]timelyfreeze demo[/]  (then open runs/demo/report.md)
+
+    Profiles a small GPT on 2 pipeline ranks, solves for freeze ratios, trains a baseline and a
+    TimelyFreeze run from the same seed, and compares iteration time and loss.
+    """
+    from megatron_tf.demo import DemoConfig, run_demo
+    from megatron_tf.demo_report import summary_rows
+
+    cfg = DemoConfig(
+        out_dir=out_dir,
+        iters=iters,
+        max_freeze_ratio=max_freeze_ratio,
+        freeze_warmup_iters=max(1, iters // 10),
+        cache_dir=cache_dir,
+    )
+    result = run_demo(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
+    table = Table(title="TimelyFreeze demo", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("baseline", justify="right")
+    table.add_column("TimelyFreeze", justify="right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {result.report}", highlight=False, soft_wrap=True)

@@ -1,0 +1,231 @@
+"""`timelyfreeze demo`: the whole story on a CPU-only machine, in a few minutes.
+
+1. profile the demo GPT on pp 2 (1F1B) with the real profiler under torchrun;
+2. solve the LP for `max_freeze_ratio`;
+3. train a baseline and a TimelyFreeze run of the same length from the same seed on the
+   embedded corpus (its entropy floor is the best loss any model can reach);
+4. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
+   output folder and return the numbers for the terminal's summary table.
+
+Each worker job runs through the project's torchrun launcher with its output in a log file
+under the output folder, so the terminal shows progress and the summary, not megatron's logs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_tf.errors import LaunchError
+from megatron_tf.train.config import ModelConfig, ParallelConfig
+
+Say = Callable[[str], None]
+
+
+def _demo_model() -> ModelConfig:
+    # Big enough that compute (not Python or gloo overhead) dominates an iteration on a CPU,
+    # small enough that a few hundred iterations take a couple of minutes on two cores.
+    return ModelConfig(
+        num_layers=4,
+        hidden_size=128,
+        num_attention_heads=4,
+        seq_length=128,
+        vocab_size=256,
+        micro_batch_size=4,
+    )
+
+
+@dataclass(kw_only=True, slots=True)
+class DemoConfig:
+    """What the demo runs; the defaults finish in about 5-8 minutes on two CPU cores."""
+
+    out_dir: Path = Path("runs/demo")
+    """Report, plots, plan, profile and the two runs' metrics go here."""
+    iters: int = 300
+    """Training iterations of each run."""
+    max_freeze_ratio: float = 0.8
+    """The LP's cap on each stage's mean freeze ratio."""
+    freeze_warmup_iters: int = 30
+    """Iterations without freezing at the start of the TimelyFreeze run (the LR warm-up)."""
+    profile_iters: int = 5
+    """Measured iterations per profile phase."""
+    cache_dir: str | None = None
+    """Corpus cache (default ~/.cache/timelyfreeze)."""
+    model: ModelConfig = field(default_factory=_demo_model)
+    parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(pp=2, microbatches=8))
+
+
+@dataclass(kw_only=True, slots=True)
+class RunSummary:
+    """One training run as the report sees it."""
+
+    name: str
+    losses: list[float]
+    seconds: list[float]
+    """Wall time of each iteration."""
+    schedule_seconds: list[float]
+    """Wall time of each iteration's pipeline schedule (what the DAG model predicts)."""
+    elapsed: list[float]
+    """Cumulative wall time after each iteration."""
+    freeze_from: int
+    """First iteration (0-based) counted for the steady iteration time."""
+
+    @property
+    def steady_iteration_time(self) -> float:
+        """Median iteration time over the freezing phase (same iterations for both runs)."""
+        return statistics.median(self.seconds[self.freeze_from :])
+
+    @property
+    def steady_schedule_time(self) -> float:
+        """Median forward-backward (schedule) time over the freezing phase."""
+        return statistics.median(self.schedule_seconds[self.freeze_from :])
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last 10% of iterations."""
+        tail = max(1, len(self.losses) // 10)
+        return statistics.fmean(self.losses[-tail:])
+
+
+@dataclass(kw_only=True, slots=True)
+class DemoResult:
+    predicted_baseline: float
+    predicted_makespan: float
+    baseline: RunSummary
+    frozen: RunSummary
+    loss_floor: float | None
+    report: Path
+    time_to_baseline_loss: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.predicted_baseline / self.predicted_makespan
+
+    @property
+    def measured_speedup(self) -> float:
+        return self.baseline.steady_iteration_time / self.frozen.steady_iteration_time
+
+
+def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
+    """Profile, solve, train twice, report. Raises LaunchError if a worker job fails."""
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"1/4 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
+    profile_path = _profile(cfg, out)
+    say("2/4 solving the freeze-ratio LP")
+    plan_path, predicted = _solve(cfg, profile_path, out)
+    say(
+        f"    predicted iteration {predicted[0] * 1e3:.1f} -> {predicted[1] * 1e3:.1f} ms "
+        f"(speedup {predicted[0] / predicted[1]:.3f})"
+    )
+    say(f"3/4 baseline run: {cfg.iters} iterations")
+    job_base = _train(cfg, out / "baseline", plan=None)
+    say(f"3/4 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
+    _train(cfg, out / "timelyfreeze", plan=plan_path)
+    say("4/4 writing the report")
+    from megatron_tf.demo_report import write_report
+
+    corpus = job_base.prepared.corpus
+    result = DemoResult(
+        predicted_baseline=predicted[0],
+        predicted_makespan=predicted[1],
+        baseline=_summary("baseline", out / "baseline", 0, cfg.freeze_warmup_iters),
+        frozen=_summary("timelyfreeze", out / "timelyfreeze", 0, cfg.freeze_warmup_iters),
+        loss_floor=None if corpus is None else corpus.loss_floor,
+        report=out / "report.md",
+    )
+    write_report(result, cfg, profile_path, plan_path)
+    return result
+
+
+def _launch(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    from megatron_tf.launch.torchrun import TorchrunLaunch, run
+
+    launch = TorchrunLaunch(
+        nproc_per_node=2, env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
+    )
+    with open(log, "w") as handle:
+        code = run(launch, module, args, stdout=handle, stderr=handle)
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise LaunchError(f"{module} failed (exit {code}); log {log}:\n{tail}")
+
+
+def _profile(cfg: DemoConfig, out: Path) -> Path:
+    from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+    from megatron_tf.profile.launch import prepare_profile_job
+
+    path = out / "profile.json"
+    job = prepare_profile_job(
+        cfg.model, cfg.parallel, ProfileConfig(iters=cfg.profile_iters, warmup_iters=2), path
+    )
+    job_path = out / "profile_job.json"
+    job.save(job_path)
+    _launch("megatron_tf.profile.worker", [], out / "profile.log", {JOB_ENV: str(job_path)})
+    return path
+
+
+def _solve(cfg: DemoConfig, profile_path: Path, out: Path) -> tuple[Path, tuple[float, float]]:
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    outcome = solve_profile(
+        load_profile(profile_path), SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio)
+    )
+    path = out / "plan.json"
+    save_plan(outcome.plan, path)
+    p = outcome.plan.predicted
+    return path, (p.baseline_makespan, p.makespan)
+
+
+def _train(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
+    from megatron_tf.train.data import DataConfig
+    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+    if (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # a re-run replaces, never appends to, old metrics
+    train = TrainConfig(
+        iters=cfg.iters,
+        lr_warmup_iters=cfg.freeze_warmup_iters,
+        log_interval=max(1, cfg.iters // 10),
+        out_dir=str(run_dir),
+        tensorboard=False,
+        freeze=FreezeOptions(
+            plan=None if plan is None else str(plan),
+            warmup_iters=cfg.freeze_warmup_iters,
+            max_freeze_ratio=cfg.max_freeze_ratio,
+            seed=cfg.model.seed,
+        ),
+    )
+    job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
+    job_file = write_job(job, run_dir / "job.json")
+    _launch("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
+    return job
+
+
+def _summary(name: str, run_dir: Path, _skip: int, freeze_from: int) -> RunSummary:
+    from megatron_tf.train.metrics import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return RunSummary(
+        name=name,
+        losses=[r["loss"] for r in records],
+        seconds=[r["seconds"] for r in records],
+        schedule_seconds=[r["schedule_seconds"] for r in records],
+        elapsed=[r["elapsed"] for r in records],
+        freeze_from=freeze_from,
+    )
+
+
+def time_to_loss(run: RunSummary, target: float, window: int) -> float | None:
+    """Wall seconds until the running mean of `window` losses first reaches `target`."""
+    for i in range(window - 1, len(run.losses)):
+        if statistics.fmean(run.losses[i - window + 1 : i + 1]) <= target:
+            return run.elapsed[i]
+    return None
