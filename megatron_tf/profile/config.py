@@ -11,13 +11,16 @@ from typing import Any
 from megatron_tf.errors import ConfigError, FormatError
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
-__all__ = ["LINEARITY_RATIOS", "ProfileConfig", "ProfileJob", "JOB_ENV"]
+__all__ = ["FAULT_RANK_ENV", "JOB_ENV", "LINEARITY_RATIOS", "ProfileConfig", "ProfileJob"]
 
 LINEARITY_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
 """Freeze ratios measured by `--linearity`, besides 0 (unfrozen) and 1 (frozen)."""
 
 JOB_ENV = "TIMELYFREEZE_PROFILE_JOB"
 """Environment variable naming the job file of `python -m megatron_tf.profile.worker`."""
+
+FAULT_RANK_ENV = "TIMELYFREEZE_PROFILE_FAULT_RANK"
+"""For tests of failure handling: the global rank that raises right after building its model."""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -20,7 +20,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-from megatron_tf.profile.config import JOB_ENV, ProfileJob
+from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
 from megatron_tf.profile.runner import gather_to_rank0, measure_phases
 from megatron_tf.train.model import build_model_chunks, use_transformer_engine
 
@@ -68,6 +68,9 @@ def run_job(job: ProfileJob) -> None:
     try:
         rank = dist.get_rank()
         chunks = build_model_chunks(job.model, job.parallel, wrap_ddp=True)
+        if os.environ.get(FAULT_RANK_ENV) == str(rank):
+            # Tests: a rank that dies mid-job must fail the command, not hang it.
+            raise RuntimeError(f"injected failure on rank {rank} ({FAULT_RANK_ENV})")
         timings = measure_phases(chunks, job.model, job.parallel, job.profile, _progress(rank))
         ids = (
             parallel_state.get_pipeline_model_parallel_rank(),
