@@ -54,7 +54,7 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def pp2_1f1b() -> list[dict[str, Any]]:
-    cases = "base,overlap,recompute,none,untied,zero,checkpoint"
+    cases = "base,overlap,recompute,none,untied,zero,checkpoint,refuse"
     return run_torchrun("freeze_grads", 2, ["--pp", "2", "--cases", cases], timeout=400)
 
 
@@ -62,6 +62,34 @@ def test_1f1b_pp2_all_semantics(pp2_1f1b: list[dict[str, Any]]) -> None:
     """1F1B pp 2: DDP overlap off/on over several iterations (units frozen on the last
     microbatch), full recompute, rescale none, untied and tied embeddings."""
     check_all(pp2_1f1b, ["base", "overlap", "recompute", "none", "untied", "zero", "checkpoint"])
+
+
+def test_overlap_case_freezes_units_on_the_last_microbatch(
+    pp2_1f1b: list[dict[str, Any]],
+) -> None:
+    """The DDP-readiness path is exercised: some unit is frozen on the last microbatch."""
+    for result in pp2_1f1b:
+        for it in result["overlap"]["iterations"]:
+            assert it["frozen"][(0, 3)], result["_ranks"]
+
+
+def test_refusals_come_before_any_forward(pp2_1f1b: list[dict[str, Any]]) -> None:
+    for result in pp2_1f1b:
+        refused = result["refuse"]
+        assert refused["plan_for_other_schedule"][0] == "ScheduleMismatchError"
+        assert (
+            "solved for 1f1b pp=2 M=8 but this run is 1f1b pp=2 M=4"
+            in (refused["plan_for_other_schedule"][1])
+        )
+        assert refused["ratio_shape"][0] == "ScheduleMismatchError"
+        assert refused["num_microbatches"] == (
+            "ScheduleMismatchError",
+            "the freeze plan is for 4 microbatches per iteration but the schedule was called "
+            "with num_microbatches=6",
+        )
+        assert refused["forwards_before_refusal"] == 0
+        assert refused["delay_wgrad_compute"][0] == "UnsupportedMegatronError"
+        assert refused["delay_wgrad_compute"][1].startswith("delay_wgrad_compute=True is not")
 
 
 def test_all_ratios_zero_is_bitwise_stock(pp2_1f1b: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ microbatch on the first virtual stage must not), and whether all-zero ratios are
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -298,6 +298,74 @@ def restored_masks(chunks, ratios, spec, cfg) -> dict[str, Any]:
     return {"equal": got == want, "any_frozen": any(m.any_frozen() for m in want)}
 
 
+def refusals(parallel: ParallelConfig) -> dict[str, Any]:
+    """Each refusal must come as one TimelyFreezeError before any forward runs."""
+    from megatron_tf.errors import TimelyFreezeError
+    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
+    from megatron_tf.megatron.hooks import install_hooks
+    from megatron_tf.schedule.spec import ScheduleSpec
+
+    model = ModelConfig(
+        num_layers=parallel.pp * parallel.vpp,
+        hidden_size=16,
+        num_attention_heads=2,
+        seq_length=8,
+        vocab_size=64,
+        micro_batch_size=1,
+    )
+    chunks = build(model, parallel, overlap=False, finalize=True)
+    spec = parallel.schedule_spec()
+    ratios = ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
+    other = ScheduleSpec(kind=spec.kind, pp=spec.pp, vpp=spec.vpp, microbatches=8)
+    plan = Plan(
+        schedule=PlanSchedule.from_spec(other),
+        profile_sha256="0" * 64,
+        max_freeze_ratio=0.5,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=ratios_for(other.pp, other.vpp, other.microbatches),
+        predicted=Predicted(baseline_makespan=1.0, makespan=1.0, speedup=1.0),
+        solver=SolverInfo(name="GLOP", status="OPTIMAL", seconds=0.0),
+    )
+
+    class Count(ScheduleObserver):
+        forwards = 0
+
+        def before_forward(self, chunk: int, microbatch: int) -> None:
+            Count.forwards += 1
+
+    out: dict[str, Any] = {}
+
+    def attempt(name: str, fn: Any) -> None:
+        try:
+            fn()
+            out[name] = None
+        except TimelyFreezeError as exc:
+            out[name] = (type(exc).__name__, str(exc))
+
+    attempt("plan_for_other_schedule", lambda: FreezeRuntime(chunks, plan, spec))
+    attempt("ratio_shape", lambda: FreezeRuntime(chunks, ratios[:1], spec))
+    counter = install_hooks(Count())
+    runtime = FreezeRuntime(chunks, ratios, spec).install()
+    try:
+        bad = dataclasses.replace(parallel, microbatches=parallel.microbatches + parallel.pp)
+
+        def run_wrong_m() -> None:
+            run_schedule(chunks, model, bad)
+
+        attempt("num_microbatches", run_wrong_m)
+    finally:
+        runtime.remove()
+        counter.remove()
+    out["forwards_before_refusal"] = Count.forwards
+    config = chunks[0].config
+    config.delay_wgrad_compute = True
+    attempt("delay_wgrad_compute", lambda: FreezeRuntime(chunks, ratios, spec).install())
+    config.delay_wgrad_compute = False
+    return out
+
+
 CASES: dict[str, dict[str, Any]] = {
     "base": {"iters": 2},
     "overlap": {"overlap": True, "iters": 3},
@@ -331,7 +399,9 @@ def main() -> None:
     refs: dict[tuple, list[Grads]] = {}
     out = {}
     for name in args.cases.split(","):
-        with contextlib.ExitStack():
+        if name == "refuse":
+            out[name] = refusals(parallel)
+        else:
             out[name] = run_case(CASES[name], parallel, refs)
     from megatron.core import parallel_state
 
