@@ -84,16 +84,36 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     return {"slope": slope, "intercept": intercept, "r2": r2}
 
 
+def _with_gaps(actions: list[RawAction]) -> list[float]:
+    """Each action's duration plus the idle gaps the schedule's own code spends around it.
+
+    With blocking P2P every wait happens inside a P2P call, so the time between two timed calls
+    is Megatron's bookkeeping (schedules.py: tensor lists, output deallocation, loss
+    reduction). It lies on the rank's path as much as the compute does; each gap goes to the
+    compute action before it, or else to the compute action after it.
+    """
+    ordered = sorted(range(len(actions)), key=lambda i: actions[i][3])
+    extra = [0.0] * len(actions)
+    for i, j in zip(ordered, ordered[1:], strict=False):
+        gap = max(0.0, actions[j][3] - actions[i][4])
+        if actions[i][0] in ("F", "B"):
+            extra[i] += gap
+        elif actions[j][0] in ("F", "B"):
+            extra[j] += gap
+    return [a[4] - a[3] + extra[k] for k, a in enumerate(actions)]
+
+
 def _durations(
-    iterations_by_rank: list[list[RawIteration]], kind: str
+    iterations_by_rank: list[list[RawIteration]], kind: str, with_gaps: bool = False
 ) -> dict[tuple[int, int, int], list[float]]:
     """(rank, chunk, mb) -> durations of `kind` ("F" or "B") over the phase's iterations."""
     out: dict[tuple[int, int, int], list[float]] = defaultdict(list)
     for rank, iterations in enumerate(iterations_by_rank):
         for _, actions in iterations:
-            for k, chunk, mb, start, end in actions:
+            lengths = _with_gaps(actions) if with_gaps else [a[4] - a[3] for a in actions]
+            for (k, chunk, mb, _, _), length in zip(actions, lengths, strict=True):
                 if k == kind:
-                    out[(rank, chunk, mb)].append(end - start)
+                    out[(rank, chunk, mb)].append(length)
     return out
 
 
@@ -183,14 +203,24 @@ def build_profile(
     outlier_mads: float = 5.0,
     phase_ratios: dict[str, float] | None = None,
     provenance: dict[str, Any] | None = None,
+    attribute_gaps: bool | None = None,
 ) -> Profile:
-    """The profile these timings describe (see the module docstring)."""
+    """The profile these timings describe (see the module docstring).
+
+    `attribute_gaps` (default: when P2P is blocking, i.e. not overlap_p2p_comm) adds the
+    schedule's own time between timed calls to the compute actions (`_with_gaps`). With
+    overlap_p2p_comm the waits on P2P handles happen between timed calls, so gaps are not
+    overhead there and the compute times are the hooks' alone.
+    """
+    if attribute_gaps is None:
+        attribute_gaps = not spec.overlap_p2p_comm
     outliers: list[dict[str, Any]] = []
     unfrozen, frozen = timings["unfrozen"], timings["frozen"]
-    fwd, fwd_mb = _per_stage(_durations(unfrozen, "F"), spec, outlier_mads, "forward", outliers)
-    bwd, bwd_mb = _per_stage(_durations(unfrozen, "B"), spec, outlier_mads, "backward", outliers)
+    g = attribute_gaps
+    fwd, fwd_mb = _per_stage(_durations(unfrozen, "F", g), spec, outlier_mads, "forward", outliers)
+    bwd, bwd_mb = _per_stage(_durations(unfrozen, "B", g), spec, outlier_mads, "backward", outliers)
     frz, frz_mb = _per_stage(
-        _durations(frozen, "B"), spec, outlier_mads, "backward_frozen", outliers
+        _durations(frozen, "B", g), spec, outlier_mads, "backward_frozen", outliers
     )
     stages = []
     for r in range(spec.pp):
@@ -234,8 +264,9 @@ def build_profile(
             for (r, c), s in table.items()
         },
         outliers=outliers,
+        gaps_attributed=attribute_gaps,
     )
-    linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads)
+    linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads, attribute_gaps)
     return Profile(
         schedule=ScheduleModel.from_spec(spec),
         stages=stages,
@@ -248,7 +279,11 @@ def build_profile(
 
 
 def _linearity(
-    timings: Timings, spec: ScheduleSpec, phase_ratios: dict[str, float], outlier_mads: float
+    timings: Timings,
+    spec: ScheduleSpec,
+    phase_ratios: dict[str, float],
+    outlier_mads: float,
+    attribute_gaps: bool,
 ) -> dict[str, Any] | None:
     """Per (rank, chunk): backward median at each measured ratio, the fitted line and R^2."""
     phases = sorted((ratio, name) for name, ratio in phase_ratios.items() if name in timings)
@@ -259,7 +294,7 @@ def _linearity(
         for c in range(spec.vpp):
             ys = []
             for _, name in phases:
-                per_mb = _durations(timings[name], "B")
+                per_mb = _durations(timings[name], "B", attribute_gaps)
                 pooled = [x for (rr, cc, _), v in per_mb.items() if (rr, cc) == (r, c) for x in v]
                 ys.append(robust_stat(pooled, outlier_mads).median)
             xs = [ratio for ratio, _ in phases]

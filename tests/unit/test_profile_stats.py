@@ -121,3 +121,34 @@ def test_linearity_fit_over_phases() -> None:
         assert stage["slope"] == pytest.approx(-2.0)
         assert stage["intercept"] == pytest.approx(3.0 + stage["rank"])
         assert stage["r2"] == pytest.approx(1.0)
+
+
+def test_gaps_between_calls_go_to_the_compute_action_next_to_them() -> None:
+    from megatron_tf.profile.stats import _with_gaps
+
+    actions = [
+        ("recv_forward", -1, -1, 0.0, 1.0),
+        ("F", 0, 0, 1.5, 3.0),  # 0.5 s of bookkeeping before it: goes to F (P2P before it)
+        ("send_forward", -1, -1, 3.25, 4.0),  # 0.25 s after F: goes to F
+        ("recv_backward", -1, -1, 4.5, 5.0),  # between two P2P calls: nobody's
+        ("B", 0, 0, 5.0, 7.0),
+    ]
+    assert _with_gaps(actions) == [1.0, 2.25, 0.75, 0.5, 2.0]
+
+
+def test_gap_attribution_follows_the_p2p_mode() -> None:
+    timings = _timings()
+    # Shift every action after the first by 1 s on every iteration: a 1 s gap after it.
+    for phase in timings.values():
+        for iterations in phase:
+            for i, (wall, actions) in enumerate(iterations):
+                first, rest = actions[0], actions[1:]
+                shifted = [(k, c, m, s + 1.0, e + 1.0) for k, c, m, s, e in rest]
+                iterations[i] = (wall, [first, *shifted])
+    blocking = build_profile(timings, SPEC)
+    assert blocking.measured.gaps_attributed is True
+    mb = {(o.rank, o.chunk, o.microbatch): o for o in blocking.microbatches}
+    assert mb[(0, 0, 0)].forward == 3.0  # 2 s of compute + the 1 s gap after it
+    assert mb[(0, 0, 1)].forward == 2.0
+    raw = build_profile(timings, SPEC, attribute_gaps=False)
+    assert {(o.rank, o.chunk, o.microbatch): o for o in raw.microbatches}[(0, 0, 0)].forward == 2.0
