@@ -114,17 +114,17 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     say(f"1/4 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
-    profile_path = _profile(cfg, out)
+    profile_path = profile_model(cfg, out)
     say("2/4 solving the freeze-ratio LP")
-    plan_path, predicted = _solve(cfg, profile_path, out)
+    plan_path, predicted = solve_plan(cfg, profile_path, out / "plan.json")
     say(
         f"    predicted iteration {predicted[0] * 1e3:.1f} -> {predicted[1] * 1e3:.1f} ms "
         f"(speedup {predicted[0] / predicted[1]:.3f})"
     )
     say(f"3/4 baseline run: {cfg.iters} iterations")
-    job_base = _train(cfg, out / "baseline", plan=None)
+    job_base = train_run(cfg, out / "baseline", plan=None)
     say(f"3/4 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
-    _train(cfg, out / "timelyfreeze", plan=plan_path)
+    train_run(cfg, out / "timelyfreeze", plan=plan_path)
     say("4/4 writing the report")
     from megatron_tf.demo_report import write_report
 
@@ -132,8 +132,8 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     result = DemoResult(
         predicted_baseline=predicted[0],
         predicted_makespan=predicted[1],
-        baseline=_summary("baseline", out / "baseline", 0, cfg.freeze_warmup_iters),
-        frozen=_summary("timelyfreeze", out / "timelyfreeze", 0, cfg.freeze_warmup_iters),
+        baseline=run_summary("baseline", out / "baseline", cfg.freeze_warmup_iters),
+        frozen=run_summary("timelyfreeze", out / "timelyfreeze", cfg.freeze_warmup_iters),
         loss_floor=None if corpus is None else corpus.loss_floor,
         report=out / "report.md",
     )
@@ -141,7 +141,7 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     return result
 
 
-def _launch(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+def launch_job(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     from megatron_tf.launch.torchrun import TorchrunLaunch, run
 
     launch = TorchrunLaunch(
@@ -154,7 +154,7 @@ def _launch(module: str, args: list[str], log: Path, env: dict[str, str] | None 
         raise LaunchError(f"{module} failed (exit {code}); log {log}:\n{tail}")
 
 
-def _profile(cfg: DemoConfig, out: Path) -> Path:
+def profile_model(cfg: DemoConfig, out: Path) -> Path:
     from megatron_tf.profile.config import JOB_ENV, ProfileConfig
     from megatron_tf.profile.launch import prepare_profile_job
 
@@ -164,11 +164,12 @@ def _profile(cfg: DemoConfig, out: Path) -> Path:
     )
     job_path = out / "profile_job.json"
     job.save(job_path)
-    _launch("megatron_tf.profile.worker", [], out / "profile.log", {JOB_ENV: str(job_path)})
+    launch_job("megatron_tf.profile.worker", [], out / "profile.log", {JOB_ENV: str(job_path)})
     return path
 
 
-def _solve(cfg: DemoConfig, profile_path: Path, out: Path) -> tuple[Path, tuple[float, float]]:
+def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, tuple[float, float]]:
+    """Solve at `cfg.max_freeze_ratio`, write the plan to `path`; returns the predictions."""
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.solve.lp import SolverConfig
@@ -177,13 +178,12 @@ def _solve(cfg: DemoConfig, profile_path: Path, out: Path) -> tuple[Path, tuple[
     outcome = solve_profile(
         load_profile(profile_path), SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio)
     )
-    path = out / "plan.json"
     save_plan(outcome.plan, path)
     p = outcome.plan.predicted
     return path, (p.baseline_makespan, p.makespan)
 
 
-def _train(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
+def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -205,11 +205,11 @@ def _train(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
     job_file = write_job(job, run_dir / "job.json")
-    _launch("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
+    launch_job("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
     return job
 
 
-def _summary(name: str, run_dir: Path, _skip: int, freeze_from: int) -> RunSummary:
+def run_summary(name: str, run_dir: Path, freeze_from: int) -> RunSummary:
     from megatron_tf.train.metrics import read_metrics
 
     records = read_metrics(run_dir / "metrics.jsonl")
