@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from harness import REPO, WORKERS, run_torchrun
 
+from megatron_tf.megatron.hooks import P2P_CALLS
 from megatron_tf.megatron.patchset import apply_patches, installed_megatron_root
 
 TOL = 1e-6
@@ -35,6 +36,8 @@ def check_case(name: str, rank_result: dict[str, Any], *, pp_rank: int) -> None:
         }
         accumulated_keys = {(c, mb) for c, mb, _ in it["accumulated"]}
         assert trained <= accumulated_keys, (name, trained - accumulated_keys)
+        # The hooks also report the schedule's P2P calls (timing observers rely on them).
+        assert it["p2p_calls"] and set(it["p2p_calls"]) <= set(P2P_CALLS), name
         # First virtual stage: a fully frozen microbatch runs no autograd at all.
         for mb, full in enumerate(it["full"][0]):
             if full:

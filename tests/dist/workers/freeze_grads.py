@@ -173,6 +173,7 @@ class Recorder(ScheduleObserver):
         self.current: tuple[int, int] | None = None
         self.accumulated: set[tuple[int, int, str]] = set()
         self.autograd_ran: dict[tuple[int, int], bool] = {}
+        self.p2p_calls: list[str] = []
         self.handles = [
             p.register_post_accumulate_grad_hook(partial(self._acc, c, n))
             for c, n, p in named(chunks)
@@ -197,6 +198,9 @@ class Recorder(ScheduleObserver):
 
     def after_backward(self, chunk: int, microbatch: int) -> None:
         self.current = None
+
+    def before_p2p(self, call: str) -> None:
+        self.p2p_calls.append(call)
 
     def close(self) -> None:
         self._schedules.custom_backward = self._orig
@@ -248,6 +252,7 @@ def run_case(
         for it in range(case.get("iters", 1)):
             recorder.accumulated.clear()
             recorder.autograd_ran.clear()
+            recorder.p2p_calls.clear()
             runtime.start_iteration(it)
             run_schedule(chunks, model, parallel)
             got = grads(chunks)
@@ -265,6 +270,7 @@ def run_case(
                     "full": runtime.masks.full,
                     "accumulated": set(recorder.accumulated),
                     "autograd_ran": dict(recorder.autograd_ran),
+                    "p2p_calls": list(recorder.p2p_calls),
                     "bitwise_stock": (
                         all(torch.equal(got[k], stock[k]) for k in stock)
                         if case.get("zero_ratios")
