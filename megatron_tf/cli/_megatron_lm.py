@@ -64,6 +64,8 @@ def megatron_lm_job(
     plan: str | os.PathLike[str] | None = None,
     freeze: Mapping[str, Any] | None = None,
     mode: Mode = "pretrain",
+    profile_out: str | os.PathLike[str] | None = None,
+    profile: Mapping[str, Any] | None = None,
 ) -> MegatronLMJob:
     """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
 
@@ -77,7 +79,25 @@ def megatron_lm_job(
 
         load_plan(plan)
         plan_path = Path(plan).resolve()
-    return MegatronLMJob(script=entry, mode=mode, plan=plan_path, freeze=dict(freeze or {}))
+    out = None
+    if mode == "profile":
+        if profile_out is None:
+            raise LaunchError("profile --megatron-lm needs -o/--output for profile.json")
+        out = Path(profile_out).resolve()
+        if not out.parent.is_dir():
+            raise LaunchError(f"--output {profile_out}: folder {out.parent} does not exist")
+        if profile:
+            from megatron_tf.profile.config import ProfileConfig
+
+            ProfileConfig(**profile)  # --iters etc. checked here, not on every rank
+    return MegatronLMJob(
+        script=entry,
+        mode=mode,
+        plan=plan_path,
+        freeze=dict(freeze or {}),
+        profile_out=out,
+        profile=dict(profile or {}),
+    )
 
 
 def launch_megatron_lm(

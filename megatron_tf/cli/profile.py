@@ -22,6 +22,13 @@ from megatron_tf.cli._launch import (
     RdzvEndpointOption,
     launch_or_print,
 )
+from megatron_tf.cli._megatron_lm import (
+    MegatronArgsArgument,
+    MegatronLMOption,
+    ScriptOption,
+    launch_megatron_lm,
+    megatron_lm_job,
+)
 from megatron_tf.cli._schedule_opts import (
     CommOption,
     CostsOption,
@@ -109,6 +116,10 @@ def profile(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    # -- a user's Megatron-LM script instead of the built-in model
+    megatron_lm: MegatronLMOption = None,
+    script: ScriptOption = "pretrain_gpt.py",
+    megatron_args: MegatronArgsArgument = None,
 ) -> None:
     """Write a [bold]timelyfreeze.profile/1[/] file: per-stage forward/backward costs.
 
@@ -121,7 +132,41 @@ def profile(
     --pp 4 --vpp 2 --microbatches 8 --costs 1,1,1 -o profile.json[/]. F, B, W are one rank's
     forward, input-gradient and weight-gradient seconds; each chunk gets 1/vpp of them,
     backward = B+W and backward_frozen = B (0 on the first virtual stage).
+
+    Your own Megatron-LM job: [bold]timelyfreeze profile --megatron-lm PATH --nproc-per-node 8
+    -o profile.json -- <Megatron-LM arguments>[/] measures inside PATH/pretrain_gpt.py at its
+    first training step (same phases), then stops it before any optimizer step.
     """
+    if megatron_lm is not None or megatron_args:
+        if synthetic:
+            raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
+        if megatron_lm is None:
+            raise ConfigError(
+                "arguments after `--` are for a Megatron-LM script: add --megatron-lm PATH "
+                f"(got {' '.join(megatron_args or [])!r})"
+            )
+        job = megatron_lm_job(
+            megatron_lm=megatron_lm,
+            script=script,
+            mode="profile",
+            profile_out=output,
+            profile=dict(iters=iters, warmup_iters=warmup_iters, linearity=linearity),
+        )
+        launch = LaunchOptions(
+            nnodes=nnodes,
+            nproc_per_node=nproc_per_node,
+            rdzv_endpoint=rdzv_endpoint,
+            launcher=launcher,
+            dry_run=dry_run,
+        )
+        launch_megatron_lm(job, launch, megatron_args)
+        if not dry_run and job.profile_out is not None and job.profile_out.is_file():
+            from megatron_tf.profile.launch import summary_line
+
+            console.print(
+                f"wrote {output}: {summary_line(job.profile_out)}", highlight=False, soft_wrap=True
+            )
+        return
     if not synthetic:
         measure_profile(
             output,

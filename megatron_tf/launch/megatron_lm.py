@@ -33,6 +33,7 @@ MODE_ENV = "TIMELYFREEZE_MODE"
 PLAN_ENV = "TIMELYFREEZE_PLAN"
 FREEZE_ENV = "TIMELYFREEZE_FREEZE_CONFIG"
 PROFILE_ENV = "TIMELYFREEZE_PROFILE_OUT"
+PROFILE_CONFIG_ENV = "TIMELYFREEZE_PROFILE_CONFIG"
 
 Mode = Literal["pretrain", "profile"]
 
@@ -51,13 +52,16 @@ class MegatronLMJob:
     script: Path
     """Absolute path of the entry script inside the checkout."""
     mode: Mode = "pretrain"
-    """`pretrain`: train with the plan's freezing. `profile`: measure (no plan)."""
+    """`pretrain`: train with the plan's freezing. `profile`: measure at the first training
+    call, write profile_out, and stop before any optimizer step."""
     plan: Path | None = None
     """plan.json (absolute; on a file system every node sees). None: train without freezing."""
     freeze: dict[str, Any] = field(default_factory=dict)
     """FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters) as a dict."""
     profile_out: Path | None = None
     """Where profile mode writes profile.json."""
+    profile: dict[str, Any] = field(default_factory=dict)
+    """ProfileConfig fields (iters, warmup_iters, linearity) for profile mode."""
 
     @property
     def checkout(self) -> Path:
@@ -71,6 +75,8 @@ class MegatronLMJob:
             env[FREEZE_ENV] = json.dumps(self.freeze, sort_keys=True)
         if self.profile_out is not None:
             env[PROFILE_ENV] = str(self.profile_out)
+        if self.profile:
+            env[PROFILE_CONFIG_ENV] = json.dumps(self.profile, sort_keys=True)
         return env
 
     @classmethod
@@ -85,17 +91,27 @@ class MegatronLMJob:
         mode = env.get(MODE_ENV, "pretrain")
         if mode not in ("pretrain", "profile"):
             raise LaunchError(f"{MODE_ENV} must be pretrain or profile, got {mode!r}")
-        try:
-            freeze = json.loads(env.get(FREEZE_ENV) or "{}")
-        except json.JSONDecodeError as exc:
-            raise LaunchError(f"{FREEZE_ENV} is not JSON: {exc.msg}") from None
+        freeze, profile = _json_env(env, FREEZE_ENV), _json_env(env, PROFILE_CONFIG_ENV)
+        if mode == "profile" and not env.get(PROFILE_ENV):
+            raise LaunchError(f"{MODE_ENV}=profile needs {PROFILE_ENV} (where to write it)")
         return cls(
             script=Path(script),
             mode=mode,  # type: ignore[arg-type]
             plan=Path(env[PLAN_ENV]) if env.get(PLAN_ENV) else None,
             freeze=freeze,
             profile_out=Path(env[PROFILE_ENV]) if env.get(PROFILE_ENV) else None,
+            profile=profile,
         )
+
+
+def _json_env(env: Mapping[str, str], name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(env.get(name) or "{}")
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"{name} is not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise LaunchError(f"{name} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def resolve_checkout(path: str | os.PathLike[str], script: str = "pretrain_gpt.py") -> Path:
@@ -134,12 +150,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         # package wins over the installed megatron-core.
         sys.path.insert(0, str(job.checkout))
         sys.argv = [str(job.script), *args]
-        if job.mode != "pretrain":
-            raise LaunchError(f"{MODE_ENV}={job.mode}: this entry runs pretrain jobs only")
         from megatron_tf.megatron.megatron_lm import install
 
-        install(plan=job.plan, freeze=job.freeze)
+        if job.mode == "profile":
+            install(plan=None, first_call=_profile_first_call(job))
+        else:
+            install(plan=job.plan, freeze=job.freeze)
         runpy.run_path(str(job.script), run_name="__main__")
+
+
+def _profile_first_call(job: MegatronLMJob) -> Any:
+    """Profile mode: measure at the first training schedule call, write, stop the script."""
+    import functools
+
+    from megatron_tf.profile.config import ProfileConfig
+    from megatron_tf.profile.megatron_lm import measure_and_stop
+
+    assert job.profile_out is not None
+    return functools.partial(
+        measure_and_stop, config=ProfileConfig(**job.profile), output=job.profile_out
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.schedule.spec import ScheduleSpec
 
-__all__ = ["MegatronLMFreezer", "install", "layout_from_args"]
+__all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 
 _MEGATRON_FLAGS = (
     "Megatron-LM's --pipeline-model-parallel-size, --num-layers-per-virtual-pipeline-stage / "
@@ -47,6 +47,10 @@ _MEGATRON_FLAGS = (
 )
 
 _ACTIVE: MegatronLMFreezer | None = None
+
+FirstCall = Callable[[Callable[[], Callable[..., Any]], dict[str, Any]], Any]
+"""`first_call(fetch, kwargs)`: takes over the first training schedule call (profile mode);
+`fetch()` returns the schedule function as of now, `kwargs` are the call's arguments."""
 
 
 def _log(message: str) -> None:
@@ -78,7 +82,7 @@ def layout_from_args(args: Any) -> ScheduleSpec | None:
     )
 
 
-def _layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
+def layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
     """The schedule a call of the pipeline schedule is about to run."""
     from megatron.core import parallel_state
     from megatron.core.utils import get_model_config
@@ -104,7 +108,9 @@ def _layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
 class MegatronLMFreezer:
     """The per-process state behind the traps: plan, runtime, iteration, pending state."""
 
-    def __init__(self, *, plan: Path | None, freeze: dict[str, Any]) -> None:
+    def __init__(
+        self, *, plan: Path | None, freeze: dict[str, Any], first_call: FirstCall | None = None
+    ) -> None:
         from megatron_tf.formats.plan import load_plan
         from megatron_tf.freeze.config import FreezeConfig
 
@@ -114,6 +120,7 @@ class MegatronLMFreezer:
         self.runtime: Any = None
         self.next_iteration = 0
         self.pending_state: dict[str, Any] | None = None
+        self.first_call = first_call
         self._restore: list[tuple[Any, str, Any]] = []
 
     # -- checks -----------------------------------------------------------------------------
@@ -157,6 +164,9 @@ class MegatronLMFreezer:
 
     def schedule(self, fetch: Callable[[], Callable[..., Any]], kwargs: dict[str, Any]) -> Any:
         """One call of the pipeline schedule, with the runtime around training iterations."""
+        if self.first_call is not None and not kwargs.get("forward_only", False):
+            take_over, self.first_call = self.first_call, None
+            return take_over(fetch, kwargs)
         if self.plan is None or kwargs.get("forward_only", False):
             return fetch()(**kwargs)
         if self.runtime is None:
@@ -175,7 +185,7 @@ class MegatronLMFreezer:
         from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 
         assert self.plan is not None
-        spec = _layout_from_call(kwargs)
+        spec = layout_from_call(kwargs)
         self.check_layout(spec, "at its first schedule call")
         assert spec is not None
         model = kwargs["model"]
@@ -300,19 +310,25 @@ class MegatronLMFreezer:
         return load_checkpoint
 
 
-def install(*, plan: Path | None, freeze: dict[str, Any] | None = None) -> MegatronLMFreezer:
+def install(
+    *,
+    plan: Path | None,
+    freeze: dict[str, Any] | None = None,
+    first_call: FirstCall | None = None,
+) -> MegatronLMFreezer:
     """Set the traps for this process (once); see the module docstring.
 
     Args:
         plan: plan.json to train with; None runs the script unchanged (a baseline).
         freeze: FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters).
+        first_call: takes over the first training schedule call (the profile mode).
     """
     global _ACTIVE
     if _ACTIVE is not None:
         return _ACTIVE
     from megatron_tf.megatron.compat import enable_cpu_compat
 
-    freezer = MegatronLMFreezer(plan=plan, freeze=freeze or {})
+    freezer = MegatronLMFreezer(plan=plan, freeze=freeze or {}, first_call=first_call)
     enable_cpu_compat()  # a no-op with CUDA; lets a stand-in script run on CPU with gloo
     freezer.install()
     _ACTIVE = freezer

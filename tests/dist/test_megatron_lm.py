@@ -54,6 +54,12 @@ OWN_PARSER_ARGS = [
 RATIOS = [[[1.0, 0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]]  # [rank][chunk][microbatch]
 
 
+def make_spec(microbatches: int):
+    from megatron_tf.schedule.spec import ScheduleSpec
+
+    return ScheduleSpec(kind="1f1b", pp=2, microbatches=microbatches)
+
+
 def make_plan(path: Path, microbatches: int, ratios: list) -> Path:
     plan = Plan(
         schedule=PlanSchedule(kind="1f1b", pp=2, vpp=1, microbatches=microbatches, group_size=2),
@@ -137,3 +143,26 @@ def test_plan_for_another_layout_is_refused_at_the_first_schedule_call(
         "(at its first schedule call;"
     ), last
     assert not results.exists()
+
+
+def test_profile_measures_inside_the_script_and_stops_it(checkout: Path, tmp_path: Path):
+    from megatron_tf.formats.profile import load_profile
+
+    out = tmp_path / "profile.json"
+    results = tmp_path / "results"
+    cli = ["profile", "--megatron-lm", str(checkout), "--nproc-per-node", "2", "-o", str(out)]
+    cli += ["--iters", "2", "--warmup-iters", "1", "--", *MEGATRON_ARGS]
+    env = {"STANDIN_RESULTS": str(results), "TIMELYFREEZE_TIMEOUT": "300"}
+    result = CliRunner().invoke(app, cli, env=env)
+    assert result.exit_code == 0, result.output[-4000:]
+    profile = load_profile(out)
+    # The layout Megatron-LM parsed: pp 2 from its flags, M = 4 / (1 x 1).
+    assert profile.schedule.to_spec() == make_spec(4)
+    assert [(s.rank, s.chunk) for s in profile.stages] == [(0, 0), (1, 0)]
+    for stage in profile.stages:
+        assert stage.forward > 0 and 0 <= stage.backward_frozen <= stage.backward
+    assert profile.provenance["megatron_args"] == MEGATRON_ARGS
+    assert len(profile.measured.iteration_times) == 2
+    # Measured inside the script (its forwards ran), which then stopped: no rank reached the
+    # end of training, so no optimizer step ever ran.
+    assert sorted(p.name for p in results.iterdir()) == ["started_rank0", "started_rank1"]

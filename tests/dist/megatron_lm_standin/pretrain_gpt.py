@@ -105,12 +105,19 @@ def main() -> None:
         seen[chunk] += 1
         return gpt_forward_step(data_iterator, model)
 
+    def endless():
+        # Like Megatron-LM's train_data_iterator: one long-lived iterator over the data.
+        step = 0
+        while True:
+            yield from synthetic_batches(model_cfg, iteration=step, microbatches=microbatches)
+            step += 1
+
+    train_data = [endless() for _ in chunks]
+    eval_data = [endless() for _ in chunks]
+
     def run(forward_only: bool) -> None:
         seen[:] = [0] * len(chunks)
-        data = [
-            synthetic_batches(model_cfg, iteration=iteration, microbatches=microbatches)
-            for _ in chunks
-        ]
+        data = eval_data if forward_only else train_data
         forward_backward_func(
             forward_step_func=forward_step,
             data_iterator=data if len(chunks) > 1 else data[0],
