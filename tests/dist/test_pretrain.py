@@ -82,7 +82,8 @@ def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> N
     # first by a margin far above the step-to-step noise of this tiny run.
     assert abs(losses[1] - torch.log(torch.tensor(512.0)).item()) < 0.3
     assert (losses[7] + losses[8]) / 2 < losses[1] - 0.15
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
     if with_plan:
         # The freeze runtime was on: realised ratios per virtual stage near the plan's 0.5.
         assert all(len(r["freeze_ratio"]) == 2 * vpp for r in records)
@@ -131,3 +132,31 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
                 if isinstance(sa[key], torch.Tensor):
                     assert torch.equal(sa[key], sb[key]), key
         assert a["freezer"] == b["freezer"]
+
+
+def test_plan_auto_profiles_without_touching_the_run(tmp_path: Path) -> None:
+    """`--plan auto` measures after the warm-up and solves; the measurement iterations change
+    nothing: a run given the same plan as a file from the start has identical losses. Drift
+    re-profiling is off by default: one plan only."""
+    common = ["--iters", "6", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    common += ["--profile-iters", "2", "--max-freeze-ratio", "0.8"]
+    _ok(_pretrain(tmp_path, *common, "--plan", "auto", out="auto"))
+    replans = sorted(p.name for p in (tmp_path / "auto").glob("replan_*"))
+    assert replans == ["replan_0"]
+    plan = tmp_path / "auto" / "replan_0" / "plan.json"
+    assert json.loads(plan.read_text())["max_freeze_ratio"] == 0.8
+    _ok(_pretrain(tmp_path, *common, "--plan", str(plan), out="file"))
+    assert _losses(tmp_path, "auto") == _losses(tmp_path, "file")
+
+
+def test_drift_triggers_reprofiling_when_forced(tmp_path: Path) -> None:
+    """A threshold no measurement can meet: after `patience` freezing iterations the run
+    profiles and solves again (replan_1), and does not re-plan after its last iteration."""
+    args = ["--iters", "6", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    args += ["--profile-iters", "2", "--plan", "auto", "--drift-threshold", "1e-9"]
+    proc = _pretrain(tmp_path, *args, "--drift-patience", "2")
+    _ok(proc)
+    replans = sorted(p.name for p in (tmp_path / "run").glob("replan_*"))
+    assert replans == ["replan_0", "replan_1"]
+    assert "re-planning (drift" in proc.stdout
+    assert sorted(_losses(tmp_path)) == list(range(1, 7))
