@@ -178,37 +178,32 @@ class FreezePolicy:
         units, counts = self.units[chunk], self.counts[chunk]
         total = sum(u.cost for u in units)
         m = len(sets)
+        trained = [sum(1 for s in sets if i not in s) for i in range(len(units))]
+        frozen_cost = [sum(units[i].cost for i in s) for s in sets]
         for unit in range(len(units)):
-            if not all(unit in s for s in sets):
+            if trained[unit] > 0:
                 continue
-            excess = [
-                sum(units[i].cost for i in s) - r * total for s, r in zip(sets, ratios, strict=True)
-            ]
-            mb = max(range(m), key=lambda k: (excess[k], -k))
+            # Unfreeze it where the frozen cost overshoots its target most (last such mb).
+            mb = max(range(m), key=lambda k: (frozen_cost[k] - ratios[k] * total, -k))
             sets[mb].discard(unit)
             counts[unit] -= 1
-            self._replace(iteration, chunk, mb, sets, ratios[mb] * total)
-
-    def _replace(
-        self, iteration: int, chunk: int, mb: int, sets: list[set[int]], target: float
-    ) -> None:
-        """Freeze one more unit on `mb` if it brings the cost closer to the target and that
-        unit stays trained on another microbatch."""
-        units, counts = self.units[chunk], self.counts[chunk]
-        cost = sum(units[i].cost for i in sets[mb])
-        tie = self._tiebreak(iteration, chunk, mb)
-        trained_elsewhere = [
-            sum(1 for k, s in enumerate(sets) if k != mb and i not in s) for i in range(len(units))
-        ]
-        candidates = [
-            i
-            for i in range(len(units))
-            if i not in sets[mb] and trained_elsewhere[i] >= 1 and cost + units[i].cost / 2 < target
-        ]
-        if candidates:
-            best = min(candidates, key=lambda i: (counts[i], tie[i]))
-            sets[mb].add(best)
-            counts[best] += 1
+            trained[unit] += 1
+            frozen_cost[mb] -= units[unit].cost
+            # Freeze a replacement there if it brings the cost closer to the target and stays
+            # trained on another microbatch (it is trained on mb now, so needs >= 2).
+            target, cost = ratios[mb] * total, frozen_cost[mb]
+            candidates = [
+                i
+                for i in range(len(units))
+                if i not in sets[mb] and trained[i] >= 2 and cost + units[i].cost / 2 < target
+            ]
+            if candidates:
+                tie = self._tiebreak(iteration, chunk, mb)
+                best = min(candidates, key=lambda i: (counts[i], tie[i]))
+                sets[mb].add(best)
+                counts[best] += 1
+                trained[best] -= 1
+                frozen_cost[mb] += units[best].cost
 
     # -- checkpointing --------------------------------------------------------------------
 
