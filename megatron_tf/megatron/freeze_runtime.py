@@ -136,7 +136,11 @@ class FreezeRuntime(ScheduleObserver):
     # -- installation ---------------------------------------------------------------------
 
     def install(self) -> FreezeRuntime:
-        """Check megatron-core and the run, register on the schedules, wrap DDP buckets."""
+        """Check megatron-core and the run, register on the schedules, wrap DDP buckets.
+
+        Idempotent: installing an installed runtime does nothing."""
+        if self._handle is not None:
+            return self
         from megatron.core.utils import get_model_config
 
         config = get_model_config(self.chunks[0])
