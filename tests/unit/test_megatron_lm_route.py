@@ -245,3 +245,31 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
         "--module megatron_tf.launch.megatron_lm --num-layers 2 --data-path 'a b'"
     )
+
+
+def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch) -> None:
+    """Megatron-LM's save/load keep their signatures and results; the state rides along."""
+    args = SimpleNamespace(save=str(tmp_path), load=str(tmp_path))
+    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setenv("RANK", "0")
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer.runtime = _FakeRuntime({"next_iteration": 7})
+    calls = []
+
+    def save_checkpoint(iteration, model, optimizer, scheduler, flops, **kwargs):
+        calls.append(("save", iteration, kwargs))
+        (tmp_path / f"iter_{iteration:07d}").mkdir(exist_ok=True)
+
+    def load_checkpoint(model, optimizer, scheduler, **kwargs):
+        calls.append(("load", kwargs))
+        return 7, 123.0  # (iteration, num_floating_point_operations_so_far)
+
+    assert (
+        freezer._wrap_save(save_checkpoint)(7, "m", "o", "s", 1.0, non_persistent_ckpt=False)
+        is None
+    )
+    assert (tmp_path / "iter_0000007" / "timelyfreeze" / "rank00000.pt").is_file()
+    freezer.runtime = _FakeRuntime({})
+    assert freezer._wrap_load(load_checkpoint)("m", "o", "s", strict=True) == (7, 123.0)
+    assert freezer.runtime.loaded == [{"next_iteration": 7}]  # handed to the running runtime
+    assert calls == [("save", 7, {"non_persistent_ckpt": False}), ("load", {"strict": True})]
