@@ -1,0 +1,138 @@
+"""Hook installation and the freeze runtime's bookkeeping, in one process (no torchrun).
+
+The schedules themselves run in tests/dist; here: install/remove restore megatron-core
+exactly, ids survive Megatron's output deallocation, and the runtime toggles, rescales and
+checkpoints as specified on a plain module with Megatron's parameter names.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron import hooks
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.schedule.spec import ScheduleSpec
+
+
+def test_install_and_remove_restore_megatron_exactly() -> None:
+    from megatron.core.pipeline_parallel import p2p_communication, schedules
+
+    before = {
+        name: getattr(schedules, name)
+        for name in (
+            "forward_step",
+            "backward_step",
+            "forward_backward_pipelining_with_interleaving",
+        )
+    }
+    send = p2p_communication.P2PCommunicator.send_forward
+    first = hooks.install_hooks(hooks.ScheduleObserver())
+    second = hooks.install_hooks(hooks.ScheduleObserver())
+    assert first.route == "runtime"
+    assert schedules.forward_step is not before["forward_step"]
+    assert p2p_communication.P2PCommunicator.send_forward is not send
+    first.remove()
+    assert hooks.installed_route() == "runtime"  # the second handle still holds the hooks
+    second.remove()
+    second.remove()  # removing twice is harmless
+    assert hooks.installed_route() == ""
+    for name, fn in before.items():
+        assert getattr(schedules, name) is fn
+    assert p2p_communication.P2PCommunicator.send_forward is send
+
+
+def test_ids_survive_output_deallocation() -> None:
+    from megatron.core.pipeline_parallel.schedules import deallocate_output_tensor
+
+    out = torch.ones(4, 3, requires_grad=True) * 2
+    hooks._tag([out], (1, 5))
+    deallocate_output_tensor(out, deallocate_pipeline_outputs=True)
+    assert out.numel() == 1  # Megatron swapped .data ...
+    assert hooks.tensor_ids([out]) == (1, 5)  # ... and the ids are still there
+    assert hooks.tensor_ids({"a": out}) == (1, 5)
+    assert hooks.tensor_ids(torch.ones(1)) is None
+
+
+class TinyChunk(torch.nn.Module):
+    """Parameters named like a Megatron GPT chunk (first stage): units and non-units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Module()
+        self.embedding.word_embeddings = torch.nn.Embedding(10, 4)
+        self.decoder = torch.nn.Module()
+        layer = torch.nn.Module()
+        layer.mlp = torch.nn.Module()
+        layer.mlp.linear_fc1 = torch.nn.Linear(4, 8)
+        layer.mlp.linear_fc2 = torch.nn.Linear(8, 4)
+        layer.input_layernorm = torch.nn.LayerNorm(4)
+        self.decoder.layers = torch.nn.ModuleList([layer])
+
+
+SPEC = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
+
+
+def runtime(ratios_rank0: list[float], **cfg: object) -> tuple[FreezeRuntime, TinyChunk]:
+    chunk = TinyChunk()
+    ratios = [[ratios_rank0], [[0.0] * 4]]
+    return FreezeRuntime([chunk], ratios, SPEC, FreezeConfig(**cfg), rank=0), chunk
+
+
+def test_units_and_requires_grad_toggling() -> None:
+    rt, chunk = runtime([0.0, 1.0, 0.5, 0.0])
+    assert [u.name for u in rt.units[0]] == [
+        "embedding.word_embeddings.weight",
+        "decoder.layers.0.mlp.linear_fc1.weight",
+        "decoder.layers.0.mlp.linear_fc2.weight",
+    ]
+    masks = rt.start_iteration(0)
+    assert masks.full[0] == (False, True, False, False)  # rank 0 chunk 0: first virtual stage
+    params = dict(chunk.named_parameters())
+    rt.before_forward(0, 1)  # full: every parameter of the chunk is off, norms included
+    assert not any(p.requires_grad for p in params.values())
+    rt.after_forward(0, 1)
+    assert all(p.requires_grad for p in params.values())
+    rt.before_backward(0, 2)
+    off = {n for n, p in params.items() if not p.requires_grad}
+    assert off == set(rt.frozen_names(0, 2)) and off
+    assert not any(n.endswith("bias") or "norm" in n for n in off)
+    rt.after_backward(0, 2)
+    assert all(p.requires_grad for p in params.values())
+
+
+@pytest.mark.parametrize("rescale", ["mean", "none"])
+def test_plain_module_gradients_rescaled_by_m_over_active(rescale: str) -> None:
+    rt, chunk = runtime([0.0, 1.0, 0.5, 0.0], rescale=rescale)
+    rt.start_iteration(0)
+    for p in chunk.parameters():
+        p.grad = torch.ones_like(p)
+    rt.finish_iteration()
+    rt.finish_iteration()  # idempotent within the iteration
+    for name, p in chunk.named_parameters():
+        frozen_on = sum(name in rt.frozen_names(0, mb) or rt.masks.full[0][mb] for mb in range(4))
+        want = 4 / (4 - frozen_on) if rescale == "mean" else 1.0
+        assert torch.all(p.grad == want), (name, frozen_on)
+
+
+def test_ratio_shape_and_plan_mismatch_are_refused() -> None:
+    with pytest.raises(ScheduleMismatchError, match=r"expected \[2\]\[1\]\[4\]"):
+        FreezeRuntime([TinyChunk()], [[[0.0] * 3], [[0.0] * 3]], SPEC, rank=0)
+    with pytest.raises(ScheduleMismatchError, match="has vpp=1"):
+        FreezeRuntime([TinyChunk(), TinyChunk()], [[[0.0] * 4]] * 2, SPEC, rank=0)
+
+
+def test_state_dict_round_trip_and_realised_ratio() -> None:
+    rt, _ = runtime([0.5, 0.5, 0.5, 0.5], seed=3)
+    for it in range(3):
+        rt.start_iteration(it)
+    state = rt.state_dict()
+    straight = [rt.start_iteration(it) for it in (3, 4)]
+    other, _ = runtime([0.0] * 4)
+    other.load_state_dict(state)
+    assert [other.start_iteration(it) for it in (3, 4)] == straight
+    assert other.config.seed == 3
+    (realised,) = rt.realised_ratio_per_chunk()
+    assert 0.3 < realised < 0.7
