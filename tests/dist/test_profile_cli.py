@@ -82,6 +82,52 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
     assert result.status == "OPTIMAL"
     assert result.makespan <= result.baseline_makespan + 1e-12
     assert result.baseline_makespan == pytest.approx(data["makespan"])
+    if "--vpp" not in layout:
+        _plan_runs_with_the_freeze_runtime(tmp_path, profile, out, result, layout)
+
+
+def _plan_runs_with_the_freeze_runtime(tmp_path, profile, profile_path, result, layout) -> None:
+    """The plan solved on the measured profile trains on the same layout (pretrain --plan)."""
+    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.profile import profile_sha256
+
+    spec = profile.spec
+    plan = Plan(
+        schedule=PlanSchedule(**spec.to_dict()),
+        profile_sha256=profile_sha256(profile_path),
+        max_freeze_ratio=0.5,
+        tolerance=1e-6,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=result.ratios.tolist(),
+        predicted=Predicted(
+            baseline_makespan=result.baseline_makespan,
+            makespan=result.makespan,
+            speedup=result.baseline_makespan / result.makespan,
+        ),
+        solver=SolverInfo(name="GLOP", status=result.status, seconds=0.0),
+    )
+    plan_path = tmp_path / "plan.json"
+    save_plan(plan, plan_path)
+    assert any(r > 0 for rank in plan.ratios for chunk in rank for r in chunk)
+    model = [f for f in SMALL if f not in ("--iters", "2", "--warmup-iters", "1")]
+    run = _cli(
+        "pretrain",
+        *[f for f in layout if f != "--linearity"],
+        *model,
+        "--plan",
+        str(plan_path),
+        "--iters",
+        "2",
+        "--lr-warmup-iters",
+        "0",
+        "--out-dir",
+        str(tmp_path / "run"),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    # The freeze runtime applied the plan: some weight-gradient work was skipped.
+    assert len(metrics) == 2 and any(max(m["freeze_ratio"]) > 0 for m in metrics), metrics
 
 
 @pytest.mark.parametrize(
