@@ -32,9 +32,9 @@ def _demo_model() -> ModelConfig:
         num_layers=4,
         hidden_size=128,
         num_attention_heads=4,
-        seq_length=128,
+        seq_length=64,
         vocab_size=256,
-        micro_batch_size=4,
+        micro_batch_size=2,
     )
 
 

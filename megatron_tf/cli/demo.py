@@ -32,6 +32,7 @@ def demo(
     Profiles a small GPT on 2 pipeline ranks, solves for freeze ratios, trains a baseline and a
     TimelyFreeze run from the same seed, and compares iteration time and loss.
     """
+    _quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
     from megatron_tf.demo_report import summary_rows
 
@@ -51,3 +52,14 @@ def demo(
         table.add_row(*row)
     console.print(table)
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+
+
+def _quiet_imports() -> None:
+    """megatron-core warns at import about missing TransformerEngine/Apex and torch about CUDA;
+    on a CPU demo both are expected, so keep them out of the terminal (workers log to files)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
