@@ -60,9 +60,13 @@ def make_spec(microbatches: int):
     return ScheduleSpec(kind="1f1b", pp=2, microbatches=microbatches)
 
 
-def make_plan(path: Path, microbatches: int, ratios: list) -> Path:
+def make_plan(path: Path, microbatches: int, ratios: list, vpp: int = 1) -> Path:
+    kind = "1f1b" if vpp == 1 else "interleaved"
+    schedule = PlanSchedule(
+        kind=kind, pp=2, vpp=vpp, microbatches=microbatches, group_size=2, overlap_p2p_comm=vpp > 1
+    )
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=2, vpp=1, microbatches=microbatches, group_size=2),
+        schedule=schedule,
         profile_sha256="0" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
@@ -95,10 +99,31 @@ def pretrain(checkout: Path, plan: Path, args: list[str], results: Path, own_par
     return CliRunner().invoke(app, cli, env=env)
 
 
-def test_plan_reaches_every_rank_before_the_first_iteration(checkout: Path, tmp_path: Path):
-    plan = make_plan(tmp_path / "plan.json", 4, RATIOS)
+# Interleaved: 4 layers as 2 chunks per rank (Megatron-LM's default group size pp and
+# overlapped P2P, which pp 2 with virtual stages needs).
+INTERLEAVED_ARGS = [
+    *MEGATRON_ARGS[:2],
+    "--num-layers", "4",
+    "--num-virtual-stages-per-pipeline-rank", "2",
+    *MEGATRON_ARGS[4:],
+]  # fmt: skip
+INTERLEAVED_RATIOS = [
+    [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]],
+    [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]],
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "ratios"),
+    [(MEGATRON_ARGS, RATIOS), (INTERLEAVED_ARGS, INTERLEAVED_RATIOS)],
+    ids=["1f1b", "interleaved"],
+)
+def test_plan_reaches_every_rank_before_the_first_iteration(
+    checkout: Path, tmp_path: Path, args: list[str], ratios: list
+):
+    plan = make_plan(tmp_path / "plan.json", 4, ratios, vpp=len(ratios[0]))
     results = tmp_path / "results"
-    result = pretrain(checkout, plan, MEGATRON_ARGS, results, own_parser=False)
+    result = pretrain(checkout, plan, args, results, own_parser=False)
     assert result.exit_code == 0, result.output[-4000:]
     for rank in (0, 1):
         assert f"timelyfreeze[rank {rank}]: plan " in result.output
@@ -107,14 +132,15 @@ def test_plan_reaches_every_rank_before_the_first_iteration(checkout: Path, tmp_
         )
         seen = json.loads((results / f"rank{rank}.json").read_text())
         # Megatron-LM's argv, untouched: the script path, then exactly the arguments after `--`.
-        assert seen["argv"] == [str(checkout / "pretrain_gpt.py"), *MEGATRON_ARGS]
-        frozen = {(it, mb): n for it, chunk, mb, n in seen["records"]}
+        assert seen["argv"] == [str(checkout / "pretrain_gpt.py"), *args]
+        frozen = {(it, chunk, mb): n for it, chunk, mb, n in seen["records"]}
         for iteration in (0, 1):  # from the very first iteration, as planned for this rank
-            for mb in range(4):
-                planned = RATIOS[rank][0][mb] > 0
-                assert (frozen[iteration, mb] > 0) == planned, (rank, iteration, mb, frozen)
+            for chunk, planned_ratios in enumerate(ratios[rank]):
+                for mb, ratio in enumerate(planned_ratios):
+                    key = (iteration, chunk, mb)
+                    assert (frozen[key] > 0) == (ratio > 0), (rank, key, frozen)
         # The evaluation (forward-only) call freezes nothing.
-        assert all(frozen[-1, mb] == 0 for mb in range(4))
+        assert all(n == 0 for (it, _, _), n in frozen.items() if it == -1)
 
 
 def test_plan_for_another_layout_is_refused_from_megatron_args(checkout: Path, tmp_path: Path):
