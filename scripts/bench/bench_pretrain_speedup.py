@@ -29,6 +29,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds")
     parser.add_argument("--iters", type=int, default=60, help="iterations per run")
     parser.add_argument("--warmup", type=int, default=10, help="unfrozen, untimed iterations")
+    parser.add_argument("--profile-iters", type=int, default=10, help="measured per phase")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pretrain"))
     return parser.parse_args()
 
@@ -37,7 +38,10 @@ def main() -> None:
     args = parse()
     ratios = [float(x) for x in args.ratios.split(",")]
     base_cfg = DemoConfig(
-        out_dir=args.out, iters=args.iters, freeze_warmup_iters=args.warmup, profile_iters=5
+        out_dir=args.out,
+        iters=args.iters,
+        freeze_warmup_iters=args.warmup,
+        profile_iters=args.profile_iters,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"profiling {base_cfg.parallel.schedule_spec().describe()} ...", flush=True)
