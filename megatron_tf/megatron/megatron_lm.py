@@ -196,9 +196,14 @@ class MegatronLMFreezer:
             self.pending_state = None
         runtime.install()
         self.runtime = runtime
+        from megatron.core import __file__ as core_file
+
+        from megatron_tf.megatron.hooks import installed_route
+
         _log(
             f"freeze runtime installed before iteration {self._current_iteration()}: "
-            f"plan {self.plan_sha256[:12]}, {spec.describe()}"
+            f"plan {self.plan_sha256[:12]}, {spec.describe()}, {installed_route()} hooks in "
+            f"{Path(core_file).parent}"
         )
 
     def _current_iteration(self) -> int:

@@ -192,3 +192,28 @@ def test_profile_measures_inside_the_script_and_stops_it(checkout: Path, tmp_pat
     # Measured inside the script (its forwards ran), which then stopped: no rank reached the
     # end of training, so no optimizer step ever ran.
     assert sorted(p.name for p in results.iterdir()) == ["started_rank0", "started_rank1"]
+
+
+def test_a_patched_fork_in_the_checkout_is_the_megatron_used(checkout: Path, tmp_path: Path):
+    """A checkout carrying its own (patched) megatron/ package: the ranks import that one, and
+    the hooks use its explicit hook points instead of wrapping functions."""
+    import megatron.core
+
+    installed = Path(megatron.core.__file__).parents[1]
+    shutil.copytree(installed, checkout / "megatron", ignore=shutil.ignore_patterns("__pycache__"))
+    patched = CliRunner().invoke(app, ["patch", "apply", "--target", str(checkout)])
+    assert patched.exit_code == 0, patched.output
+    plan = make_plan(tmp_path / "plan.json", 4, RATIOS)
+    results = tmp_path / "results"
+    result = pretrain(checkout, plan, MEGATRON_ARGS, results, own_parser=False)
+    assert result.exit_code == 0, result.output[-4000:]
+    fork_core = checkout / "megatron" / "core"
+    for rank in (0, 1):
+        assert (
+            f"timelyfreeze[rank {rank}]: freeze runtime installed before iteration 0: plan "
+        ) in result.output
+        seen = json.loads((results / f"rank{rank}.json").read_text())
+        assert Path(seen["megatron_core"]) == fork_core / "__init__.py"
+        frozen = {(it, mb): n for it, _, mb, n in seen["records"]}
+        assert [frozen[0, mb] > 0 for mb in range(4)] == [r > 0 for r in RATIOS[rank][0]]
+    assert result.output.count(f"patched hooks in {fork_core}") == 2

@@ -139,7 +139,14 @@ def main() -> None:
     run(forward_only=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"argv": ARGV, "microbatches": microbatches, "records": records}
+    import megatron.core
+
+    out = {
+        "argv": ARGV,
+        "microbatches": microbatches,
+        "records": records,
+        "megatron_core": megatron.core.__file__,
+    }
     (RESULTS / f"rank{RANK}.json").write_text(json.dumps(out))
     destroy_distributed()
 
