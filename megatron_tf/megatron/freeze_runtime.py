@@ -159,8 +159,11 @@ class FreezeRuntime(ScheduleObserver):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        for group in self._bucket_patches:
-            del group.start_grad_sync  # the instance attribute shadowed the class method
+        for group, previous in reversed(self._bucket_patches):
+            if previous is None:
+                del group.start_grad_sync  # the instance attribute shadowed the class method
+            else:  # another runtime (e.g. an in-job profiler) wrapped it before us
+                group.start_grad_sync = previous
         self._bucket_patches.clear()
         for params in self.all_params:
             for p in params:
@@ -193,14 +196,15 @@ class FreezeRuntime(ScheduleObserver):
             )
 
     def _wrap_bucket_group(self, group: Any) -> None:
-        original = group.start_grad_sync  # bound method of the class
+        previous = group.__dict__.get("start_grad_sync")
+        original = group.start_grad_sync  # bound method of the class, or an earlier wrapper
 
         def start_grad_sync(*args: Any, **kwargs: Any) -> Any:
             self._scale_group(group)
             return original(*args, **kwargs)
 
         group.start_grad_sync = start_grad_sync
-        self._bucket_patches.append(group)
+        self._bucket_patches.append((group, previous))
 
     # -- iteration bookkeeping ------------------------------------------------------------
 
