@@ -13,6 +13,7 @@ workers' argv: Megatron-LM's argument parser rejects flags it does not know.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -21,7 +22,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from megatron_tf.errors import LaunchError
 
@@ -183,7 +184,8 @@ def run(
     torchrun exits non-zero when any worker fails (a dead rank ends the whole group), so a
     zero here means every rank finished. Output is copied (not inherited) so it also reaches a
     redirected `sys.stdout`, e.g. under typer's CliRunner. On Ctrl-C the job gets SIGINT and
-    after 10 s SIGKILL; past `timeout` seconds it is killed and `TIMEOUT_EXIT_CODE` is returned.
+    after 10 s SIGKILL; a SIGTERM to this process is passed on to the job (whose exit code is
+    then returned); past `timeout` seconds it is killed and `TIMEOUT_EXIT_CODE` is returned.
     """
     cmd = launch.command(entry_module, args)
     out = stdout if stdout is not None else sys.stdout
@@ -203,6 +205,7 @@ def run(
     except OSError as exc:
         raise LaunchError(f"cannot start {cmd[0]!r}: {exc.strerror}") from None
     pumps = [_pump(proc.stdout, out), _pump(proc.stderr, err)]
+    previous = _forward_sigterm(proc)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -212,10 +215,29 @@ def run(
         _stop(proc, signal.SIGINT, grace=10)
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for pump in pumps:
             # A stray grandchild could keep a pipe open; do not hang on it.
             pump.join(timeout=10)
     return code if code >= 0 else 128 - code
+
+
+def _forward_sigterm(proc: subprocess.Popen[str]) -> Any:
+    """Pass a SIGTERM sent to us (scancel, a job time limit) on to the job's process group.
+
+    The job runs in a session of its own, so it would not get the signal otherwise; torchrun
+    stops its workers when it gets SIGTERM. Returns the previous handler (None off the main
+    thread, where Python cannot install handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    return signal.signal(signal.SIGTERM, forward)
 
 
 def _pump(source: IO[str] | None, sink: IO[str]) -> threading.Thread:

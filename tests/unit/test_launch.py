@@ -247,3 +247,29 @@ def test_run_timeout_kills_the_job(tmp_path) -> None:
 def test_run_missing_interpreter_is_a_launch_error(tmp_path) -> None:
     with pytest.raises(LaunchError, match="cannot start"):
         run(TorchrunLaunch(python=str(tmp_path / "nope")), "m")
+
+
+def test_sigterm_reaches_the_job(tmp_path) -> None:
+    """scancel sends SIGTERM to the srun task (our process): the job must hear it too."""
+    import signal
+    import subprocess
+
+    marker = tmp_path / "got_sigterm"
+    fake = _fake_torchrun(
+        tmp_path,
+        "import signal\n"
+        f"def stop(*a): open({str(marker)!r}, 'w').close(); sys.exit(7)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True); time.sleep(60)",
+    )
+    code = (
+        "import sys\n"
+        "from megatron_tf.launch import TorchrunLaunch, run\n"
+        f"sys.exit(run(TorchrunLaunch(python={fake!r}), 'm'))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    assert parent.stdout.readline() == "ready\n"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 7  # the job's own exit code
+    assert marker.exists()
