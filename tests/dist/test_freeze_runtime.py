@@ -57,7 +57,7 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def pp2_1f1b() -> list[dict[str, Any]]:
-    cases = "base,overlap,recompute,none,untied,zero,checkpoint,refuse"
+    cases = "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak"
     return run_torchrun("freeze_grads", 2, ["--pp", "2", "--cases", cases], timeout=400)
 
 
@@ -93,6 +93,18 @@ def test_refusals_come_before_any_forward(pp2_1f1b: list[dict[str, Any]]) -> Non
         assert refused["forwards_before_refusal"] == 0
         assert refused["delay_wgrad_compute"][0] == "UnsupportedMegatronError"
         assert refused["delay_wgrad_compute"][1].startswith("delay_wgrad_compute=True is not")
+
+
+def test_negative_control_forward_only_freezing_leaks_under_recompute(
+    pp2_1f1b: list[dict[str, Any]],
+) -> None:
+    """The comparison is sharp: freezing only in forward is caught under full recompute."""
+    worst = max(
+        max(it["rel_err"].values())
+        for result in pp2_1f1b
+        for it in result["recompute_leak"]["iterations"]
+    )
+    assert worst > 1e-3
 
 
 def test_all_ratios_zero_is_bitwise_stock(pp2_1f1b: list[dict[str, Any]]) -> None:
@@ -185,3 +197,13 @@ def test_dp2_pp2_replicas_freeze_identically() -> None:
             assert masks[0] == masks[1]
             grads = [r[name]["iterations"][-1]["grads"] for r in replicas]
             assert all(grads[0][k].equal(grads[1][k]) for k in grads[0])
+
+
+def test_tp2_pp2_tensor_parallel_replicas_freeze_identically() -> None:
+    results = run_torchrun("freeze_grads", 4, ["--pp", "2", "--tp", "2", "--cases", "base"], 500)
+    check_all(results, ["base"])
+    for pp_rank in (0, 1):
+        shards = [r for r in results if r["_ranks"]["pp"] == pp_rank]
+        assert sorted(r["_ranks"]["tp"] for r in shards) == [0, 1]
+        masks = [[it["frozen"] for it in r["base"]["iterations"]] for r in shards]
+        assert masks[0] == masks[1]

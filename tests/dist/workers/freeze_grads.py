@@ -244,7 +244,12 @@ def run_case(
         run_schedule(chunks, model, parallel)
         stock = grads(chunks)
         ratios = [[[0.0] * parallel.microbatches] * parallel.vpp] * parallel.pp
-    runtime = FreezeRuntime(chunks, ratios, spec, cfg).install()
+    runtime = FreezeRuntime(chunks, ratios, spec, cfg)
+    if case.get("leak"):
+        # Negative control: frozen in forward only. Under recompute the forward rerun inside
+        # backward then builds wgrads again, and the comparison must catch it.
+        runtime.before_backward = lambda chunk, microbatch: None  # type: ignore[method-assign]
+    runtime.install()
     recorder = Recorder(chunks)
     rec_handle = install_hooks(recorder)
     result["route"] = installed_route()
@@ -376,6 +381,7 @@ CASES: dict[str, dict[str, Any]] = {
     "base": {"iters": 2},
     "overlap": {"overlap": True, "iters": 3},
     "recompute": {"recompute": "full"},
+    "recompute_leak": {"recompute": "full", "leak": True},
     "none": {"rescale": "none"},
     "untied": {"tied": False},
     "zero": {"zero_ratios": True},
@@ -388,12 +394,14 @@ def main() -> None:
     parser.add_argument("--pp", type=int, required=True)
     parser.add_argument("--vpp", type=int, default=1)
     parser.add_argument("--dp", type=int, default=1)
+    parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=0)
     parser.add_argument("--overlap-p2p-comm", action="store_true")
     parser.add_argument("--cases", required=True, help="comma-separated names from CASES")
     args = parser.parse_args()
     parallel = ParallelConfig(
+        tp=args.tp,
         pp=args.pp,
         vpp=args.vpp,
         dp=args.dp,
@@ -414,6 +422,7 @@ def main() -> None:
     out["_ranks"] = {
         "pp": parallel_state.get_pipeline_model_parallel_rank(),
         "dp": parallel_state.get_data_parallel_rank(),
+        "tp": parallel_state.get_tensor_model_parallel_rank(),
     }
     save_result(out)
     destroy_distributed()
