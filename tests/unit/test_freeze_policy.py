@@ -223,3 +223,12 @@ def test_set_ratios_replans() -> None:
     assert not p.plan(0).any_frozen()
     p.set_ratios([[0.5] * 4])
     assert p.plan(1).any_frozen()
+
+
+def test_policy_package_imports_no_torch_or_megatron() -> None:
+    code = (
+        "import sys, megatron_tf.freeze, megatron_tf.megatron.patchset\n"
+        "bad = [m for m in ('torch', 'megatron') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
