@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint bench clean
+.PHONY: setup demo test test-unit lint bench docs clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check megatron_tf tests scripts
 	$(VENV)/bin/ruff format --check megatron_tf tests scripts
+
+# Regenerate docs/cli.md from the CLI itself (a test fails when it is stale).
+docs: setup
+	$(PY) scripts/gen_cli_reference.py
 
 bench: setup
 	@for s in scripts/bench/*.py; do echo "== $$s"; $(PY) $$s || exit 1; done
