@@ -8,6 +8,7 @@ from megatron_tf.cli._app import app, main
 
 # Each import registers its command(s) on `app`.
 from megatron_tf.cli import simulate  # noqa: E402,F401  isort: skip
+from megatron_tf.cli import solve  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import profile  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import pretrain  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import demo  # noqa: E402,F401  isort: skip

@@ -1,0 +1,169 @@
+"""`timelyfreeze solve`: the freeze-ratio LP on a profile; writes plan.json or a Pareto sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from megatron_tf.solve.planner import SolveOutcome
+    from megatron_tf.solve.sweep import SweepPoint
+
+
+@app.command("solve")
+@user_errors
+def solve(
+    profile: Annotated[
+        Path, typer.Argument(help="profile.json from `timelyfreeze profile`.", show_default=False)
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write the plan here (atomically).", metavar="PLAN"),
+    ] = None,
+    max_freeze_ratio: Annotated[
+        float,
+        typer.Option(help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1]."),
+    ] = 0.8,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
+    ] = 1e-6,
+    min_trained_microbatches: Annotated[
+        int,
+        typer.Option(help="Each (rank, chunk) keeps sum of (1 - ratio) at least this."),
+    ] = 1,
+    comm_model: Annotated[
+        str, typer.Option(help="DAG comm model: megatron (P2P rendezvous) or dataflow.")
+    ] = "megatron",
+    weighting: Annotated[
+        str,
+        typer.Option(help="Pass-2 weights: uniform, or params (needs stages[].units[].params)."),
+    ] = "uniform",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated max ratios for a Pareto sweep, e.g. 0,0.1,0.2,0.4."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="With --sweep: save the Pareto plot (.png or .svg).")
+    ] = None,
+) -> None:
+    """Solve for the freeze ratios that shorten the iteration most, within a freezing budget.
+
+    Example: [bold]timelyfreeze solve profile.json -o plan.json --max-freeze-ratio 0.1[/]
+
+    With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints predicted
+    gain against mean freeze ratio, next to uniform freezing at the same ratio.
+    """
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
+    from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
+    from megatron_tf.solve.sweep import sweep as run_sweep
+
+    config = SolverConfig(
+        max_freeze_ratio=max_freeze_ratio,
+        tolerance=tolerance,
+        min_trained_microbatches=min_trained_microbatches,
+        comm_model=comm_model,
+        weighting=weighting,
+    )
+    ratios = parse_ratio_list(sweep) if sweep is not None else None
+    if plot is not None and ratios is None:
+        raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
+    if plot is not None:
+        _check_writable(plot, "--plot", suffixes=(".png", ".svg"))
+    if output is not None:
+        _check_writable(output, "-o/--output", suffixes=(".json",))
+    data = load_profile(profile)
+
+    if ratios is not None:
+        dag = profile_dag(data, config.comm_model)
+        weights = stage_param_weights(data) if config.weighting == "params" else None
+        points = run_sweep(dag, ratios, config, stage_weights=weights)
+        if plot is not None:
+            plot_sweep(points, dag, plot)
+        if as_json:
+            typer.echo(json.dumps({"sweep": [_point_json(p) for p in points]}))
+        else:
+            console.print(_sweep_table(points, dag.spec.describe(), config.comm_model))
+            if plot is not None:
+                console.print(f"Pareto plot: {plot}")
+        if output is None:
+            return
+
+    outcome = solve_profile(data, config)
+    if output is not None:
+        save_plan(outcome.plan, output)
+    if as_json and ratios is None:
+        typer.echo(json.dumps(outcome.summary()))
+    elif not as_json:
+        console.print(_plan_table(outcome, output))
+
+
+def _check_writable(path: Path, flag: str, *, suffixes: tuple[str, ...]) -> None:
+    """Fail before solving (not after) when an output cannot be written where asked."""
+    if path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: folder {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is a folder, expected a file path")
+
+
+def _point_json(p: SweepPoint) -> dict[str, float | None]:
+    return {
+        "max_freeze_ratio": p.max_freeze_ratio,
+        "mean_freeze_ratio": p.mean_freeze_ratio,
+        "baseline_makespan": p.baseline_makespan,
+        "makespan": p.makespan,
+        "gain": p.gain,
+        "uniform_makespan": p.uniform_makespan,
+        "uniform_gain": p.uniform_gain,
+        "leverage": p.leverage,
+        "solve_seconds": p.solve_seconds,
+    }
+
+
+def _sweep_table(points: list[SweepPoint], schedule: str, comm_model: str) -> Table:
+    table = Table(title=f"Pareto sweep: {schedule}, {comm_model} comm model")
+    for name in ("max ratio", "mean ratio", "makespan (s)", "gain", "uniform gain", "leverage"):
+        table.add_column(name, justify="right")
+    for p in points:
+        leverage = "-" if p.leverage is None else f"{p.leverage:.2f}x"
+        table.add_row(
+            f"{p.max_freeze_ratio:g}",
+            f"{p.mean_freeze_ratio:.4f}",
+            f"{p.makespan:.6g}",
+            f"{100 * p.gain:.2f}%",
+            f"{100 * p.uniform_gain:.2f}%",
+            leverage,
+        )
+    return table
+
+
+def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
+    plan, r = outcome.plan, outcome.result
+    table = Table(title=f"Freeze plan: {plan.schedule_spec().describe()}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("comm model", plan.comm_model)
+    table.add_row("max freeze ratio", f"{plan.max_freeze_ratio:g}")
+    table.add_row("baseline iteration", f"{r.baseline_makespan:.6g} s")
+    table.add_row("planned iteration", f"{r.makespan:.6g} s")
+    table.add_row("predicted speedup", f"{r.speedup:.4f}x")
+    table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
+    per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
+    table.add_row("per rank", per_rank)
+    table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    table.add_row("plan", str(output) if output is not None else "not saved (add -o plan.json)")
+    return table
