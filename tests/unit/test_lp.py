@@ -1,0 +1,357 @@
+"""The freeze-ratio LP against the independent event simulator, on real schedule DAGs.
+
+Every property here compares the LP with code that does not share its formulation: the
+simulator (schedule/simulate.py) evaluates the returned ratios, and small instances are
+cross-checked against an enumeration of all paths and a grid search.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from megatron_tf.errors import ConfigError, SolverError
+from megatron_tf.formats.profile import MicrobatchCost
+from megatron_tf.schedule.costs import CostModel, synthetic_profile
+from megatron_tf.schedule.dag import Dag, NodeKind, build_dag
+from megatron_tf.schedule.simulate import simulate
+from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.reduce import reduce_dag
+from megatron_tf.solve.sweep import uniform_ratios
+from megatron_tf.solve.timing import evaluate
+
+REL = 1e-6
+
+SCHEDULES = {
+    "1f1b-pp4-m8": ScheduleSpec(kind="1f1b", pp=4, microbatches=8),
+    "1f1b-pp3-m2": ScheduleSpec(kind="1f1b", pp=3, microbatches=2),
+    "il-pp4-v2-m8": ScheduleSpec(kind="interleaved", pp=4, vpp=2, microbatches=8),
+    "il-pp2-v3-m6-g3": ScheduleSpec(kind="interleaved", pp=2, vpp=3, microbatches=6, group_size=3),
+    "il-pp2-v2-m4-overlap": ScheduleSpec(
+        kind="interleaved", pp=2, vpp=2, microbatches=4, overlap_p2p_comm=True
+    ),
+}
+BALANCED = [(1.0, 1.0, 1.0)]
+UNBALANCED = [(1.0, 1.5, 2.0), (0.5, 1.0, 0.5), (1.2, 0.7, 1.9), (0.8, 2.0, 1.1)]
+
+
+def make_dag(
+    spec: ScheduleSpec,
+    costs: list[tuple[float, float, float]],
+    comm_model: str,
+    *,
+    comm: float = 0.0,
+    jitter: bool = False,
+) -> Dag:
+    """A DAG from a synthetic profile; `jitter` adds per-microbatch overrides (uneven work)."""
+    profile = synthetic_profile(spec, (costs * spec.pp)[: spec.pp], comm=comm)
+    if jitter:
+        rng = np.random.default_rng(7)
+        overrides = []
+        for st in profile.stages:
+            for m in range(spec.microbatches):
+                scale = float(rng.uniform(0.6, 1.4))
+                overrides.append(
+                    MicrobatchCost(
+                        rank=st.rank,
+                        chunk=st.chunk,
+                        microbatch=m,
+                        forward=st.forward * scale,
+                        backward=st.backward * scale,
+                        backward_frozen=st.backward_frozen * scale,
+                    )
+                )
+        profile = profile.model_copy(update={"microbatches": overrides})
+    return build_dag(spec, CostModel.from_profile(profile), comm_model)
+
+
+def slack_of(dag: Dag, result: LpResult) -> np.ndarray:
+    return evaluate(dag, result.node_ratios).slack(dag)
+
+
+CASES = [
+    pytest.param(name, costs, comm_model, comm, jitter, id=f"{name}-{label}-{comm_model}")
+    for name in SCHEDULES
+    for label, costs, comm, jitter in (
+        ("balanced", BALANCED, 0.0, False),
+        ("unbalanced", UNBALANCED, 0.05, True),
+    )
+    for comm_model in ("megatron", "dataflow")
+]
+
+
+@pytest.mark.parametrize(("name", "costs", "comm_model", "comm", "jitter"), CASES)
+def test_simulator_reproduces_the_plan(
+    name: str, costs: list, comm_model: str, comm: float, jitter: bool
+) -> None:
+    dag = make_dag(SCHEDULES[name], costs, comm_model, comm=comm, jitter=jitter)
+    config = SolverConfig(max_freeze_ratio=0.3, comm_model=comm_model)
+    result = solve_lp(dag, config)
+    sim = simulate(dag, result.ratios.tolist())
+    # The plan's makespan is what the separate simulator gives for the plan's ratios ...
+    assert sim.makespan == pytest.approx(result.makespan, rel=REL)
+    # ... and what GLOP's pass 1 proved optimal, up to the pass-2 tolerance.
+    assert result.lp_makespan <= sim.makespan * (1 + 1e-9)
+    assert sim.makespan <= result.lp_makespan * (1 + config.tolerance + 1e-8)
+    assert result.baseline_makespan == pytest.approx(simulate(dag).makespan, rel=1e-12)
+    assert result.makespan < result.baseline_makespan  # every case here has a bubble to cut
+
+
+@pytest.mark.parametrize(("name", "costs", "comm_model", "comm", "jitter"), CASES)
+def test_budgets_and_critical_path(
+    name: str, costs: list, comm_model: str, comm: float, jitter: bool
+) -> None:
+    dag = make_dag(SCHEDULES[name], costs, comm_model, comm=comm, jitter=jitter)
+    spec = dag.spec
+    for r_max, k_min in ((0.25, 1), (0.9, 2)):
+        result = solve_lp(
+            dag,
+            SolverConfig(
+                max_freeze_ratio=r_max, min_trained_microbatches=k_min, comm_model=comm_model
+            ),
+        )
+        r = result.ratios
+        assert r.min() >= 0.0 and r.max() <= 1.0
+        per_stage_mean = r.mean(axis=2)  # (rank, chunk)
+        assert per_stage_mean.max() <= r_max + 1e-9
+        trained = (1.0 - r).sum(axis=2)
+        assert trained.min() >= k_min - 1e-9
+        # Pass 2: no freezing where it buys no time. A frozen backward off the critical path
+        # could be unfrozen a little at no cost, which pass 2 would have done.
+        slack = slack_of(dag, result)
+        frozen = result.node_ratios > 1e-7
+        assert np.all(slack[frozen] <= 1e-6 * result.makespan), (
+            spec.describe(),
+            float(slack[frozen].max()),
+        )
+
+
+def test_zero_budget_is_the_baseline() -> None:
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, "megatron", comm=0.05, jitter=True)
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.0))
+    assert not result.ratios.any()
+    assert result.makespan == simulate(dag).makespan
+    assert result.baseline_makespan == simulate(dag).makespan
+    assert result.speedup == 1.0
+
+
+@pytest.mark.parametrize("comm_model", ["megatron", "dataflow"])
+def test_monotone_in_budget_and_bounded_by_all_frozen(comm_model: str) -> None:
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, comm_model, comm=0.05, jitter=True)
+    all_frozen = simulate(dag, np.ones((4, 2, 8)).tolist()).makespan
+    previous = np.inf
+    for r_max in (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.0):
+        result = solve_lp(
+            dag,
+            SolverConfig(max_freeze_ratio=r_max, min_trained_microbatches=0, comm_model=comm_model),
+        )
+        assert result.lp_makespan <= previous * (1 + 1e-9)
+        assert result.lp_makespan >= all_frozen * (1 - 1e-9)
+        previous = result.lp_makespan
+    # With no floor and a full budget, freezing everything is allowed, hence optimal.
+    assert previous == pytest.approx(all_frozen, rel=1e-9)
+
+
+def test_leverage_over_uniform_freezing_issue_case() -> None:
+    """Issue 3: 1F1B, pp 8, M 16, costs 1,1,1, max ratio 0.1: >= 2.5x uniform's gain."""
+    spec = ScheduleSpec(kind="1f1b", pp=8, microbatches=16)
+    dag = make_dag(spec, BALANCED, "megatron")
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.1))
+    f, b, w, r = 1.0, 1.0, 1.0, 0.1
+    uniform_fraction = r * w / (f + b + w)  # uniform freezing at ratio r: r*W/(F+B+W)
+    lp_fraction = 1.0 - result.makespan / result.baseline_makespan
+    assert result.baseline_makespan == pytest.approx((16 + 8 - 1) * 3.0)
+    assert lp_fraction >= 2.5 * uniform_fraction
+    # And against uniform freezing simulated at the plan's own mean ratio.
+    simulated_uniform = evaluate(dag, uniform_ratios(dag, result.mean_freeze_ratio)).makespan
+    uniform_cut = result.baseline_makespan - simulated_uniform
+    assert result.baseline_makespan - result.makespan >= 2.5 * uniform_cut
+
+
+@pytest.mark.parametrize("comm_model", ["megatron", "dataflow"])
+def test_never_worse_than_uniform_at_the_same_ratio(comm_model: str) -> None:
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, comm_model, comm=0.05, jitter=True)
+    for r_max in (0.1, 0.3, 0.6):
+        result = solve_lp(dag, SolverConfig(max_freeze_ratio=r_max, comm_model=comm_model))
+        uniform = evaluate(dag, uniform_ratios(dag, result.mean_freeze_ratio)).makespan
+        assert result.makespan <= uniform * (1 + 1e-6)
+
+
+def test_scale_invariant_in_seconds() -> None:
+    """Millisecond profiles give the same plan as unit costs (GLOP sees rescaled times)."""
+    spec = SCHEDULES["1f1b-pp4-m8"]
+    unit = solve_lp(make_dag(spec, UNBALANCED, "megatron", comm=0.05), SolverConfig())
+    milli_costs = [tuple(x * 1e-3 for x in t) for t in UNBALANCED]
+    milli = solve_lp(make_dag(spec, milli_costs, "megatron", comm=0.05e-3), SolverConfig())
+    assert milli.lp_makespan == pytest.approx(unit.lp_makespan * 1e-3, rel=1e-9)
+    assert milli.makespan == pytest.approx(unit.makespan * 1e-3, rel=1e-6)
+
+
+def test_nothing_to_freeze_gives_a_zero_plan() -> None:
+    spec = SCHEDULES["1f1b-pp4-m8"]
+    profile = synthetic_profile(spec, [(1.0, 2.0, 0.0)] * 4)
+    stages = [st.model_copy(update={"backward_frozen": st.backward}) for st in profile.stages]
+    profile = profile.model_copy(update={"stages": stages})
+    dag = build_dag(spec, CostModel.from_profile(profile), "megatron")
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.8))
+    assert not result.ratios.any()
+    assert result.makespan == result.baseline_makespan == simulate(dag).makespan
+
+
+def test_parameter_weighting_prefers_cheap_stages() -> None:
+    """Pass 2 with weights minimises the weighted freezing among the fastest plans."""
+    spec = SCHEDULES["il-pp4-v2-m8"]
+    dag = make_dag(spec, UNBALANCED, "megatron", comm=0.05, jitter=True)
+    weights = {(r, c): float(1 + 10 * ((r + c) % 2)) for r in range(4) for c in range(2)}
+    w = np.array([[weights[(r, c)] for c in range(2)] for r in range(4)])
+    plain = solve_lp(dag, SolverConfig(max_freeze_ratio=0.3))
+    weighted = solve_lp(
+        dag, SolverConfig(max_freeze_ratio=0.3, weighting="params"), stage_weights=weights
+    )
+    assert weighted.lp_makespan == pytest.approx(plain.lp_makespan, rel=1e-9)
+    cost = lambda res: float((res.ratios.sum(axis=2) * w).sum())  # noqa: E731
+    assert cost(weighted) <= cost(plain) * (1 + 1e-6)
+    with pytest.raises(ConfigError, match="--weighting params"):
+        solve_lp(dag, SolverConfig(weighting="params"))
+
+
+def test_infeasible_floor_names_the_flag() -> None:
+    dag = make_dag(SCHEDULES["1f1b-pp3-m2"], BALANCED, "megatron")
+    with pytest.raises(SolverError, match="--min-trained-microbatches 3 exceeds the 2"):
+        solve_lp(dag, SolverConfig(min_trained_microbatches=3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_freeze_ratio": 1.5}, r"--max-freeze-ratio must lie in \[0, 1\], got 1.5"),
+        ({"max_freeze_ratio": -0.1}, "--max-freeze-ratio"),
+        ({"max_freeze_ratio": float("nan")}, "--max-freeze-ratio"),
+        ({"tolerance": -1.0}, "--tolerance"),
+        ({"min_trained_microbatches": -1}, "--min-trained-microbatches"),
+        ({"comm_model": "nccl"}, "--comm-model must be one of megatron, dataflow"),
+        ({"weighting": "flops"}, "--weighting"),
+    ],
+)
+def test_solver_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SolverConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- independent methods
+
+
+def _paths(dag: Dag) -> list[list[int]]:
+    """Every source-to-sink path of a small DAG."""
+    succs: list[list[int]] = [[] for _ in dag.nodes]
+    for node, preds in enumerate(dag.preds):
+        for p in preds:
+            succs[p].append(node)
+    out: list[list[int]] = []
+
+    def walk(path: list[int]) -> None:
+        last = path[-1]
+        if not succs[last]:
+            out.append(path)
+        for s in succs[last]:
+            walk([*path, s])
+
+    for node, preds in enumerate(dag.preds):
+        if not preds:
+            walk([node])
+    return out
+
+
+def _path_lp(dag: Dag, r_max: float, k_min: int) -> float:
+    """Second formulation, other API: min T s.t. T >= length of every path (pywraplp)."""
+    from ortools.linear_solver import pywraplp
+
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    bw = [i for i, n in enumerate(dag.nodes) if n.kind is NodeKind.BACKWARD]
+    r = {i: solver.NumVar(0.0, 1.0, f"r{i}") for i in bw}
+    t = solver.NumVar(0.0, solver.infinity(), "T")
+    for path in _paths(dag):
+        fixed = sum(dag.duration[i] for i in path)
+        row = solver.Constraint(fixed, solver.infinity())
+        row.SetCoefficient(t, 1.0)
+        for i in path:
+            if i in r:
+                row.SetCoefficient(r[i], dag.saving[i])
+    m = dag.spec.microbatches
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in bw:
+        groups.setdefault((dag.nodes[i].rank, dag.nodes[i].chunk), []).append(i)
+    for members in groups.values():
+        row = solver.Constraint(-solver.infinity(), min(m * r_max, m - k_min))
+        for i in members:
+            row.SetCoefficient(r[i], 1.0)
+    solver.Minimize(t)
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    return t.solution_value()
+
+
+SMALL = [
+    pytest.param(ScheduleSpec(kind="1f1b", pp=2, microbatches=3), "megatron", id="1f1b-pp2-m3"),
+    pytest.param(ScheduleSpec(kind="1f1b", pp=3, microbatches=3), "dataflow", id="1f1b-pp3-df"),
+    pytest.param(
+        ScheduleSpec(kind="interleaved", pp=2, vpp=2, microbatches=2), "megatron", id="il-pp2"
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "comm_model"), SMALL)
+@pytest.mark.parametrize("r_max", [0.1, 1 / 3, 0.7])
+def test_optimum_equals_path_enumeration_lp(spec: ScheduleSpec, comm_model: str, r_max: float):
+    dag = make_dag(spec, UNBALANCED, comm_model, comm=0.05)
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=r_max, comm_model=comm_model))
+    assert result.lp_makespan == pytest.approx(_path_lp(dag, r_max, 1), rel=1e-9)
+
+
+def test_optimum_against_grid_search_with_the_simulator() -> None:
+    """No LP at all: every ratio vector on a 1/4 grid, evaluated by the simulator."""
+    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=2)
+    dag = make_dag(spec, [(1.0, 1.0, 2.0), (0.5, 1.5, 1.0)], "megatron", comm=0.1)
+    r_max = 0.5  # per stage: r_0 + r_1 <= 1
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    best = np.inf
+    for values in itertools.product(grid, repeat=4):
+        ratios = [[list(values[0:2])], [list(values[2:4])]]
+        if any(sum(chunk) > 2 * r_max + 1e-12 for rank in ratios for chunk in rank):
+            continue
+        best = min(best, simulate(dag, ratios).makespan)
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=r_max))
+    assert result.lp_makespan <= best * (1 + 1e-9)  # the LP is never beaten
+    assert result.lp_makespan == pytest.approx(best, rel=1e-9)  # here the optimum is on the grid
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("comm_model", ["megatron", "dataflow"])
+def test_reduction_is_exact(name: str, comm_model: str) -> None:
+    """The reduced rows, evaluated at random ratios, give the simulator's makespan."""
+    dag = make_dag(SCHEDULES[name], UNBALANCED, comm_model, comm=0.05, jitter=True)
+    prec = reduce_dag(dag)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        r = rng.uniform(0, 1, prec.freezable.size)
+        values = np.full(prec.num_time_vars + 1, -np.inf)
+        for i in range(prec.num_rows):
+            lo, hi = prec.term_ptr[i], prec.term_ptr[i + 1]
+            length = prec.const[i] - float(prec.term_coef[lo:hi] @ r[prec.term_r[lo:hi]])
+            start = values[prec.base[i]] if prec.base[i] >= 0 else 0.0
+            values[prec.dst[i]] = max(values[prec.dst[i]], start + length)
+        node_ratios = np.zeros(len(dag.nodes))
+        node_ratios[prec.freezable] = r
+        expected = simulate(dag, _nested(dag, node_ratios)).makespan
+        assert values[prec.makespan] == pytest.approx(expected, rel=1e-12)
+    assert prec.num_time_vars < len(dag.nodes) / 2
+
+
+def _nested(dag: Dag, node_ratios: np.ndarray) -> dict[tuple[int, int, int], float]:
+    return {
+        (n.rank, n.chunk, n.microbatch): float(node_ratios[i])
+        for i, n in enumerate(dag.nodes)
+        if n.kind is NodeKind.BACKWARD
+    }
