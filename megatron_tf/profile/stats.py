@@ -204,6 +204,7 @@ def build_profile(
     phase_ratios: dict[str, float] | None = None,
     provenance: dict[str, Any] | None = None,
     attribute_gaps: bool | None = None,
+    calibrate: bool = True,
 ) -> Profile:
     """The profile these timings describe (see the module docstring).
 
@@ -211,6 +212,9 @@ def build_profile(
     schedule's own time between timed calls to the compute actions (`_with_gaps`). With
     overlap_p2p_comm the waits on P2P handles happen between timed calls, so gaps are not
     overhead there and the compute times are the hooks' alone.
+
+    `calibrate` sets `comm` from a replay of the representative iteration
+    (`replay.calibrate_comm`); the raw transfer times stay in `measured.comm_transfer`.
     """
     if attribute_gaps is None:
         attribute_gaps = not spec.overlap_p2p_comm
@@ -267,7 +271,7 @@ def build_profile(
         gaps_attributed=attribute_gaps,
     )
     linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads, attribute_gaps)
-    return Profile(
+    profile = Profile(
         schedule=ScheduleModel.from_spec(spec),
         stages=stages,
         microbatches=microbatches,
@@ -276,6 +280,11 @@ def build_profile(
         linearity=linearity,
         provenance=provenance or {},
     )
+    if calibrate:
+        from megatron_tf.profile.replay import calibrate_comm
+
+        profile = calibrate_comm(profile)
+    return profile
 
 
 def _linearity(

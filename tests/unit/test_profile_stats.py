@@ -152,3 +152,35 @@ def test_gap_attribution_follows_the_p2p_mode() -> None:
     assert mb[(0, 0, 1)].forward == 2.0
     raw = build_profile(timings, SPEC, attribute_gaps=False)
     assert {(o.rank, o.chunk, o.microbatch): o for o in raw.microbatches}[(0, 0, 0)].forward == 2.0
+
+
+def test_replay_gives_each_action_its_representative_duration() -> None:
+    from megatron_tf.profile.replay import replay_profile, replayed_iteration_time
+
+    profile = build_profile(_timings(), SPEC)
+    replayed = replay_profile(profile)
+    # The representative iteration is index 2 (wall 2.1, the median): rank 1 is undisturbed.
+    got = {(o.rank, o.chunk, o.microbatch): (o.forward, o.backward) for o in replayed.microbatches}
+    assert got[(1, 0, 2)] == (3.0, 4.0)
+    assert got[(0, 0, 0)] == (2.0, 3.0)
+    assert replayed_iteration_time(profile) == pytest.approx(2.1)
+
+
+def test_calibrated_comm_makes_the_replay_last_as_measured() -> None:
+    from megatron_tf.profile.replay import (
+        frozen_prediction_check,
+        replay_profile,
+        replayed_iteration_time,
+    )
+    from megatron_tf.schedule.simulate import simulate_profile
+
+    # Iterations that lasted longer than their compute and quiet transfers explain.
+    profile = build_profile(_timings(walls=(60.0, 62.0, 61.0)), SPEC)
+    assert isinstance(profile.comm, float) and profile.comm > 0.5
+    assert profile.measured.comm_transfer[0]["seconds"] == 0.5  # raw transfer times kept
+    replayed = replay_profile(profile)
+    target = replayed_iteration_time(profile)
+    assert simulate_profile(replayed, "megatron").makespan == pytest.approx(target, rel=1e-3)
+    check = frozen_prediction_check(profile)
+    assert set(check) == {"frozen_measured", "frozen_predicted", "frozen_prediction_error"}
+    assert check["frozen_predicted"] < simulate_profile(profile, "megatron").makespan
