@@ -1,0 +1,207 @@
+"""`timelyfreeze solve` through the real CLI: plans, JSON, sweeps, and every user error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from megatron_tf.cli import app
+from megatron_tf.formats.plan import load_plan
+from megatron_tf.formats.profile import profile_sha256
+
+runner = CliRunner()
+
+ISSUE_CASE = ["--schedule", "1f1b", "--pp", "8", "--microbatches", "16", "--costs", "1,1,1"]
+INTERLEAVED = ["--schedule", "interleaved", "--pp", "4", "--vpp", "2", "--microbatches", "8"]
+
+
+def synthetic(tmp_path: Path, args: list[str], name: str = "profile.json") -> Path:
+    path = tmp_path / name
+    result = runner.invoke(app, ["profile", "--synthetic", *args, "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert lines[0].startswith("error:")
+    return lines[0]
+
+
+def test_solve_writes_a_plan_the_simulator_reproduces(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, [*INTERLEAVED, "--costs", "1,2,1.5", "--comm", "0.05"])
+    plan_path = tmp_path / "plan.json"
+    result = runner.invoke(
+        app, ["solve", str(profile), "-o", str(plan_path), "--max-freeze-ratio", "0.2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for key in (
+        "baseline_makespan",
+        "makespan",
+        "predicted_speedup",
+        "mean_freeze_ratio",
+        "per_stage_mean_freeze_ratio",
+        "solve_seconds",
+        "status",
+    ):
+        assert key in summary
+    assert summary["status"] == "OPTIMAL"
+    assert summary["predicted_speedup"] == pytest.approx(
+        summary["baseline_makespan"] / summary["makespan"]
+    )
+    assert len(summary["per_stage_mean_freeze_ratio"]) == 4
+
+    plan = load_plan(plan_path)
+    assert plan.profile_sha256 == profile_sha256(profile)
+    assert plan.max_freeze_ratio == 0.2 and plan.comm_model == "megatron"
+    assert plan.predicted.makespan == pytest.approx(summary["makespan"], rel=1e-12)
+    flat = [r for rank in plan.ratios for chunk in rank for r in chunk]
+    assert sum(flat) / len(flat) == pytest.approx(summary["mean_freeze_ratio"], rel=1e-9)
+    per_rank = [sum(sum(c) for c in rank) / (2 * 8) for rank in plan.ratios]
+    assert per_rank == pytest.approx(summary["per_stage_mean_freeze_ratio"], rel=1e-9)
+
+    sim = runner.invoke(
+        app, ["simulate", "--profile", str(profile), "--plan", str(plan_path), "--json"]
+    )
+    assert sim.exit_code == 0, sim.output
+    assert json.loads(sim.stdout)["makespan"] == pytest.approx(plan.predicted.makespan, rel=1e-6)
+
+
+def test_issue_leverage_case_through_the_cli(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    result = runner.invoke(app, ["solve", str(profile), "--max-freeze-ratio", "0.1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["baseline_makespan"] == pytest.approx(69.0)
+    cut = 1 - out["makespan"] / out["baseline_makespan"]
+    assert cut >= 2.5 * (0.1 * 1 / 3)  # uniform freezing: r * W / (F + B + W)
+
+
+def test_table_output(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    result = runner.invoke(app, ["solve", str(profile), "--comm-model", "dataflow"])
+    assert result.exit_code == 0, result.output
+    for text in ("predicted speedup", "mean freeze ratio", "GLOP OPTIMAL", "dataflow"):
+        assert text in result.stdout
+    assert "not saved" in result.stdout
+
+
+def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    png = tmp_path / "pareto.png"
+    ratios = "0,0.05,0.1,0.2,0.4,0.6,0.8"
+    result = runner.invoke(app, ["solve", str(profile), "--sweep", ratios, "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "Pareto sweep" in result.stdout and "leverage" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = runner.invoke(app, ["solve", str(profile), "--sweep", ratios, "--json"])
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.stdout)["sweep"]
+    assert [p["max_freeze_ratio"] for p in points] == [float(x) for x in ratios.split(",")]
+    gains = [p["gain"] for p in points]
+    assert gains[0] == 0.0
+    assert all(b >= a - 1e-9 for a, b in zip(gains, gains[1:], strict=False))
+    for p in points[1:]:
+        assert p["mean_freeze_ratio"] <= p["max_freeze_ratio"] + 1e-9
+        assert p["gain"] >= p["uniform_gain"] - 1e-9  # uniform at the same ratio is feasible
+    assert points[2]["leverage"] >= 2.5  # max 0.1, the issue's case
+
+
+def test_sweep_and_output_together(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    plan_path = tmp_path / "plan.json"
+    result = runner.invoke(
+        app,
+        ["solve", str(profile), "--sweep", "0.1,0.2", "-o", str(plan_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert load_plan(plan_path).max_freeze_ratio == 0.8  # the plan is at --max-freeze-ratio
+
+
+# ------------------------------------------------------------------------ user errors
+
+
+def _profile_dict(tmp_path: Path) -> dict:
+    return json.loads(
+        synthetic(tmp_path, [*INTERLEAVED, "--costs", "1,1,1"], "p0.json").read_text()
+    )
+
+
+def _break_nan(d: dict) -> None:
+    d["stages"][1]["forward"] = "NaN_PLACEHOLDER"
+
+
+BROKEN = {
+    "nan": (_break_nan, "NaN is not a valid number"),
+    "negative": (lambda d: d["stages"][2].update(backward=-1.0), "stages.2.backward"),
+    "missing": (lambda d: d["stages"][3].pop("backward"), "stages.3.backward"),
+    "frozen-slower": (
+        lambda d: d["stages"][4].update(backward_frozen=9.0),
+        "backward_frozen (9.0) exceeds backward",
+    ),
+    "missing-stage": (lambda d: d["stages"].pop(5), "missing"),
+    "version": (lambda d: d.update(format="timelyfreeze.profile/9"), "timelyfreeze.profile/1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_bad_profiles_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
+    data = _profile_dict(tmp_path)
+    mutate, expected = BROKEN[case]
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data).replace('"NaN_PLACEHOLDER"', "NaN"))
+    out = tmp_path / "plan.json"
+    line = one_error_line(runner.invoke(app, ["solve", str(path), "-o", str(out)]))
+    assert expected in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--max-freeze-ratio", "1.5"], "--max-freeze-ratio must lie in [0, 1], got 1.5"),
+        (["--max-freeze-ratio", "-0.2"], "--max-freeze-ratio"),
+        (["--tolerance", "2"], "--tolerance"),
+        (["--comm-model", "ring"], "--comm-model must be one of megatron, dataflow"),
+        (["--plot", "x.png"], "--plot draws the Pareto sweep: add --sweep"),
+        (["--sweep", "0,abc"], "--sweep expects comma-separated ratios"),
+        (["--sweep", "0,1.2"], "--sweep ratios must lie in [0, 1]"),
+        (["--sweep", "0.1", "--plot", "x.gif"], "--plot must end in .png or .svg"),
+        (["-o", "nowhere/plan.json"], "-o/--output: folder 'nowhere' does not exist"),
+        (["--weighting", "params"], "--weighting params needs each stage's parameter count"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(tmp_path: Path, extra: list[str], expected: str) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    line = one_error_line(runner.invoke(app, ["solve", str(profile), *extra]))
+    assert expected in line
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    line = one_error_line(runner.invoke(app, ["solve", str(tmp_path / "none.json")]))
+    assert "not found" in line
+
+
+def test_infeasible_budget_keeps_an_existing_plan(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    plan_path = tmp_path / "plan.json"
+    ok = runner.invoke(app, ["solve", str(profile), "-o", str(plan_path)])
+    assert ok.exit_code == 0, ok.output
+    before = plan_path.read_bytes()
+    result = runner.invoke(
+        app,
+        ["solve", str(profile), "-o", str(plan_path), "--min-trained-microbatches", "100"],
+    )
+    line = one_error_line(result)
+    assert "infeasible budget" in line and "--min-trained-microbatches 100" in line
+    assert plan_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "profile.json"]
