@@ -1,95 +1,152 @@
 """Measured vs predicted iteration-time reduction of TimelyFreeze pretraining (CPU, pp 2, 1F1B).
 
-Profiles the demo GPT once, solves at each `--ratios` budget, then trains the baseline and one
-TimelyFreeze run per budget *alternately*, `--rounds` times, each run `--iters` iterations from
-the same seed, so slow drifts of the machine's load hit every configuration alike. For each
-budget it prints the predicted speedup (the LP's), the measured one from the median iteration
-time over the freezing phase (full iteration, and the forward-backward part the model
-predicts), and the measured reduction as a share of the predicted reduction (target >= 90%).
+Profiles the demo GPT once with the real profiler, solves the LP at each `--ratios` budget, then
+starts ONE training job (the real Trainer: Megatron DDP, optimizer, schedule) and alternates,
+iteration by iteration, between the stock schedule (freeze runtime removed) and each plan
+(runtime installed, `set_ratios`), in a rotating order. Alternating single iterations inside one
+job makes a shared machine's load hit every configuration alike, which separate runs cannot do.
 
-    .venv/bin/python scripts/bench/bench_pretrain_speedup.py [--rounds 3] [--iters 60]
+For each budget it prints the LP's predicted speedup, the measured one (median iteration time of
+the baseline iterations over the median of that plan's iterations; also for the forward-backward
+part alone, which is what the DAG model predicts), and the measured reduction as a share of the
+predicted reduction (target >= 90%).
 
-Writes `--out` (default runs/bench_pretrain/summary.json) with every number printed.
+    .venv/bin/python scripts/bench/bench_pretrain_speedup.py [--steps 40] [--ratios 0.8,0.3]
+
+Writes `<out>/summary.json` with every number printed. Timings are rank 0's (in 1F1B rank 0
+runs the first forward and the last backward, so its step spans the whole iteration).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 from dataclasses import replace
 from pathlib import Path
 
-from megatron_tf.demo import DemoConfig, profile_model, run_summary, solve_plan, train_run
+WORKER_ENV = "TF_BENCH_PRETRAIN"
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.8,0.3", help="max freeze ratios to compare")
-    parser.add_argument("--rounds", type=int, default=3, help="alternation rounds")
-    parser.add_argument("--iters", type=int, default=60, help="iterations per run")
-    parser.add_argument("--warmup", type=int, default=10, help="unfrozen, untimed iterations")
+    parser.add_argument("--steps", type=int, default=40, help="timed iterations per config")
+    parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first")
     parser.add_argument("--profile-iters", type=int, default=10, help="measured per phase")
+    parser.add_argument("--hidden-size", type=int, default=128, help="demo GPT: 128")
+    parser.add_argument("--seq-length", type=int, default=64, help="demo GPT: 64")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pretrain"))
     return parser.parse_args()
 
 
 def main() -> None:
+    from megatron_tf.demo import DemoConfig, launch_job, profile_model, solve_plan
+    from megatron_tf.train.data import DataConfig
+    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
     args = parse()
     ratios = [float(x) for x in args.ratios.split(",")]
-    base_cfg = DemoConfig(
-        out_dir=args.out,
-        iters=args.iters,
-        freeze_warmup_iters=args.warmup,
-        profile_iters=args.profile_iters,
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = DemoConfig(out_dir=out, profile_iters=args.profile_iters)
+    cfg.model = replace(cfg.model, hidden_size=args.hidden_size, seq_length=args.seq_length)
+    print(f"profiling {cfg.parallel.schedule_spec().describe()} ...", flush=True)
+    profile = profile_model(cfg, out)
+    plans = {
+        r: solve_plan(replace(cfg, max_freeze_ratio=r), profile, out / f"plan_{r:g}.json")
+        for r in ratios
+    }
+    iters = args.warmup + args.steps * (len(ratios) + 1)
+    train = TrainConfig(
+        iters=iters,
+        lr_warmup_iters=1,
+        log_interval=iters,
+        out_dir=str(out / "run"),
+        tensorboard=False,
+        freeze=FreezeOptions(plan=str(plans[ratios[0]][0])),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    print(f"profiling {base_cfg.parallel.schedule_spec().describe()} ...", flush=True)
-    profile = profile_model(base_cfg, args.out)
-    plans = {}
-    for r in ratios:
-        cfg = replace(base_cfg, max_freeze_ratio=r)
-        plans[r] = solve_plan(cfg, profile, args.out / f"plan_{r:g}.json")
-    times: dict[str, list[tuple[float, float]]] = {"baseline": []}
-    times.update({f"{r:g}": [] for r in ratios})
-    for round_ in range(args.rounds):
-        for name in times:
-            plan = None if name == "baseline" else plans[float(name)][0]
-            cfg = base_cfg if plan is None else replace(base_cfg, max_freeze_ratio=float(name))
-            run_dir = args.out / f"round{round_}_{name}"
-            train_run(cfg, run_dir, plan=plan)
-            run = run_summary(name, run_dir, args.warmup)
-            times[name].append((run.steady_iteration_time, run.steady_schedule_time))
-            print(
-                f"round {round_} {name:>8s}: iteration {run.steady_iteration_time * 1e3:.1f} ms, "
-                f"fwd-bwd {run.steady_schedule_time * 1e3:.1f} ms",
-                flush=True,
-            )
-    summary = report(times, plans, ratios)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    job = prepare_job(cfg.model, cfg.parallel, DataConfig(), train)
+    job_file = write_job(job, out / "run" / "job.json")
+    settings = {
+        "job": str(job_file),
+        "plans": {f"{r:g}": str(p) for r, (p, _) in plans.items()},
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "result": str(out / "timings.json"),
+    }
+    print(f"alternating baseline and {args.ratios} for {args.steps} steps each ...", flush=True)
+    launch_job(
+        "bench_pretrain_speedup",
+        [],
+        out / "bench.log",
+        {WORKER_ENV: json.dumps(settings), "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    timings = json.loads((out / "timings.json").read_text())
+    summary = report(timings, {f"{r:g}": pred for r, (_, pred) in plans.items()})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def worker(settings: dict[str, object]) -> None:
+    import torch.distributed as dist
+
+    from megatron_tf.train.job import load_job
+    from megatron_tf.train.plan_source import load_plan_source
+    from megatron_tf.train.trainer import Trainer
+
+    trainer = Trainer(load_job(str(settings["job"])))
+    plans = {
+        name: load_plan_source(path, trainer.spec)
+        for name, path in dict(settings["plans"]).items()  # type: ignore[call-overload]
+    }
+    runtime = trainer.freezer
+    configs = ["baseline", *plans]
+    times: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
+    try:
+        for step in range(int(settings["warmup"]) + int(settings["steps"]) * len(configs)):
+            timed = step >= int(settings["warmup"])
+            # Rotate the order so no configuration always follows the same one.
+            config = configs[(step + step // len(configs)) % len(configs)]
+            if config == "baseline":
+                runtime.remove()  # the stock schedule: no hooks, nothing frozen, no rescale
+                trainer.freezer = None
+            else:
+                runtime.set_ratios(plans[config].ratios)
+                trainer.plan = plans[config]
+            metrics = trainer.train_step()
+            if config == "baseline":
+                runtime.install()
+                trainer.freezer = runtime
+            if timed:
+                times[config].append((metrics.seconds, metrics.schedule_seconds))
+        if dist.get_rank() == 0:
+            Path(str(settings["result"])).write_text(json.dumps(times))
+    finally:
+        trainer.close()
 
 
 def report(
-    times: dict[str, list[tuple[float, float]]],
-    plans: dict[float, tuple[Path, tuple[float, float]]],
-    ratios: list[float],
+    timings: dict[str, list[list[float]]], predicted: dict[str, tuple[float, float]]
 ) -> dict[str, object]:
-    base_it = statistics.median(t for t, _ in times["baseline"])
-    base_fb = statistics.median(s for _, s in times["baseline"])
+    base_it = statistics.median(t for t, _ in timings["baseline"])
+    base_fb = statistics.median(s for _, s in timings["baseline"])
     rows = {}
     print()
+    print(f"baseline: iteration {base_it * 1e3:.1f} ms, forward-backward {base_fb * 1e3:.1f} ms")
     print(
-        f"{'max ratio':>9s} {'pred speedup':>12s} {'meas (iter)':>11s} {'meas (fwd-bwd)':>14s} "
-        f"{'reduction meas/pred (iter)':>26s} {'(fwd-bwd)':>9s}"
+        f"{'max ratio':>9s} {'predicted':>9s} {'measured':>8s} {'fwd-bwd':>8s} "
+        f"{'meas/pred reduction':>19s} {'fwd-bwd':>8s}"
     )
-    for r in ratios:
-        pred_base, pred_plan = plans[r][1]
-        it = statistics.median(t for t, _ in times[f"{r:g}"])
-        fb = statistics.median(s for _, s in times[f"{r:g}"])
+    for name, (pred_base, pred_plan) in predicted.items():
+        it = statistics.median(t for t, _ in timings[name])
+        fb = statistics.median(s for _, s in timings[name])
         pred_red = 1 - pred_plan / pred_base
         share_it = (1 - it / base_it) / pred_red if pred_red > 0 else float("nan")
         share_fb = (1 - fb / base_fb) / pred_red if pred_red > 0 else float("nan")
-        rows[f"{r:g}"] = {
+        rows[name] = {
             "predicted_baseline_s": pred_base,
             "predicted_plan_s": pred_plan,
             "predicted_speedup": pred_base / pred_plan,
@@ -103,11 +160,14 @@ def report(
             "reduction_share_fwd_bwd": share_fb,
         }
         print(
-            f"{r:>9g} {pred_base / pred_plan:>12.3f} {base_it / it:>11.3f} {base_fb / fb:>14.3f} "
-            f"{share_it:>26.1%} {share_fb:>9.1%}"
+            f"{name:>9s} {pred_base / pred_plan:>9.3f} {base_it / it:>8.3f} {base_fb / fb:>8.3f} "
+            f"{share_it:>19.1%} {share_fb:>8.1%}"
         )
-    return {"per_ratio": rows, "runs": times}
+    return {"per_ratio": rows, "timings": timings}
 
 
 if __name__ == "__main__":
-    main()
+    if WORKER_ENV in os.environ:
+        worker(json.loads(os.environ[WORKER_ENV]))
+    else:
+        sys.exit(main())
