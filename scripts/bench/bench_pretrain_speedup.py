@@ -53,7 +53,9 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = DemoConfig(out_dir=out, profile_iters=args.profile_iters)
-    cfg.model = replace(cfg.model, hidden_size=args.hidden_size, seq_length=args.seq_length)
+    cfg.model = replace(
+        cfg.model, hidden_size=args.hidden_size, seq_length=args.seq_length, ffn_hidden_size=0
+    )
     print(f"profiling {cfg.parallel.schedule_spec().describe()} ...", flush=True)
     profile = profile_model(cfg, out)
     plans = {
