@@ -34,6 +34,7 @@ def prepare_profile_job(
 def summary_line(path: Path) -> str:
     """One line: stages with F/B/W, bubble fraction, predicted vs measured iteration time."""
     from megatron_tf.formats.profile import load_profile
+    from megatron_tf.profile.replay import frozen_prediction_check
     from megatron_tf.schedule.simulate import simulate_profile
 
     profile = load_profile(path)
@@ -49,4 +50,10 @@ def summary_line(path: Path) -> str:
     if measured:
         error = (sim.makespan - measured) / measured
         text += f" vs measured {measured * 1e3:.2f} ms ({error:+.1%})"
+    frozen = frozen_prediction_check(profile, "megatron")
+    if frozen:
+        text += (
+            f"; all frozen: predicted {frozen['frozen_predicted'] * 1e3:.2f} ms vs measured "
+            f"{frozen['frozen_measured'] * 1e3:.2f} ms ({frozen['frozen_prediction_error']:+.1%})"
+        )
     return text
