@@ -86,6 +86,7 @@ class Trainer:
         start_iteration = self.iteration
         if job_floor := self._loss_floor():
             self.metrics.note(f"entropy floor of the corpus: {job_floor:.4f} nats/token")
+        saved_at = start_iteration
         while self.iteration < self.cfg.iters:
             if self.cfg.exit_after_iters and (
                 self.iteration - start_iteration >= self.cfg.exit_after_iters
@@ -97,6 +98,9 @@ class Trainer:
             self._check_drift(metrics)
             if self._should_save():
                 self.save_checkpoint()
+                saved_at = self.iteration
+        if self.cfg.save and saved_at != self.iteration:
+            self.save_checkpoint()  # stopped early (--exit-after-iters): keep where it got to
 
     def train_step(self) -> StepMetrics:
         """One iteration: zero grads, the pipeline schedule, freezer bookkeeping, optimizer."""
