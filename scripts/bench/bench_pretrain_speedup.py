@@ -90,6 +90,7 @@ def main() -> None:
     timings = json.loads((out / "timings.json").read_text())
     summary = report(timings, {f"{r:g}": pred for r, (_, pred) in plans.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, out / "speedup.png")
 
 
 def worker(settings: dict[str, object]) -> None:
@@ -166,6 +167,37 @@ def report(
             f"{share_it:>19.1%} {share_fb:>8.1%}"
         )
     return {"per_ratio": rows, "timings": timings}
+
+
+def plot(summary: dict[str, object], target: Path) -> None:
+    """Iteration times of every configuration (box plots) with the predicted medians."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timings: dict[str, list[list[float]]] = summary["timings"]  # type: ignore[assignment]
+    rows: dict[str, dict[str, float]] = summary["per_ratio"]  # type: ignore[assignment]
+    names = list(timings)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.boxplot([[t * 1e3 for t, _ in timings[n]] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), [n if n == "baseline" else f"max {n}" for n in names])
+    base = statistics.median(t for t, _ in timings["baseline"]) * 1e3
+    for i, name in enumerate(names[1:], start=2):
+        row = rows[name]
+        predicted = base / row["predicted_speedup"]
+        ax.plot([i - 0.3, i + 0.3], [predicted] * 2, color="#E45756", lw=2)
+        ax.annotate(
+            f"pred x{row['predicted_speedup']:.3f}\nmeas x{row['measured_speedup_iteration']:.3f}",
+            (i + 0.32, predicted),
+            fontsize=8,
+            va="center",
+        )
+    ax.set_ylabel("iteration time (ms)")
+    ax.set_title("measured iteration time; red: baseline median / predicted speedup", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
