@@ -226,8 +226,10 @@ def measure_profile(
     costs: str | None = None,
 ) -> None:
     """The measuring path: check every flag, launch the workers, print a one-line summary."""
+    import contextlib
     import tempfile
 
+    from megatron_tf.cli._progress import phase_progress
     from megatron_tf.profile.config import JOB_ENV, ProfileConfig
     from megatron_tf.profile.launch import prepare_profile_job, summary_line
     from megatron_tf.train.config import ModelConfig, ParallelConfig
@@ -251,12 +253,16 @@ def measure_profile(
             else Path(folder) / "profile_job.json"
         )
         job.save(job_path)
-        launch_or_print(
-            launch,
-            "megatron_tf.profile.worker",
-            world_size=parallel.world_size,
-            env={JOB_ENV: str(job_path.resolve())},
-        )
+        phases = [("warm-up", job.profile.warmup_iters)]
+        phases += [(name, job.profile.iters) for name, _ in job.profile.phases]
+        display = contextlib.nullcontext() if launch.dry_run else phase_progress(phases)
+        with display:
+            launch_or_print(
+                launch,
+                "megatron_tf.profile.worker",
+                world_size=parallel.world_size,
+                env={JOB_ENV: str(job_path.resolve())},
+            )
     if not launch.dry_run:
         console.print(f"wrote {output}: {summary_line(output)}", highlight=False, soft_wrap=True)
 
