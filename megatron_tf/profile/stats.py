@@ -173,6 +173,32 @@ def _comm_links(iterations_by_rank: list[list[RawIteration]]) -> list[CommLink]:
     ]
 
 
+def _p2p_calls(iterations_by_rank: list[list[RawIteration]]) -> list[dict[str, Any]]:
+    """Per rank and position in its program: the P2P call's name and median duration.
+
+    A rank issues the same P2P calls in the same order every iteration, so the k-th call of
+    one iteration is the k-th call of the others.
+    """
+    out = []
+    for rank, iterations in enumerate(iterations_by_rank):
+        per_iteration = [
+            [a for a in actions if a[0] not in ("F", "B")] for _, actions in iterations
+        ]
+        for k, calls in enumerate(zip(*per_iteration, strict=False)):
+            durations = [end - start for _, _, _, start, end in calls]
+            out.append(
+                {
+                    "rank": rank,
+                    "index": k,
+                    "call": calls[0][0],
+                    "median": statistics.median(durations),
+                    "min": min(durations),
+                    "max": max(durations),
+                }
+            )
+    return out
+
+
 def _iteration_walls(iterations_by_rank: list[list[RawIteration]]) -> list[float]:
     """Each iteration's time: the slowest rank's (ranks start together after a barrier)."""
     count = min(len(its) for its in iterations_by_rank)
@@ -269,6 +295,7 @@ def build_profile(
         },
         outliers=outliers,
         gaps_attributed=attribute_gaps,
+        p2p_calls=_p2p_calls(unfrozen),
     )
     linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads, attribute_gaps)
     profile = Profile(

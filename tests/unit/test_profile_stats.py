@@ -184,3 +184,11 @@ def test_calibrated_comm_makes_the_replay_last_as_measured() -> None:
     check = frozen_prediction_check(profile)
     assert set(check) == {"frozen_measured", "frozen_predicted", "frozen_prediction_error"}
     assert check["frozen_predicted"] < simulate_profile(profile, "megatron").makespan
+
+
+def test_p2p_calls_are_listed_per_rank_in_program_order() -> None:
+    profile = build_profile(_timings(), SPEC)
+    calls = [c for c in profile.measured.p2p_calls if c["rank"] == 0]
+    assert [c["index"] for c in calls] == list(range(2 * SPEC.microbatches))
+    assert calls[0]["call"] == "send_forward_recv_backward"
+    assert all(c["median"] == 0.5 for c in calls)
