@@ -52,6 +52,8 @@ class DemoConfig:
     """Iterations without freezing at the start of the TimelyFreeze run (the LR warm-up)."""
     profile_iters: int = 5
     """Measured iterations per profile phase."""
+    timing_steps: int = 30
+    """Iterations of each kind in the side-by-side timing job (baseline and plan alternating)."""
     cache_dir: str | None = None
     """Corpus cache (default ~/.cache/timelyfreeze)."""
     model: ModelConfig = field(default_factory=_demo_model)
@@ -98,6 +100,9 @@ class DemoResult:
     frozen: RunSummary
     loss_floor: float | None
     report: Path
+    side_by_side: dict[str, tuple[float, float]]
+    """Median (iteration, forward-backward) seconds of `baseline` and `plan` iterations
+    alternating in one job: the load-robust speed comparison."""
     time_to_baseline_loss: tuple[float | None, float | None] = (None, None)
 
     @property
@@ -106,6 +111,12 @@ class DemoResult:
 
     @property
     def measured_speedup(self) -> float:
+        """Side by side in one job: baseline median / plan median iteration time."""
+        return self.side_by_side["baseline"][0] / self.side_by_side["plan"][0]
+
+    @property
+    def runs_speedup(self) -> float:
+        """From the two training runs' medians (sensitive to load changes between the runs)."""
         return self.baseline.steady_iteration_time / self.frozen.steady_iteration_time
 
 
@@ -115,17 +126,19 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     say(f"1/4 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
     profile_path = profile_model(cfg, out)
-    say("2/4 solving the freeze-ratio LP")
+    say("2/5 solving the freeze-ratio LP")
     plan_path, predicted = solve_plan(cfg, profile_path, out / "plan.json")
     say(
         f"    predicted iteration {predicted[0] * 1e3:.1f} -> {predicted[1] * 1e3:.1f} ms "
         f"(speedup {predicted[0] / predicted[1]:.3f})"
     )
-    say(f"3/4 baseline run: {cfg.iters} iterations")
+    say(f"3/5 baseline run: {cfg.iters} iterations")
     job_base = train_run(cfg, out / "baseline", plan=None)
-    say(f"3/4 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
+    say(f"3/5 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
     train_run(cfg, out / "timelyfreeze", plan=plan_path)
-    say("4/4 writing the report")
+    say(f"4/5 timing baseline and plan side by side ({cfg.timing_steps} iterations each)")
+    side = time_side_by_side(cfg, plan_path, out / "side_by_side")
+    say("5/5 writing the report")
     from megatron_tf.demo_report import write_report
 
     corpus = job_base.prepared.corpus
@@ -136,6 +149,7 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         frozen=run_summary("timelyfreeze", out / "timelyfreeze", cfg.freeze_warmup_iters),
         loss_floor=None if corpus is None else corpus.loss_floor,
         report=out / "report.md",
+        side_by_side=side,
     )
     write_report(result, cfg, profile_path, plan_path)
     return result
@@ -207,6 +221,34 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
     job_file = write_job(job, run_dir / "job.json")
     launch_job("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
     return job
+
+
+def time_side_by_side(
+    cfg: DemoConfig, plan: Path, out: Path, warmup: int = 6
+) -> dict[str, tuple[float, float]]:
+    """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
+    import json
+
+    from megatron_tf.train.alternate import medians
+    from megatron_tf.train.data import DataConfig
+    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+    iters = warmup + 2 * cfg.timing_steps
+    train = TrainConfig(
+        iters=iters,
+        lr_warmup_iters=1,
+        log_interval=iters,
+        out_dir=str(out),
+        tensorboard=False,
+        freeze=FreezeOptions(plan=str(plan)),
+    )
+    job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
+    job_file = write_job(job, out / "job.json")
+    args = ["--job", str(job_file), f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
+    args += ["--warmup", str(warmup), "--out", str(out / "timings.json")]
+    launch_job("megatron_tf.train.alternate", args, out / "timing.log")
+    return medians(json.loads((out / "timings.json").read_text()))
 
 
 def run_summary(name: str, run_dir: Path, freeze_from: int) -> RunSummary:

@@ -1,10 +1,11 @@
 """Measured vs predicted iteration-time reduction of TimelyFreeze pretraining (CPU, pp 2, 1F1B).
 
 Profiles the demo GPT once with the real profiler, solves the LP at each `--ratios` budget, then
-starts ONE training job (the real Trainer: Megatron DDP, optimizer, schedule) and alternates,
-iteration by iteration, between the stock schedule (freeze runtime removed) and each plan
-(runtime installed, `set_ratios`), in a rotating order. Alternating single iterations inside one
-job makes a shared machine's load hit every configuration alike, which separate runs cannot do.
+starts ONE training job (`megatron_tf.train.alternate`: the real Trainer with Megatron DDP,
+optimizer and schedule) that alternates, iteration by iteration, between the stock schedule
+(freeze runtime removed) and each plan (runtime installed, `set_ratios`), in a rotating order.
+Alternating single iterations inside one job makes a shared machine's load hit every
+configuration alike, which separate runs cannot do.
 
 For each budget it prints the LP's predicted speedup, the measured one (median iteration time of
 the baseline iterations over the median of that plan's iterations; also for the forward-backward
@@ -21,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-WORKER_ENV = "TF_BENCH_PRETRAIN"
 
 
 def parse() -> argparse.Namespace:
@@ -73,62 +71,20 @@ def main() -> None:
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(), train)
     job_file = write_job(job, out / "run" / "job.json")
-    settings = {
-        "job": str(job_file),
-        "plans": {f"{r:g}": str(p) for r, (p, _) in plans.items()},
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "result": str(out / "timings.json"),
-    }
     print(f"alternating baseline and {args.ratios} for {args.steps} steps each ...", flush=True)
+    plan_args = [f"--plan={r:g}={p}" for r, (p, _) in plans.items()]
     launch_job(
-        "bench_pretrain_speedup",
-        [],
+        "megatron_tf.train.alternate",
+        [
+            *("--job", str(job_file), *plan_args, "--steps", str(args.steps)),
+            *("--warmup", str(args.warmup), "--out", str(out / "timings.json")),
+        ],
         out / "bench.log",
-        {WORKER_ENV: json.dumps(settings), "PYTHONPATH": str(Path(__file__).parent)},
     )
     timings = json.loads((out / "timings.json").read_text())
     summary = report(timings, {f"{r:g}": pred for r, (_, pred) in plans.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, out / "speedup.png")
-
-
-def worker(settings: dict[str, object]) -> None:
-    import torch.distributed as dist
-
-    from megatron_tf.train.job import load_job
-    from megatron_tf.train.plan_source import load_plan_source
-    from megatron_tf.train.trainer import Trainer
-
-    trainer = Trainer(load_job(str(settings["job"])))
-    plans = {
-        name: load_plan_source(path, trainer.spec)
-        for name, path in dict(settings["plans"]).items()  # type: ignore[call-overload]
-    }
-    runtime = trainer.freezer
-    configs = ["baseline", *plans]
-    times: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
-    try:
-        for step in range(int(settings["warmup"]) + int(settings["steps"]) * len(configs)):
-            timed = step >= int(settings["warmup"])
-            # Rotate the order so no configuration always follows the same one.
-            config = configs[(step + step // len(configs)) % len(configs)]
-            if config == "baseline":
-                runtime.remove()  # the stock schedule: no hooks, nothing frozen, no rescale
-                trainer.freezer = None
-            else:
-                runtime.set_ratios(plans[config].ratios)
-                trainer.plan = plans[config]
-            metrics = trainer.train_step()
-            if config == "baseline":
-                runtime.install()
-                trainer.freezer = runtime
-            if timed:
-                times[config].append((metrics.seconds, metrics.schedule_seconds))
-        if dist.get_rank() == 0:
-            Path(str(settings["result"])).write_text(json.dumps(times))
-    finally:
-        trainer.close()
 
 
 def report(
@@ -201,7 +157,4 @@ def plot(summary: dict[str, object], target: Path) -> None:
 
 
 if __name__ == "__main__":
-    if WORKER_ENV in os.environ:
-        worker(json.loads(os.environ[WORKER_ENV]))
-    else:
-        sys.exit(main())
+    sys.exit(main())
