@@ -1,0 +1,88 @@
+"""Time and memory of `solve` (both GLOP passes) at scale, on synthetic interleaved profiles.
+
+    .venv/bin/python scripts/bench/bench_solve.py              # the two issue cases
+    .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --comm-model dataflow
+
+Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own. Wall
+time and CPU time are both printed: on a shared machine the CPU time is the honest number
+for the solver's work, the wall time is what a user waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = [(16, 4, 128), (32, 4, 512)]
+
+
+def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> dict:
+    from megatron_tf.schedule.costs import CostModel, synthetic_profile
+    from megatron_tf.schedule.dag import build_dag
+    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.solve.lp import SolverConfig, solve_lp
+
+    spec = ScheduleSpec(kind="interleaved", pp=pp, vpp=vpp, microbatches=m)
+    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
+    t0 = time.perf_counter()
+    dag = build_dag(spec, CostModel.from_profile(profile), comm_model)
+    dag_seconds = time.perf_counter() - t0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=max_ratio, comm_model=comm_model))
+    return {
+        "case": f"interleaved pp={pp} vpp={vpp} M={m} ({comm_model})",
+        "dag_nodes": len(dag.nodes),
+        "dag_seconds": dag_seconds,
+        "solve_wall_seconds": time.perf_counter() - wall0,
+        "solve_cpu_seconds": time.process_time() - cpu0,
+        "pass_seconds": list(result.pass_seconds),
+        "lp_variables": result.num_variables,
+        "lp_rows": result.num_constraints,
+        "iterations": [result.extras["pass1_iterations"], result.extras["pass2_iterations"]],
+        "speedup": result.speedup,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", help="pp,vpp,M (one case, in this process)")
+    parser.add_argument("--comm-model", default="megatron", choices=["megatron", "dataflow"])
+    parser.add_argument("--max-freeze-ratio", type=float, default=0.2)
+    parser.add_argument("--json", action="store_true", help="print one JSON line per case")
+    args = parser.parse_args()
+    if args.case:
+        pp, vpp, m = (int(x) for x in args.case.split(","))
+        print(json.dumps(run_case(pp, vpp, m, args.comm_model, args.max_freeze_ratio)))
+        return
+    for pp, vpp, m in CASES:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            f"{pp},{vpp},{m}",
+            "--comm-model",
+            args.comm_model,
+            "--max-freeze-ratio",
+            str(args.max_freeze_ratio),
+        ]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        if args.json:
+            print(json.dumps(out))
+            continue
+        print(
+            f"{out['case']}: {out['dag_nodes']} DAG nodes -> LP {out['lp_variables']} vars, "
+            f"{out['lp_rows']} rows; solve {out['solve_wall_seconds']:.2f} s wall, "
+            f"{out['solve_cpu_seconds']:.2f} s CPU (passes {out['pass_seconds'][0]:.2f} + "
+            f"{out['pass_seconds'][1]:.2f} s, {out['iterations'][0]:.0f} + "
+            f"{out['iterations'][1]:.0f} pivots); peak RSS {out['peak_rss_mb']:.0f} MB; "
+            f"predicted speedup {out['speedup']:.3f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
