@@ -82,7 +82,7 @@ def solve(
     if plot is not None:
         _check_writable(plot, "--plot", suffixes=(".png", ".svg"))
     if output is not None:
-        _check_writable(output, "-o/--output", suffixes=(".json",))
+        _check_writable(output, "-o/--output")
     data = load_profile(profile)
 
     if ratios is not None:
@@ -109,9 +109,9 @@ def solve(
         console.print(_plan_table(outcome, output))
 
 
-def _check_writable(path: Path, flag: str, *, suffixes: tuple[str, ...]) -> None:
+def _check_writable(path: Path, flag: str, *, suffixes: tuple[str, ...] = ()) -> None:
     """Fail before solving (not after) when an output cannot be written where asked."""
-    if path.suffix.lower() not in suffixes:
+    if suffixes and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

@@ -186,6 +186,31 @@ def test_bad_flags_exit_2_with_one_line(tmp_path: Path, extra: list[str], expect
     assert expected in line
 
 
+def test_parameter_weighting_from_profile_units(tmp_path: Path) -> None:
+    data = json.loads(synthetic(tmp_path, ISSUE_CASE).read_text())
+    for st in data["stages"]:
+        # rank 3 holds ten times the parameters of the others
+        params = 10_000 if st["rank"] == 3 else 1_000
+        st["units"] = [{"name": "linear.weight", "share": 1.0, "params": params}]
+    path = tmp_path / "units.json"
+    path.write_text(json.dumps(data))
+    plan_path = tmp_path / "plan.json"
+    args = ["solve", str(path), "--max-freeze-ratio", "0.2", "-o", str(plan_path)]
+    result = runner.invoke(app, [*args, "--weighting", "params", "--json"])
+    assert result.exit_code == 0, result.output
+    weighted = json.loads(result.stdout)
+    assert load_plan(plan_path).weighting == "params"
+    plain = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    # same optimal iteration; among such plans, the least parameter-weighted freezing
+    assert weighted["lp_makespan"] == pytest.approx(plain["lp_makespan"], rel=1e-9)
+    params = [10.0 if rank == 3 else 1.0 for rank in range(8)]
+
+    def cost(out: dict) -> float:
+        return sum(p * r for p, r in zip(params, out["per_stage_mean_freeze_ratio"], strict=True))
+
+    assert cost(weighted) <= cost(plain) * (1 + 1e-6)
+
+
 def test_missing_profile_file(tmp_path: Path) -> None:
     line = one_error_line(runner.invoke(app, ["solve", str(tmp_path / "none.json")]))
     assert "not found" in line
