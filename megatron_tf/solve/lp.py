@@ -124,11 +124,14 @@ def solve_lp(
     config: SolverConfig,
     *,
     stage_weights: dict[tuple[int, int], float] | None = None,
+    precedence: Precedence | None = None,
 ) -> LpResult:
     """Optimal freeze ratios for `dag` under `config` (two GLOP passes).
 
     `stage_weights[(rank, chunk)]` is that chunk's parameter share; needed for
-    `weighting="params"`, ignored otherwise. Raises SolverError when a pass is not OPTIMAL.
+    `weighting="params"`, ignored otherwise. `precedence` is `reduce_dag(dag)` when the
+    caller solves the same DAG several times (the sweep). Raises SolverError when a pass is
+    not OPTIMAL.
     """
     started = time.perf_counter()
     spec = dag.spec
@@ -138,7 +141,8 @@ def solve_lp(
             f"infeasible budget: --min-trained-microbatches {config.min_trained_microbatches} "
             f"exceeds the {m} microbatches of an iteration"
         )
-    lp = _GlopLp(dag, reduce_dag(dag), config, stage_weights)
+    prec = precedence if precedence is not None else reduce_dag(dag)
+    lp = _GlopLp(dag, prec, config, stage_weights)
     first, t1 = lp.solve(pass_number=1)
     t_star = first.solutions[0].primal_solution.objective_value * lp.scale
     lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)

@@ -19,6 +19,7 @@ import numpy as np
 from megatron_tf.errors import ConfigError
 from megatron_tf.schedule.dag import Dag, NodeKind
 from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.reduce import reduce_dag
 from megatron_tf.solve.timing import evaluate
 
 
@@ -90,9 +91,10 @@ def sweep(
 ) -> list[SweepPoint]:
     """Solve the LP at each `max_freeze_ratio` in `max_ratios` (other options from `base`)."""
     points = []
+    precedence = reduce_dag(dag)  # the DAG is the same for every budget
     for r_max in max_ratios:
         config = dataclasses.replace(base, max_freeze_ratio=r_max)
-        result: LpResult = solve_lp(dag, config, stage_weights=stage_weights)
+        result: LpResult = solve_lp(dag, config, stage_weights=stage_weights, precedence=precedence)
         mean = result.mean_freeze_ratio
         points.append(
             SweepPoint(
