@@ -4,6 +4,8 @@ Each launch runs megatron-core 0.19.2's real schedule (a tiny GPT, gloo on CPU) 
 (microbatches, group size) cases and records, per rank, the sequence of forward_step and
 backward_step calls twice: through TimelyFreeze's hook observers and through an independent
 recorder in the test's forward_step_func. Both must equal `compute_order(spec)` exactly.
+The P2P calls that issue requests, interleaved with the compute, must equal
+`rank_programs(spec)` call for call (Megatron's method names; waits on handles excluded).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import pytest
 from harness import run_torchrun
 
-from megatron_tf.schedule.order import compute_order, format_order
+from megatron_tf.schedule.order import Compute, Wait, compute_order, format_order, rank_programs
 from megatron_tf.schedule.spec import ScheduleSpec
 
 # (pp, vpp, overlap_p2p_comm, [(microbatches, group size)]); group size is pp for 1f1b.
@@ -50,6 +52,7 @@ def test_megatron_order_matches_model(
             overlap_p2p_comm=overlap,
         )
         expected = compute_order(spec)
+        programs = rank_programs(spec)
         for rank in range(pp):
             recorded = results[rank][f"{m}:{g}"]
             where = f"{spec.describe()} rank {rank}"
@@ -58,3 +61,10 @@ def test_megatron_order_matches_model(
             # ... and that is the order the model predicts, action for action.
             assert format_order(recorded["hooks"]) == format_order(expected[rank]), where
             assert len(expected[rank]) == 2 * vpp * m, where
+            # The P2P calls between them, too: the model's program, call for call.
+            model_program = [
+                (op.kind, op.chunk, op.microbatch) if isinstance(op, Compute) else ("P2P", op.name)
+                for op in programs[rank]
+                if not isinstance(op, Wait)
+            ]
+            assert [tuple(x) for x in recorded["program"]] == model_program, where

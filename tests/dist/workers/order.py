@@ -6,7 +6,9 @@ tiny GPT. Two recorders run side by side and must agree:
 - `independent`: ids known without the hooks: the forward_step_func counts the microbatches
   each chunk consumes, and an identity autograd function on each forward output records the
   backward of that (chunk, microbatch) when autograd reaches it inside backward_step.
-Saves per rank {case: {"hooks": [...], "independent": [...]}} with ("F"|"B", chunk, mb) tuples.
+A third recorder (`program`) keeps the compute actions and the P2P calls that issued
+requests, in program order. Saves per rank {case: {"hooks": [...], "independent": [...],
+"program": [...]}} with ("F"|"B", chunk, mb) and ("P2P", call name) tuples.
 """
 
 from __future__ import annotations
@@ -39,6 +41,50 @@ class OrderObserver(ScheduleObserver):
         self.actions.append(("B", chunk, microbatch))
 
 
+class ProgramObserver(ScheduleObserver):
+    """Compute actions and the P2P calls that issued at least one request, in program order.
+
+    Whether a call issued a request is read from `P2PCommunicator._communicate` (wrapped by
+    `count_requests`): a call on a pipeline end that sends and receives nothing issues none, and
+    the schedule model leaves such calls out.
+    """
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+        self.issued = False
+
+    def before_forward(self, chunk: int, microbatch: int) -> None:
+        self.ops.append(("F", chunk, microbatch))
+
+    def before_backward(self, chunk: int, microbatch: int) -> None:
+        self.ops.append(("B", chunk, microbatch))
+
+    def before_p2p(self, call: str) -> None:
+        self.issued = False
+
+    def after_p2p(self, call: str) -> None:
+        if self.issued:
+            self.ops.append(("P2P", call))
+
+
+def count_requests(observer: ProgramObserver) -> None:
+    from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+    original = P2PCommunicator._communicate
+
+    def _communicate(self, **kwargs):
+        if (
+            kwargs.get("tensor_send_next") is not None
+            or kwargs.get("tensor_send_prev") is not None
+            or kwargs.get("recv_prev")
+            or kwargs.get("recv_next")
+        ):
+            observer.issued = True
+        return original(self, **kwargs)
+
+    P2PCommunicator._communicate = _communicate
+
+
 class _MarkBackward(torch.autograd.Function):
     """Identity whose backward records (chunk, microbatch): the start of that backward."""
 
@@ -69,18 +115,21 @@ def make_forward_step(chunks: list[torch.nn.Module], log: list[Action]):
     return forward_step
 
 
-def run_case(chunks, model: ModelConfig, m: int, g: int) -> dict[str, list[Action]]:
+def run_case(
+    chunks, model: ModelConfig, m: int, g: int, program: ProgramObserver
+) -> dict[str, list]:
     config = chunks[0].config
     if len(chunks) > 1:
         config.microbatch_group_size_per_vp_stage = g
     observer = OrderObserver()
+    program.ops = []
     independent: list[Action] = []
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     for chunk in chunks:
         chunk.zero_grad_buffer()
     iterators = [synthetic_batches(model, iteration=0, microbatches=m) for _ in chunks]
-    with install_hooks(observer):
+    with install_hooks(observer, program):
         get_forward_backward_func()(
             forward_step_func=make_forward_step(chunks, independent),
             data_iterator=iterators if len(chunks) > 1 else iterators[0],
@@ -90,7 +139,7 @@ def run_case(chunks, model: ModelConfig, m: int, g: int) -> dict[str, list[Actio
             micro_batch_size=model.micro_batch_size,
             forward_only=False,
         )
-    return {"hooks": observer.actions, "independent": independent}
+    return {"hooks": observer.actions, "independent": independent, "program": program.ops}
 
 
 def main() -> None:
@@ -119,7 +168,9 @@ def main() -> None:
     )
     init_distributed(parallel, seed=model.seed)
     chunks = build_model_chunks(model, parallel, wrap_ddp=True)
-    save_result({f"{m}:{g}": run_case(chunks, model, m, g) for m, g in cases})
+    program = ProgramObserver()
+    count_requests(program)
+    save_result({f"{m}:{g}": run_case(chunks, model, m, g, program) for m, g in cases})
     destroy_distributed()
 
 
