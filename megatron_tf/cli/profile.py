@@ -97,7 +97,11 @@ def profile(
     dp: Annotated[int, typer.Option(help="Data-parallel size.", rich_help_panel=_MODEL)] = 1,
     # -- measuring
     iters: Annotated[
-        int, typer.Option(help="Measured iterations per phase.", rich_help_panel=_MEASURE)
+        int,
+        typer.Option(
+            help="Measured rounds; each runs one iteration of every phase (samples per phase).",
+            rich_help_panel=_MEASURE,
+        ),
     ] = 5,
     warmup_iters: Annotated[
         int, typer.Option(help="Unmeasured iterations first.", rich_help_panel=_MEASURE)
@@ -124,9 +128,10 @@ def profile(
     """Write a [bold]timelyfreeze.profile/1[/] file: per-stage forward/backward costs.
 
     Measure the real model (torchrun; gloo on CPU, nccl on GPU): [bold]timelyfreeze profile
-    --pp 2 --microbatches 4 -o profile.json[/]. Warm-up, then --iters iterations with nothing
-    frozen and --iters with every freezable tensor frozen (no optimizer step: weights are never
-    changed), medians over iterations and microbatches, outliers flagged.
+    --pp 2 --microbatches 4 -o profile.json[/]. Warm-up, then --iters rounds, each one
+    iteration with nothing frozen and one with every freezable tensor frozen, in an order that
+    rotates from round to round, so a drifting machine biases neither (no optimizer step:
+    weights are never changed); medians over iterations and microbatches, outliers flagged.
 
     What-if planning, no GPU: [bold]timelyfreeze profile --synthetic --schedule interleaved
     --pp 4 --vpp 2 --microbatches 8 --costs 1,1,1 -o profile.json[/]. F, B, W are one rank's
@@ -253,8 +258,8 @@ def measure_profile(
             else Path(folder) / "profile_job.json"
         )
         job.save(job_path)
-        phases = [("warm-up", job.profile.warmup_iters)]
-        phases += [(name, job.profile.iters) for name, _ in job.profile.phases]
+        # The worker reports warm-up iterations, then whole rounds (one iteration per phase).
+        phases = [("warm-up", job.profile.warmup_iters), ("rounds", job.profile.iters)]
         display = contextlib.nullcontext() if launch.dry_run else phase_progress(phases)
         with display:
             launch_or_print(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.profile.rounds import round_orders
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 __all__ = ["FAULT_RANK_ENV", "JOB_ENV", "LINEARITY_RATIOS", "ProfileConfig", "ProfileJob"]
@@ -28,7 +29,8 @@ class ProfileConfig:
     """How many iterations of which kind a profile measures."""
 
     iters: int = 5
-    """Measured iterations per phase (unfrozen, fully frozen, each linearity ratio)."""
+    """Measured rounds; each runs one iteration of every phase (unfrozen, fully frozen, each
+    linearity ratio), so every phase gets `iters` samples."""
     warmup_iters: int = 2
     """Unmeasured iterations first (allocator, caches, gloo connections)."""
     linearity: bool = False
@@ -46,11 +48,20 @@ class ProfileConfig:
 
     @property
     def phases(self) -> list[tuple[str, float]]:
-        """(name, freeze ratio) of each measured phase, in the order they run."""
+        """(name, freeze ratio) of each measured phase; `rounds()` says in which order they run."""
         phases = [("unfrozen", 0.0), ("frozen", 1.0)]
         if self.linearity:
             phases += [(f"ratio_{r:g}", r) for r in LINEARITY_RATIOS]
         return phases
+
+    def rounds(self) -> list[list[str]]:
+        """Phase names in run order for each measured round (`rounds.round_orders`)."""
+        names = [name for name, _ in self.phases]
+        return [[names[i] for i in order] for order in round_orders(len(names), self.iters)]
+
+    def measurement_record(self) -> dict[str, Any]:
+        """How the phases were scheduled, for a profile's provenance."""
+        return {"order": "interleaved", "design": "williams", "rounds": self.rounds()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

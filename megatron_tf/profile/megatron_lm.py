@@ -3,8 +3,9 @@
 The user's script builds its model, data and optimizer exactly as in training. Its first
 training call of the pipeline schedule is taken over (`megatron_tf.megatron.megatron_lm`'s
 `first_call`): with that call's own arguments (forward step, data iterator, model chunks,
-microbatches) the schedule runs the warm-up and the measured phases of `ProfileConfig` (nothing
-frozen, then everything frozen, optionally the linearity ratios), gradients are thrown away
+microbatches) the schedule runs the warm-up and the measured rounds of `ProfileConfig` (each
+round one iteration of every phase: nothing frozen, everything frozen, optionally the linearity
+ratios, in a rotating order; `runner.measure_rounds`), gradients are thrown away
 between calls, rank 0 writes profile.json, and every rank exits 0 before Megatron-LM's optimizer
 ever steps, so no weight changes. The measured layout is the one Megatron parsed, so the plan
 solved from this profile is accepted by the same job's `pretrain --megatron-lm`.
@@ -23,18 +24,13 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import FreezeConfig
-from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-from megatron_tf.megatron.hooks import install_hooks
 from megatron_tf.megatron.megatron_lm import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
-from megatron_tf.profile.runner import gather_to_rank0
+from megatron_tf.profile.runner import Timings, gather_to_rank0, measure_rounds
 from megatron_tf.profile.timing import TimingObserver
 from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["measure_and_stop"]
-
-Timings = dict[str, list[tuple[float, list[tuple[str, int, int, float, float]]]]]
 
 
 def measure_and_stop(
@@ -68,35 +64,19 @@ def _measure(
     spec: ScheduleSpec,
     config: ProfileConfig,
 ) -> Timings:
-    def one_call(timing: TimingObserver | None) -> None:
+    def one_call(iteration: int, timing: TimingObserver | None) -> None:
+        # `iteration` is unused: the user's data iterator supplies each call's batches.
         _zero_grads(chunks)
         dist.barrier()  # a common time origin for every rank
         if timing is not None:
             timing.begin()
-        fetch()(**kwargs)  # fetched now: the hooks installed below wrap it
+        fetch()(**kwargs)  # fetched now: the hooks installed for this call wrap it
 
-    for _ in range(config.warmup_iters):
-        one_call(None)
-    out: Timings = {}
-    for name, ratio in config.phases:
-        runtime = None
-        if ratio > 0:
-            ratios = [[[ratio] * spec.microbatches] * spec.vpp] * spec.pp
-            # Measurement only: coverage off (all units may freeze), gradients not rescaled.
-            measuring = FreezeConfig(coverage=False, rescale="none")
-            runtime = FreezeRuntime(chunks, ratios, spec, measuring).install()
-        timing = TimingObserver()
-        handle = install_hooks(timing)  # after the runtime: its toggling is not timed
-        try:
-            for _ in range(config.iters):
-                one_call(timing)
-        finally:
-            handle.remove()
-            if runtime is not None:
-                runtime.remove()
-        out[name] = [(it.wall, [a.as_tuple() for a in it.actions]) for it in timing.take()]
+    def progress(bar: str, done: int, total: int) -> None:
         if dist.get_rank() == 0:
-            print(f"[profile] {name}: {config.iters} iterations measured", flush=True)
+            print(f"[profile] {bar}: {done}/{total}", flush=True)
+
+    out = measure_rounds(one_call, chunks, spec, config, progress)
     _zero_grads(chunks)
     return out
 
@@ -140,6 +120,7 @@ def _provenance(config: ProfileConfig) -> dict[str, Any]:
         "script": sys.argv[0],
         "megatron_args": sys.argv[1:],
         "profile": config.to_dict(),
+        "measurement": config.measurement_record(),
         "device": device,
         "hostname": platform.node(),
         "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""The measuring loop that runs on every rank: warm-up, then timed phases, then a gather.
+"""The measuring loop that runs on every rank: warm-up, then interleaved timed rounds, a gather.
 
 No optimizer exists here: measurement iterations compute gradients into DDP's buffers and
 throw them away, so the weights are exactly what they were before profiling (tested).
@@ -17,13 +17,24 @@ from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import install_hooks
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.timing import TimingObserver
+from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 
-__all__ = ["gather_to_rank0", "measure_phases", "run_iteration"]
+__all__ = ["gather_to_rank0", "measure_phases", "measure_rounds", "run_iteration"]
 
 Progress = Callable[[str, int, int], None]
-"""progress(phase, done, total), called on every rank after each iteration."""
+"""progress(bar, done, total), called on every rank: "warm-up" per iteration, "rounds" per round."""
+
+IterationCall = Callable[[int, TimingObserver | None], None]
+"""one_call(iteration, timing): one forward-backward with the schedule, on every rank."""
+
+AfterIteration = Callable[[str, int], None]
+"""after_iteration(phase, iteration), called after each measured iteration."""
+
+RawAction = tuple[str, int, int, float, float]
+Timings = dict[str, list[tuple[float, list[RawAction]]]]
+"""phase -> this rank's iterations, each (wall, [(kind, chunk, mb, start, end), ...])."""
 
 
 def run_iteration(
@@ -61,12 +72,69 @@ def run_iteration(
 
 
 def _freeze_runtime(
-    chunks: list[torch.nn.Module], parallel: ParallelConfig, ratio: float
+    chunks: list[torch.nn.Module], spec: ScheduleSpec, ratio: float
 ) -> FreezeRuntime:
     """A runtime freezing `ratio` of every (chunk, microbatch); coverage off (measurement)."""
-    spec = parallel.schedule_spec()
     ratios = [[[ratio] * spec.microbatches for _ in range(spec.vpp)] for _ in range(spec.pp)]
     return FreezeRuntime(chunks, ratios, spec, FreezeConfig(coverage=False, rescale="none"))
+
+
+def measure_rounds(
+    one_call: IterationCall,
+    chunks: list[torch.nn.Module],
+    spec: ScheduleSpec,
+    config: ProfileConfig,
+    progress: Progress | None = None,
+    after_iteration: AfterIteration | None = None,
+) -> Timings:
+    """Warm up, then `config.iters` rounds of one iteration per phase; this rank's timings.
+
+    The phases of a round run in the order `config.rounds()` gives (rotating, balanced for
+    the phase that runs just before), so every phase samples the same stretch of time and a
+    drifting machine biases none of them (see rounds.py). Samples are grouped per phase.
+
+    A phase with a freeze ratio has its own `FreezeRuntime`, built before anything runs (all
+    parameters trainable) and installed for that phase's iterations only: an unfrozen
+    iteration runs on stock megatron-core with the timing observer alone. The timing observer
+    is registered after the runtime, so its "before" hooks run after the runtime's and its
+    "after" hooks before them: toggling `requires_grad` is not part of a timed call.
+
+    `one_call(iteration, timing)` runs one forward-backward on every rank (the timing's
+    `begin()` right after a barrier); `after_iteration(phase, iteration)` is called after each
+    measured iteration, with its runtime already removed.
+    """
+    iteration = 0
+    for i in range(config.warmup_iters):
+        one_call(iteration, None)
+        iteration += 1
+        if progress:
+            progress("warm-up", i + 1, config.warmup_iters)
+    phases = config.phases
+    runtimes = {name: _freeze_runtime(chunks, spec, ratio) for name, ratio in phases if ratio > 0}
+    timing = TimingObserver()
+    out: Timings = {name: [] for name, _ in phases}
+    rounds = config.rounds()
+    for k, order in enumerate(rounds):
+        for name in order:
+            runtime = runtimes.get(name)
+            if runtime is not None:
+                runtime.install()
+            try:
+                handle = install_hooks(timing)
+                try:
+                    one_call(iteration, timing)
+                finally:
+                    handle.remove()
+            finally:
+                if runtime is not None:
+                    runtime.remove()
+            out[name] += [(it.wall, [a.as_tuple() for a in it.actions]) for it in timing.take()]
+            if after_iteration:
+                after_iteration(name, iteration)
+            iteration += 1
+        if progress:
+            progress("rounds", k + 1, len(rounds))
+    return out
 
 
 def measure_phases(
@@ -75,33 +143,16 @@ def measure_phases(
     parallel: ParallelConfig,
     config: ProfileConfig,
     progress: Progress | None = None,
-) -> dict[str, list[tuple[float, list[tuple[str, int, int, float, float]]]]]:
-    """Warm up, then time `config.iters` iterations per phase; returns this rank's timings."""
-    iteration = 0
-    for i in range(config.warmup_iters):
-        run_iteration(chunks, model, parallel, iteration)
-        iteration += 1
-        if progress:
-            progress("warm-up", i + 1, config.warmup_iters)
-    out: dict[str, list[tuple[float, list[tuple[str, int, int, float, float]]]]] = {}
-    for name, ratio in config.phases:
-        runtime = _freeze_runtime(chunks, parallel, ratio).install() if ratio > 0 else None
-        timing = TimingObserver()
-        # Registered after the freeze runtime: its "before" hooks run after the runtime's and
-        # its "after" hooks before, so toggling requires_grad is not part of the timed call.
-        handle = install_hooks(timing)
-        try:
-            for i in range(config.iters):
-                run_iteration(chunks, model, parallel, iteration, timing)
-                iteration += 1
-                if progress:
-                    progress(name, i + 1, config.iters)
-        finally:
-            handle.remove()
-            if runtime is not None:
-                runtime.remove()
-        out[name] = [(it.wall, [a.as_tuple() for a in it.actions]) for it in timing.take()]
-    return out
+    after_iteration: AfterIteration | None = None,
+) -> Timings:
+    """`measure_rounds` on the built-in GPT: each iteration feeds its own seeded batches."""
+
+    def one_call(iteration: int, timing: TimingObserver | None) -> None:
+        run_iteration(chunks, model, parallel, iteration, timing)
+
+    return measure_rounds(
+        one_call, chunks, parallel.schedule_spec(), config, progress, after_iteration
+    )
 
 
 def gather_to_rank0(obj: Any) -> list[Any] | None:

@@ -47,6 +47,7 @@ def provenance(job: ProfileJob) -> dict[str, Any]:
         "model": job.model.to_dict(),
         "parallel": job.parallel.to_dict(),
         "profile": job.profile.to_dict(),
+        "measurement": job.profile.measurement_record(),
         "device": device,
         "hostname": platform.node(),
         "layer_spec": "transformer_engine" if use_transformer_engine() else "local",

@@ -1,4 +1,5 @@
-"""The profiler's measurement iterations: nothing changes the weights; frozen means frozen."""
+"""The profiler's measurement rounds: nothing changes the weights; frozen means frozen;
+unfrozen means stock megatron-core, even right after a frozen iteration."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from megatron_tf.schedule.spec import ScheduleSpec
 
 
 @pytest.mark.parametrize(
-    ("pp", "vpp"), [pytest.param(2, 1, id="1f1b-pp2"), pytest.param(2, 2, id="interleaved-pp2")]
+    ("pp", "vpp", "linearity"),
+    [
+        pytest.param(2, 1, True, id="1f1b-pp2-linearity"),
+        pytest.param(2, 2, False, id="interleaved-pp2"),
+    ],
 )
-def test_measure_phases_leave_weights_untouched(pp: int, vpp: int) -> None:
+def test_measure_rounds_interleave_phases_and_leave_the_model_stock(
+    pp: int, vpp: int, linearity: bool
+) -> None:
     m = 4
-    results = run_torchrun(
-        "profile_phases", pp, ["--pp", pp, "--vpp", vpp, "--microbatches", m], timeout=300
-    )
+    args = ["--pp", pp, "--vpp", vpp, "--microbatches", m] + (["--linearity"] if linearity else [])
+    results = run_torchrun("profile_phases", pp, args, timeout=400)
     spec = ScheduleSpec(
         kind="1f1b" if vpp == 1 else "interleaved",
         pp=pp,
@@ -25,15 +31,26 @@ def test_measure_phases_leave_weights_untouched(pp: int, vpp: int) -> None:
         overlap_p2p_comm=vpp > 1,
     )
     order = compute_order(spec)
+    phases = ["unfrozen", "frozen"] + (
+        ["ratio_0.25", "ratio_0.5", "ratio_0.75"] if linearity else []
+    )
     for rank, res in enumerate(results):
-        # No optimizer step: every parameter is bit-identical after all the phases.
+        # Interleaved: every round runs each phase once, and the order rotates.
+        rounds = res["rounds"]
+        assert len(rounds) == 2 and all(sorted(r) == sorted(phases) for r in rounds), rounds
+        assert rounds[0] != rounds[1] and rounds[0][0] == "unfrozen", rounds
+        assert res["order"] == [name for r in rounds for name in r], rank
+        # No optimizer step: every parameter is bit-identical after all the rounds.
         assert res["weights_unchanged"], rank
-        # The fully frozen phase (the last one) produced no weight gradient at all.
-        assert res["max_unit_grad_after_frozen"] == 0.0, rank
-        # The freeze runtime was removed: everything is trainable again.
-        assert res["all_trainable"], rank
+        # Between iterations nothing of a freeze runtime is left behind.
+        assert all(res["stock_after"]), (rank, res["stock_after"])
+        # An unfrozen iteration (one of them right after a frozen one) computed exactly the
+        # gradients stock megatron-core computes on the same batches.
+        assert res["unfrozen_equal_stock"] == [True, True], rank
+        # A fully frozen iteration produced no weight gradient at all.
+        assert res["frozen_max_unit_grad"] == [0.0, 0.0], rank
         # Each measured iteration timed exactly the schedule's forwards and backwards.
-        for phase in ("unfrozen", "frozen"):
+        for phase in phases:
             assert len(res["actions"][phase]) == 2, phase
             for timed in res["actions"][phase]:
                 assert timed == sorted(order[rank]), (rank, phase)
