@@ -1,4 +1,7 @@
-"""A rich progress display for torchrun jobs whose rank 0 prints `[profile] PHASE: DONE/TOTAL`.
+"""A rich progress display for torchrun jobs whose rank 0 prints `[profile] BAR: DONE/TOTAL`.
+
+The profiler's worker reports `warm-up` per iteration and `rounds` per measured round (one
+iteration of every phase); in-job and other callers may name their own bars.
 
 The launcher copies the workers' stdout line by line to `sys.stdout`; while the display is
 live, `sys.stdout` is a sink that turns those progress lines into bar updates and passes every
@@ -54,7 +57,7 @@ class _LineSink(io.TextIOBase):
 
 @contextlib.contextmanager
 def phase_progress(phases: Sequence[tuple[str, int]]) -> Iterator[None]:
-    """Show one bar per (phase, iterations) while the block runs."""
+    """Show one bar per (name, total) while the block runs; a total of 0 shows no bar."""
     real = sys.stdout
     progress = Progress(
         TextColumn("{task.description:>12}"),
