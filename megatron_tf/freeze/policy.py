@@ -6,13 +6,27 @@ Rules (ARCHITECTURE.md, runtime semantics):
 - the choice depends only on (seed, iteration, rank, chunk, microbatch) and the policy's
   state, which every data- and tensor-parallel replica shares, so replicas freeze alike;
 - units are taken least-often-frozen first (counts kept across iterations), so over
-  iterations each unit is frozen about equally often; ties are broken by a seeded shuffle,
-  except on the first virtual stage, where the lowest layers go first;
+  iterations each unit is frozen about equally often; ties are broken by a seeded shuffle;
 - every unit is trained on at least one microbatch of every iteration (a repair pass
   unfreezes it on the microbatch that overshot its target most, and freezes a replacement
-  there when one keeps the cost closer to the target);
-- on the first virtual stage, a microbatch whose ratio reaches 1 and which ends with every
-  unit frozen is "full": the runtime freezes the whole chunk and runs no backward for it.
+  there when one keeps the cost closer to the target).
+
+The first virtual stage is different. Its backward ends at the embedding, so freezing a
+weight in the middle of it saves only that weight's wgrad: autograd still carries the input
+gradient down to every trainable norm and bias below. There the policy freezes a PREFIX in
+forward order (embedding, then layer 0's units, ...), and the runtime freezes the prefix
+whole, norms and biases included (`units.prefix_closure`), so autograd stops at the first
+trainable unit and the backward shrinks about linearly with the ratio, as the LP assumes.
+What changes on that stage:
+- the choice ignores the balance counts: the same ratio freezes the same prefix in every
+  iteration, so the lowest units are frozen most often. "Balanced across iterations" cannot
+  hold for a prefix; it is the price of a saving the LP can predict;
+- coverage: the embedding is trained only on a microbatch with nothing frozen, so the repair
+  empties the prefix of one microbatch (the one whose prefix costs least; the LP's
+  `min_trained_microbatches` floor means one with ratio < 1 exists) instead of unfreezing
+  single units, which keeps every microbatch's frozen set a prefix;
+- a microbatch with every unit frozen is "full": the whole chunk is frozen and the runtime
+  runs no backward for it.
 """
 
 from __future__ import annotations
@@ -128,12 +142,7 @@ class FreezePolicy:
             if self.config.coverage:
                 self._repair(iteration, chunk, sets, ratios[chunk])
             first = chunk == self.first_stage_chunk
-            full.append(
-                tuple(
-                    first and r >= 1.0 and len(s) == len(units) and len(units) > 0
-                    for r, s in zip(ratios[chunk], sets, strict=True)
-                )
-            )
+            full.append(tuple(first and len(s) == len(units) > 0 for s in sets))
             frozen.append(tuple(frozenset(s) for s in sets))
         self.next_iteration = iteration + 1
         self._last = IterationMasks(
@@ -147,11 +156,9 @@ class FreezePolicy:
     # -- selection ------------------------------------------------------------------------
 
     def _tiebreak(self, iteration: int, chunk: int, mb: int) -> list[int]:
-        """Per unit, a secondary sort key: layer order on the first virtual stage, else a
-        shuffle seeded by (seed, iteration, rank, chunk, microbatch)."""
+        """Per unit, a secondary sort key: a shuffle seeded by (seed, iteration, rank, chunk,
+        microbatch)."""
         n = len(self.units[chunk])
-        if chunk == self.first_stage_chunk:
-            return [u.order for u in self.units[chunk]]
         # str seeds are hashed with SHA-512 by `random`, so every process agrees; one draw per
         # (chunk, microbatch), then a cheap integer mix per unit (a shuffle costs 10x more).
         salt = random.Random(f"{self.config.seed}:{iteration}:{self.rank}:{chunk}:{mb}")
@@ -164,6 +171,8 @@ class FreezePolicy:
             return set()
         if ratio >= 1.0:
             chosen = set(range(len(units)))
+        elif chunk == self.first_stage_chunk:
+            chosen = self._prefix(units, ratio)
         else:
             target = ratio * sum(u.cost for u in units)
             tie = self._tiebreak(iteration, chunk, mb)
@@ -176,10 +185,25 @@ class FreezePolicy:
             counts[i] += 1
         return chosen
 
+    @staticmethod
+    def _prefix(units: list[UnitSpec], ratio: float) -> set[int]:
+        """The forward-order prefix whose cost is closest to `ratio` of the chunk's."""
+        target = ratio * sum(u.cost for u in units)
+        chosen, cost = set(), 0.0
+        for i in sorted(range(len(units)), key=lambda i: units[i].order):
+            if cost + units[i].cost / 2 >= target:  # taking it would not bring us closer
+                break
+            chosen.add(i)
+            cost += units[i].cost
+        return chosen
+
     def _repair(
         self, iteration: int, chunk: int, sets: list[set[int]], ratios: list[float]
     ) -> None:
         """Make every unit trained on >= 1 microbatch, keeping costs near their targets."""
+        if chunk == self.first_stage_chunk:
+            self._repair_prefix(chunk, sets)
+            return
         units, counts = self.units[chunk], self.counts[chunk]
         total = sum(u.cost for u in units)
         m = len(sets)
@@ -209,6 +233,18 @@ class FreezePolicy:
                 counts[best] += 1
                 trained[best] -= 1
                 frozen_cost[mb] += units[best].cost
+
+    def _repair_prefix(self, chunk: int, sets: list[set[int]]) -> None:
+        """First virtual stage: if no microbatch trains everything, empty the cheapest prefix
+        (the embedding is trained only where nothing is frozen); the later microbatch wins a
+        tie. Every other frozen set stays the prefix it was."""
+        units, counts = self.units[chunk], self.counts[chunk]
+        if not units or any(not s for s in sets):
+            return
+        mb = min(range(len(sets)), key=lambda k: (sum(units[i].cost for i in sets[k]), -k))
+        for i in sets[mb]:
+            counts[i] -= 1
+        sets[mb].clear()
 
     # -- checkpointing --------------------------------------------------------------------
 

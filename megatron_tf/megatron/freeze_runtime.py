@@ -5,9 +5,18 @@ the frozen weights get `requires_grad=False` for that microbatch's forward AND i
 (activation recompute reruns the forward inside backward). Megatron's Column/RowParallelLinear
 then take `linear_with_frozen_weight` (tensor_parallel/layers.py, `_forward_impl`), which
 computes the input gradient only; TransformerEngine records `weight.requires_grad` at forward
-time and skips its wgrad GEMM. On the first virtual stage a microbatch the policy marks "full"
-has every parameter of the chunk off, so its output needs no grad and the stock
-`backward_step` skips the whole backward.
+time and skips its wgrad GEMM. On the first virtual stage the frozen units are a prefix in
+forward order and every parameter below the first trainable unit is switched off with them
+(`freeze.units.prefix_closure`), so no activation below it requires grad and autograd stops
+there; a microbatch the policy marks "full" has every parameter of the chunk off, so its
+output needs no grad and the stock `backward_step` skips the whole backward.
+
+Full activation recompute: megatron-core's reentrant checkpoint (recompute.py,
+`checkpointed_forward`; tensor_parallel/random.py, `CheckpointFunction`) backpropagates
+through a layer group only if one of its tensor inputs requires grad. Behind a frozen prefix
+none does, so the trainable layers would silently get no gradient. There the runtime makes
+the embedding's output a fresh leaf that requires grad: autograd stops at it (the embedding
+is skipped), but frozen decoder layers still pass the input gradient down (wgrad skipped only).
 
 Gradients: with `rescale="mean"` each parameter's gradient is multiplied by M / n_active
 (n_active = microbatches that trained it) before any reduction: in a Megatron DDP chunk,
@@ -31,7 +40,7 @@ import torch
 from megatron_tf.errors import ScheduleMismatchError
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
-from megatron_tf.freeze.units import UnitSpec, make_units
+from megatron_tf.freeze.units import UnitSpec, classify, make_units, prefix_closure
 from megatron_tf.megatron import guard
 from megatron_tf.megatron.frozen_linear import fix_frozen_linear_bias_grad
 from megatron_tf.megatron.hooks import (
@@ -59,9 +68,15 @@ def _is_ddp(chunk: torch.nn.Module) -> bool:
 def chunk_units(
     chunk: torch.nn.Module, costs: dict[str, float] | None = None
 ) -> tuple[list[UnitSpec], list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """(units, their parameters, all trainable parameters) of one model chunk."""
+    """(units, their parameters, all trainable parameters) of one model chunk.
+
+    A unit's default cost is its wgrad work per token: numel for a linear weight, one row
+    (the embedding dim) for an embedding, whose backward only scatters each token's gradient
+    into its row (tensor_parallel/layers.py, VocabParallelEmbedding). By numel the word
+    embedding would look like a quarter of a small first stage and skew its prefix."""
     named = [(n, p) for n, p in _unwrap(chunk).named_parameters() if p.requires_grad]
-    units = make_units([(n, p.numel()) for n, p in named], costs)
+    sizes = [(n, p.shape[-1] if classify(n) == "embedding" else p.numel()) for n, p in named]
+    units = make_units(sizes, costs)
     by_name = dict(named)
     return units, [by_name[u.name] for u in units], [p for _, p in named]
 
@@ -116,11 +131,16 @@ class FreezeRuntime(ScheduleObserver):
         self.units = [f[0] for f in found]
         self.unit_params = [f[1] for f in found]
         self.all_params = [f[2] for f in found]
+        self._first_chunk = 0 if rank == 0 else None
+        self._names = [{p: n for n, p in _unwrap(c).named_parameters()} for c in self.chunks]
+        self._leaf_needed: list[bool] = [False] * spec.microbatches  # first chunk, per mb
+        self._leaf_now = False
+        self._embedding_hook: Any = None
         self.policy = FreezePolicy(
             units=self.units,
             ratios=_rank_ratios(ratios, spec, rank),
             rank=rank,
-            first_stage_chunk=0 if rank == 0 else None,
+            first_stage_chunk=self._first_chunk,
             config=self.config,
         )
         self.masks: IterationMasks | None = None
@@ -147,6 +167,7 @@ class FreezeRuntime(ScheduleObserver):
         guard.check_all(config)
         self._check_layout(config)
         fix_frozen_linear_bias_grad()
+        self._install_embedding_leaf(config)
         self._handle = install_hooks(self)
         for chunk in self.chunks:
             if _is_ddp(chunk):
@@ -165,6 +186,9 @@ class FreezeRuntime(ScheduleObserver):
             else:  # another runtime (e.g. an in-job profiler) wrapped it before us
                 group.start_grad_sync = previous
         self._bucket_patches.clear()
+        if self._embedding_hook is not None:
+            self._embedding_hook.remove()
+            self._embedding_hook = None
         for params in self.all_params:
             for p in params:
                 p.requires_grad_(True)
@@ -195,6 +219,22 @@ class FreezeRuntime(ScheduleObserver):
                 + ", ".join(f"{k}={v}" for k, v in found.items())
             )
 
+    def _install_embedding_leaf(self, config: Any) -> None:
+        """Under full recompute, feed the decoder a grad-requiring leaf behind a frozen
+        embedding (see the module docstring); otherwise nothing to do."""
+        if self._first_chunk is None or getattr(config, "recompute_granularity", None) != "full":
+            return
+        embedding = getattr(_unwrap(self.chunks[self._first_chunk]), "embedding", None)
+        if embedding is None:
+            return
+
+        def leaf(_module: Any, _args: Any, output: Any) -> Any:
+            if self._leaf_now and isinstance(output, torch.Tensor) and torch.is_grad_enabled():
+                return output.detach().requires_grad_(True)
+            return None
+
+        self._embedding_hook = embedding.register_forward_hook(leaf)
+
     def _wrap_bucket_group(self, group: Any) -> None:
         previous = group.__dict__.get("start_grad_sync")
         original = group.start_grad_sync  # bound method of the class, or an earlier wrapper
@@ -220,15 +260,29 @@ class FreezeRuntime(ScheduleObserver):
             for mb in range(m):
                 if masks.full[c][mb]:
                     per_mb.append(list(self.all_params[c]))
+                elif c == self._first_chunk and masks.frozen[c][mb]:
+                    per_mb.append(self._prefix_params(c, masks.frozen[c][mb]))
                 else:
                     per_mb.append([params[i] for i in sorted(masks.frozen[c][mb])])
             self._toggle.append(per_mb)
+            if c == self._first_chunk:
+                # A frozen prefix that leaves something trainable (not "full").
+                self._leaf_needed = [
+                    bool(masks.frozen[c][mb]) and not masks.full[c][mb] for mb in range(m)
+                ]
             self._account(c, masks)
             if self.config.rescale == "mean":
                 self._scale.update(self._chunk_scales(per_mb, self.all_params[c], m))
         self._scaled_groups = set()
         self._in_iteration = True
         return masks
+
+    def _prefix_params(self, chunk: int, frozen: frozenset[int]) -> list[torch.nn.Parameter]:
+        """The frozen prefix's units and every parameter used before the first trainable one."""
+        params = self.all_params[chunk]
+        names = [self._names[chunk][p] for p in params]
+        keep = set(prefix_closure(names, self.units[chunk], frozen))
+        return [p for p, n in zip(params, names, strict=True) if n in keep]
 
     @staticmethod
     def _chunk_scales(
@@ -304,9 +358,11 @@ class FreezeRuntime(ScheduleObserver):
 
     def before_forward(self, chunk: int, microbatch: int) -> None:
         self._set(chunk, microbatch, False)
+        self._leaf_now = chunk == self._first_chunk and self._leaf_needed[microbatch]
 
     def after_forward(self, chunk: int, microbatch: int) -> None:
         self._set(chunk, microbatch, True)
+        self._leaf_now = False
 
     def before_backward(self, chunk: int, microbatch: int) -> None:
         self._set(chunk, microbatch, False)
@@ -356,3 +412,10 @@ class FreezeRuntime(ScheduleObserver):
         if self.masks.full[chunk][microbatch]:
             return [u.name for u in self.units[chunk]]
         return [self.units[chunk][i].name for i in sorted(self.masks.frozen[chunk][microbatch])]
+
+    def frozen_param_names(self, chunk: int, microbatch: int) -> list[str]:
+        """Names of every parameter switched off on (chunk, microbatch): the units, and on the
+        first virtual stage the norms, biases and embeddings of the frozen prefix too."""
+        if not self._toggle:
+            return []
+        return [self._names[chunk][p] for p in self._toggle[chunk][microbatch]]

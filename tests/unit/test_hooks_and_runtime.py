@@ -95,12 +95,36 @@ def test_units_and_requires_grad_toggling() -> None:
     assert not any(p.requires_grad for p in params.values())
     rt.after_forward(0, 1)
     assert all(p.requires_grad for p in params.values())
+    # Ratio 0.5 on the first virtual stage: a forward-order prefix (embedding, fc1) frozen
+    # whole: the input norm (registered last, used first) and fc1's bias go with it; fc2 and
+    # its bias stay trainable, so autograd stops at fc2.
+    assert rt.frozen_names(0, 2) == [
+        "embedding.word_embeddings.weight",
+        "decoder.layers.0.mlp.linear_fc1.weight",
+    ]
     rt.before_backward(0, 2)
     off = {n for n, p in params.items() if not p.requires_grad}
-    assert off == set(rt.frozen_names(0, 2)) and off
-    assert not any(n.endswith("bias") or "norm" in n for n in off)
+    assert off == set(rt.frozen_param_names(0, 2)) == {
+        "embedding.word_embeddings.weight",
+        "decoder.layers.0.input_layernorm.weight",
+        "decoder.layers.0.input_layernorm.bias",
+        "decoder.layers.0.mlp.linear_fc1.weight",
+        "decoder.layers.0.mlp.linear_fc1.bias",
+    }
     rt.after_backward(0, 2)
     assert all(p.requires_grad for p in params.values())
+
+
+def test_other_ranks_freeze_units_only() -> None:
+    """Off the first virtual stage, norms and biases are never frozen."""
+    chunk = TinyChunk()
+    rt = FreezeRuntime([chunk], [[[0.0] * 4], [[0.5, 0.5, 0.9, 0.0]]], SPEC, rank=1)
+    rt.start_iteration(0)
+    for mb in range(4):
+        names = rt.frozen_param_names(0, mb)
+        assert names == [n for n in dict(chunk.named_parameters()) if n in rt.frozen_names(0, mb)]
+        assert not any(n.endswith("bias") or "norm" in n for n in names)
+    assert any(rt.frozen_param_names(0, mb) for mb in range(4))
 
 
 @pytest.mark.parametrize("rescale", ["mean", "none"])
@@ -112,7 +136,7 @@ def test_plain_module_gradients_rescaled_by_m_over_active(rescale: str) -> None:
     rt.finish_iteration()
     rt.finish_iteration()  # idempotent within the iteration
     for name, p in chunk.named_parameters():
-        frozen_on = sum(name in rt.frozen_names(0, mb) or rt.masks.full[0][mb] for mb in range(4))
+        frozen_on = sum(name in rt.frozen_param_names(0, mb) for mb in range(4))
         want = 4 / (4 - frozen_on) if rescale == "mean" else 1.0
         assert torch.all(p.grad == want), (name, frozen_on)
 
