@@ -9,6 +9,7 @@ import pytest
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze import FreezeConfig, FreezePolicy, UnitSpec, classify, make_units
+from megatron_tf.freeze.units import forward_position, prefix_closure
 
 # A 2-layer chunk of a Megatron GPT (local spec names), numel per tensor.
 GPT_PARAMS = [
@@ -147,13 +148,96 @@ def test_balanced_across_iterations() -> None:
     assert max(frozen_count) - min(frozen_count) <= 1
 
 
-def test_first_virtual_stage_prefers_lowest_layers() -> None:
+def is_prefix(frozen: frozenset[int]) -> bool:
+    return sorted(frozen) == list(range(len(frozen)))
+
+
+def test_units_follow_forward_order_not_registration_order() -> None:
+    """Megatron registers linear_proj before linear_qkv; the forward uses qkv first."""
+    registered = [
+        ("decoder.layers.0.input_layernorm.weight", 4),
+        ("decoder.layers.0.self_attention.linear_proj.weight", 16),
+        ("decoder.layers.0.self_attention.linear_proj.bias", 4),
+        ("decoder.layers.0.self_attention.linear_qkv.weight", 48),
+        ("decoder.layers.0.self_attention.linear_qkv.bias", 12),
+        ("decoder.layers.0.mlp.linear_fc2.weight", 64),
+        ("decoder.layers.0.mlp.linear_fc1.weight", 64),
+        ("embedding.word_embeddings.weight", 40),
+    ]
+    names = [u.name.split(".")[-2] for u in make_units(registered)]
+    assert names == ["word_embeddings", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    # TE's fused norm sits before its linear's weight; a bias after it; norms between.
+    order = [
+        "embedding.word_embeddings.weight",
+        "embedding.position_embeddings.weight",
+        "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+        "decoder.layers.0.self_attention.linear_qkv.weight",
+        "decoder.layers.0.self_attention.linear_qkv.bias",
+        "decoder.layers.0.self_attention.q_layernorm.weight",
+        "decoder.layers.0.self_attention.linear_proj.weight",
+        "decoder.layers.0.pre_mlp_layernorm.weight",
+        "decoder.layers.0.mlp.linear_fc1.weight",
+        "decoder.layers.0.mlp.linear_fc2.bias",
+        "decoder.layers.1.input_layernorm.weight",
+        "decoder.final_layernorm.weight",
+        "output_layer.weight",
+    ]
+    assert sorted(order, key=forward_position) == order
+
+
+def test_prefix_closure_freezes_everything_below_the_first_trainable_unit() -> None:
+    names = [n for n, _ in GPT_PARAMS]
     units = make_units(GPT_PARAMS)
-    p = policy([[0.3, 0.0, 0.0, 0.0]], units=[units], first=0)
-    masks = p.plan(0)
-    frozen = sorted(masks.frozen[0][0])
-    assert frozen == list(range(len(frozen)))  # a prefix in model order
-    assert units[frozen[0]].kind == "embedding"
+    by_name = {u.name: i for i, u in enumerate(units)}
+    # embedding and layer 0's qkv frozen: the first trainable unit is layer 0's linear_proj.
+    frozen = frozenset({by_name["embedding.word_embeddings.weight"]}) | {
+        by_name["decoder.layers.0.self_attention.linear_qkv.weight"]
+    }
+    assert prefix_closure(names, units, frozen) == [
+        "embedding.word_embeddings.weight",
+        "embedding.position_embeddings.weight",
+        "decoder.layers.0.input_layernorm.weight",
+        "decoder.layers.0.self_attention.linear_qkv.weight",
+        "decoder.layers.0.self_attention.linear_qkv.bias",
+    ]
+    assert prefix_closure(names, units, frozenset()) == []
+    assert prefix_closure(names, units, frozenset(range(len(units)))) == names  # whole chunk
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_first_virtual_stage_freezes_the_same_prefix_every_iteration(ratio: float) -> None:
+    units = make_units(GPT_PARAMS)
+    total = sum(u.cost for u in units)
+    p = policy([[ratio] * 3 + [0.0]], units=[units], first=0)
+    first = p.plan(0).frozen
+    for it in range(1, 6):
+        masks = p.plan(it)
+        assert masks.frozen == first  # no balancing across iterations on a prefix
+    for mb in range(3):
+        frozen = first[0][mb]
+        assert is_prefix(frozen)
+        cost = sum(units[i].cost for i in frozen)
+        nxt = units[len(frozen)].cost if len(frozen) < len(units) else 0.0
+        if frozen:  # the last unit taken brought the cost closer to the target ...
+            assert cost - units[len(frozen) - 1].cost / 2 < ratio * total
+        assert ratio * total <= cost + nxt / 2  # ... and the next one would not have
+    assert first[0][3] == frozenset()
+
+
+@pytest.mark.parametrize("ratios", [[0.75] * 4, [0.6, 0.3, 0.9, 0.3], [1.0, 1.0, 0.95]])
+def test_first_stage_coverage_repair_keeps_prefixes(ratios: list[float]) -> None:
+    """No microbatch trains everything: the cheapest prefix (the later on a tie) is emptied,
+    every other one stays as chosen, and every parameter is trained once."""
+    units = make_units(GPT_PARAMS)
+    free = policy([ratios], units=[units], first=0, coverage=False).plan(0).frozen[0]
+    p = policy([ratios], units=[units], first=0)
+    got = p.plan(0).frozen[0]
+    assert all(is_prefix(f) for f in got)
+    emptied = [mb for mb in range(len(ratios)) if got[mb] != free[mb]]
+    assert len(emptied) == 1 and got[emptied[0]] == frozenset()
+    cost = [sum(units[i].cost for i in f) for f in free]
+    assert emptied[0] == max(mb for mb in range(len(ratios)) if cost[mb] == min(cost))
+    assert min(p.plan(0).active_counts(0, len(units))) >= 1
 
 
 def test_first_virtual_stage_full_freeze_flag() -> None:
