@@ -59,6 +59,15 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
     }
     assert profile.provenance["megatron_core"].startswith("0.19.2")
     assert profile.provenance["timer"] == "time.perf_counter"
+    # The phases were measured in interleaved rounds, one iteration of each per round.
+    measurement = profile.provenance["measurement"]
+    assert measurement["order"] == "interleaved"
+    phases = ["unfrozen", "frozen"] + (
+        ["ratio_0.25", "ratio_0.5", "ratio_0.75"] if "--linearity" in layout else []
+    )
+    assert len(measurement["rounds"]) == 2
+    assert all(sorted(r) == sorted(phases) for r in measurement["rounds"])
+    assert len(measured.frozen_iteration_times) == 2
     if "--linearity" in layout:
         assert profile.linearity["ratios"] == [0.0, 0.25, 0.5, 0.75, 1.0]
         assert all(math.isfinite(s["r2"]) for s in profile.linearity["stages"])
