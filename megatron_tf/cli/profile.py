@@ -99,7 +99,7 @@ def profile(
     iters: Annotated[
         int,
         typer.Option(
-            help="Measured rounds; each runs one iteration of every phase (samples per phase).",
+            help="Measured iterations per phase (interleaved: rounds of one iteration each).",
             rich_help_panel=_MEASURE,
         ),
     ] = 5,
@@ -114,6 +114,14 @@ def profile(
             rich_help_panel=_MEASURE,
         ),
     ] = False,
+    phase_order: Annotated[
+        str,
+        typer.Option(
+            help="interleaved: rounds of one iteration per phase in a rotating order (robust to "
+            "a machine whose speed drifts); sequential: each phase's iterations back to back.",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = "interleaved",
     # -- launch
     nnodes: NnodesOption = 1,
     nproc_per_node: NprocPerNodeOption = None,
@@ -155,7 +163,9 @@ def profile(
             script=script,
             mode="profile",
             profile_out=output,
-            profile=dict(iters=iters, warmup_iters=warmup_iters, linearity=linearity),
+            profile=dict(
+                iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
+            ),
         )
         launch = LaunchOptions(
             nnodes=nnodes,
@@ -196,7 +206,9 @@ def profile(
                 group_size=group_size,
                 overlap_p2p_comm=overlap_p2p_comm,
             ),
-            measure_flags=dict(iters=iters, warmup_iters=warmup_iters, linearity=linearity),
+            measure_flags=dict(
+                iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
+            ),
             launch=LaunchOptions(
                 nnodes=nnodes,
                 nproc_per_node=nproc_per_node,
@@ -259,7 +271,7 @@ def measure_profile(
         )
         job.save(job_path)
         # The worker reports warm-up iterations, then whole rounds (one iteration per phase).
-        phases = [("warm-up", job.profile.warmup_iters), ("rounds", job.profile.iters)]
+        phases = [("warm-up", job.profile.warmup_iters), ("rounds", len(job.profile.rounds()))]
         display = contextlib.nullcontext() if launch.dry_run else phase_progress(phases)
         with display:
             launch_or_print(

@@ -12,10 +12,20 @@ from megatron_tf.errors import ConfigError, FormatError
 from megatron_tf.profile.rounds import round_orders
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
-__all__ = ["FAULT_RANK_ENV", "JOB_ENV", "LINEARITY_RATIOS", "ProfileConfig", "ProfileJob"]
+__all__ = [
+    "FAULT_RANK_ENV",
+    "JOB_ENV",
+    "LINEARITY_RATIOS",
+    "PHASE_ORDERS",
+    "ProfileConfig",
+    "ProfileJob",
+]
 
 LINEARITY_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
 """Freeze ratios measured by `--linearity`, besides 0 (unfrozen) and 1 (frozen)."""
+
+PHASE_ORDERS: tuple[str, ...] = ("interleaved", "sequential")
+"""How the measured iterations of the phases are ordered (`ProfileConfig.phase_order`)."""
 
 JOB_ENV = "TIMELYFREEZE_PROFILE_JOB"
 """Environment variable naming the job file of `python -m megatron_tf.profile.worker`."""
@@ -29,14 +39,18 @@ class ProfileConfig:
     """How many iterations of which kind a profile measures."""
 
     iters: int = 5
-    """Measured rounds; each runs one iteration of every phase (unfrozen, fully frozen, each
-    linearity ratio), so every phase gets `iters` samples."""
+    """Measured iterations per phase (unfrozen, fully frozen, each linearity ratio); when
+    interleaved, the number of rounds."""
     warmup_iters: int = 2
     """Unmeasured iterations first (allocator, caches, gloo connections)."""
     linearity: bool = False
     """Also measure at ratios 0.25, 0.5, 0.75 and fit backward time against the ratio."""
     outlier_mads: float = 5.0
     """A sample further than this many (scaled) MADs from its median is an outlier."""
+    phase_order: str = "interleaved"
+    """"interleaved": `iters` rounds of one iteration per phase, the order rotating (rounds.py);
+    "sequential": each phase's `iters` iterations back to back (kept to measure what
+    interleaving changes, side by side)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
@@ -45,6 +59,10 @@ class ProfileConfig:
             raise ConfigError(f"--warmup-iters must be an integer >= 0, got {self.warmup_iters!r}")
         if not self.outlier_mads > 0:
             raise ConfigError(f"outlier_mads must be > 0, got {self.outlier_mads!r}")
+        if self.phase_order not in PHASE_ORDERS:
+            raise ConfigError(
+                f"--phase-order must be one of {', '.join(PHASE_ORDERS)}, got {self.phase_order!r}"
+            )
 
     @property
     def phases(self) -> list[tuple[str, float]]:
@@ -55,13 +73,19 @@ class ProfileConfig:
         return phases
 
     def rounds(self) -> list[list[str]]:
-        """Phase names in run order for each measured round (`rounds.round_orders`)."""
+        """Phase names of the measured iterations in run order, grouped in rounds.
+
+        Interleaved: `iters` rounds, each every phase once (`rounds.round_orders`).
+        Sequential: one round per phase, holding its `iters` iterations."""
         names = [name for name, _ in self.phases]
+        if self.phase_order == "sequential":
+            return [[name] * self.iters for name in names]
         return [[names[i] for i in order] for order in round_orders(len(names), self.iters)]
 
     def measurement_record(self) -> dict[str, Any]:
         """How the phases were scheduled, for a profile's provenance."""
-        return {"order": "interleaved", "design": "williams", "rounds": self.rounds()}
+        design = "williams" if self.phase_order == "interleaved" else "blocks"
+        return {"order": self.phase_order, "design": design, "rounds": self.rounds()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

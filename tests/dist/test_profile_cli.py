@@ -146,6 +146,7 @@ def _plan_runs_with_the_freeze_runtime(tmp_path, profile, profile_path, result, 
         (["--pp", "4", "--vpp", "2", "--microbatches", "6", "--num-layers", "8"], "M mod group"),
         (["--pp", "2", "--nproc-per-node", "1"], "needs 2 processes"),
         (["--pp", "2", "--vpp", "2", "--microbatches", "4"], "--overlap-p2p-comm"),
+        (["--pp", "2", "--phase-order", "random"], "--phase-order must be one of"),
     ],
 )
 def test_bad_flags_exit_2_before_launching(tmp_path: Path, flags: list[str], message: str) -> None:

@@ -11,17 +11,19 @@ from megatron_tf.schedule.spec import ScheduleSpec
 
 
 @pytest.mark.parametrize(
-    ("pp", "vpp", "linearity"),
+    ("pp", "vpp", "linearity", "phase_order"),
     [
-        pytest.param(2, 1, True, id="1f1b-pp2-linearity"),
-        pytest.param(2, 2, False, id="interleaved-pp2"),
+        pytest.param(2, 1, True, "interleaved", id="1f1b-pp2-linearity"),
+        pytest.param(2, 2, False, "interleaved", id="interleaved-pp2"),
+        pytest.param(2, 1, False, "sequential", id="1f1b-pp2-sequential"),
     ],
 )
 def test_measure_rounds_interleave_phases_and_leave_the_model_stock(
-    pp: int, vpp: int, linearity: bool
+    pp: int, vpp: int, linearity: bool, phase_order: str
 ) -> None:
     m = 4
-    args = ["--pp", pp, "--vpp", vpp, "--microbatches", m] + (["--linearity"] if linearity else [])
+    args = ["--pp", pp, "--vpp", vpp, "--microbatches", m, "--phase-order", phase_order]
+    args += ["--linearity"] if linearity else []
     results = run_torchrun("profile_phases", pp, args, timeout=400)
     spec = ScheduleSpec(
         kind="1f1b" if vpp == 1 else "interleaved",
@@ -35,17 +37,20 @@ def test_measure_rounds_interleave_phases_and_leave_the_model_stock(
         ["ratio_0.25", "ratio_0.5", "ratio_0.75"] if linearity else []
     )
     for rank, res in enumerate(results):
-        # Interleaved: every round runs each phase once, and the order rotates.
         rounds = res["rounds"]
-        assert len(rounds) == 2 and all(sorted(r) == sorted(phases) for r in rounds), rounds
-        assert rounds[0] != rounds[1] and rounds[0][0] == "unfrozen", rounds
+        if phase_order == "interleaved":
+            # Every round runs each phase once, and the order rotates.
+            assert len(rounds) == 2 and all(sorted(r) == sorted(phases) for r in rounds)
+            assert rounds[0] != rounds[1] and rounds[0][0] == "unfrozen", rounds
+        else:
+            assert rounds == [[name] * 2 for name in phases]
         assert res["order"] == [name for r in rounds for name in r], rank
         # No optimizer step: every parameter is bit-identical after all the rounds.
         assert res["weights_unchanged"], rank
         # Between iterations nothing of a freeze runtime is left behind.
         assert all(res["stock_after"]), (rank, res["stock_after"])
-        # An unfrozen iteration (one of them right after a frozen one) computed exactly the
-        # gradients stock megatron-core computes on the same batches.
+        # An unfrozen iteration (interleaved: one of them right after a frozen one) computed
+        # exactly the gradients stock megatron-core computes on the same batches.
         assert res["unfrozen_equal_stock"] == [True, True], rank
         # A fully frozen iteration produced no weight gradient at all.
         assert res["frozen_max_unit_grad"] == [0.0, 0.0], rank

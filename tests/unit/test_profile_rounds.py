@@ -52,3 +52,16 @@ def test_profile_config_names_the_rounds_for_the_provenance() -> None:
     assert linear[1][1] != linear[0][1]  # the order rotates from round to round
     record = config.measurement_record()
     assert record["order"] == "interleaved" and record["rounds"] == config.rounds()
+
+
+def test_sequential_order_runs_each_phase_back_to_back() -> None:
+    config = ProfileConfig(iters=2, phase_order="sequential", linearity=True)
+    assert config.rounds() == [[name] * 2 for name, _ in config.phases]
+    assert config.measurement_record()["order"] == "sequential"
+
+
+def test_an_unknown_phase_order_names_the_flag() -> None:
+    from megatron_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--phase-order must be one of interleaved, sequential"):
+        ProfileConfig(phase_order="random")

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--vpp", type=int, default=1)
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--linearity", action="store_true")
+    parser.add_argument("--phase-order", default="interleaved")
     args = parser.parse_args()
     parallel = ParallelConfig(
         pp=args.pp,
@@ -59,7 +60,9 @@ def main() -> None:
     chunks = build_model_chunks(model, parallel, wrap_ddp=True)
     units = [p for c in chunks for p in chunk_units(c)[1]]
     before = [p.detach().clone() for c in chunks for p in c.parameters()]
-    config = ProfileConfig(iters=2, warmup_iters=1, linearity=args.linearity)
+    config = ProfileConfig(
+        iters=2, warmup_iters=1, linearity=args.linearity, phase_order=args.phase_order
+    )
     order: list[str] = []
     unfrozen: dict[int, list[torch.Tensor]] = {}
     stock_after: list[bool] = []
