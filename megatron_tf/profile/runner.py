@@ -87,11 +87,12 @@ def measure_rounds(
     progress: Progress | None = None,
     after_iteration: AfterIteration | None = None,
 ) -> Timings:
-    """Warm up, then `config.iters` rounds of one iteration per phase; this rank's timings.
+    """Warm up, then the measured iterations in the rounds of `config.rounds()`; this rank's
+    timings, grouped per phase.
 
-    The phases of a round run in the order `config.rounds()` gives (rotating, balanced for
-    the phase that runs just before), so every phase samples the same stretch of time and a
-    drifting machine biases none of them (see rounds.py). Samples are grouped per phase.
+    Interleaved (the default), each round runs every phase once, in an order that rotates and
+    is balanced for the phase that runs just before, so every phase samples the same stretch
+    of time and a drifting machine biases none of them (see rounds.py).
 
     A phase with a freeze ratio has its own `FreezeRuntime`, built before anything runs (all
     parameters trainable) and installed for that phase's iterations only: an unfrozen
