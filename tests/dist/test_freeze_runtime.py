@@ -26,10 +26,11 @@ def check_case(name: str, rank_result: dict[str, Any], *, pp_rank: int) -> None:
     for i, it in enumerate(case["iterations"]):
         worst = max(it["rel_err"], key=it["rel_err"].get)
         assert it["rel_err"][worst] <= TOL, (name, i, worst, it["rel_err"][worst])
-        # No frozen unit accumulated a gradient in that microbatch's backward ...
-        for (chunk, mb), names in it["frozen"].items():
-            for unit in names:
-                assert (chunk, mb, unit) not in it["accumulated"], (name, chunk, mb, unit)
+        # No frozen parameter (unit, or norm/bias of a first-stage prefix) accumulated a
+        # gradient in that microbatch's backward ...
+        for (chunk, mb), names in it["frozen_params"].items():
+            for param in names:
+                assert (chunk, mb, param) not in it["accumulated"], (name, chunk, mb, param)
         # ... while trained weights did (the recorder sees accumulation at all).
         trained = {
             (c, mb) for (c, mb), names in it["frozen"].items() if it["autograd_ran"].get((c, mb))
@@ -44,15 +45,39 @@ def check_case(name: str, rank_result: dict[str, Any], *, pp_rank: int) -> None:
                 assert pp_rank == 0
                 assert it["autograd_ran"][(0, mb)] is False, (name, mb)
                 assert not any(c == 0 and m == mb for c, m, _ in it["accumulated"])
+        # The runtime switched off exactly the parameters the worker derived independently
+        # (frozen units; on the first virtual stage the whole prefix in forward call order).
+        assert it["toggle_matches"], name
+        for (chunk, mb), info in it["prefix"].items():
+            assert pp_rank == 0 and chunk == 0 and info["is_prefix"], (name, mb, info)
+            # norms and biases below the boundary (at least layer 0's input norm, which runs
+            # before the first unit after the embedding) are frozen with the prefix
+            frozen = it["frozen_params"][(chunk, mb)]
+            assert "decoder.layers.0.input_layernorm.bias" in frozen, (name, mb)
+            if case["recompute"] != "none":
+                continue  # the recorder cannot see module outputs inside recompute
+            # No backward ran for the prefix: none of its modules' outputs required grad in
+            # the forward (so autograd has no node for them) or received a gradient ...
+            for module in info["frozen_modules"]:
+                assert it["out_requires_grad"][(chunk, mb, module)] is False, (name, mb, module)
+                assert (chunk, mb, module) not in it["grad_seen"], (name, mb, module)
+            # ... while the backward reached the first trainable unit's module.
+            assert (chunk, mb, info["boundary_module"]) in it["grad_seen"], (name, mb, info)
 
 
 def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
     for result in results:
         for name in names:
             check_case(name, result, pp_rank=result["_ranks"]["pp"])
-    # The layouts' ratios include full freezes of the first virtual stage: the skip ran.
+    # The layouts' ratios include full freezes of the first virtual stage: the skip ran; and
+    # partial prefixes (frozen units and something trainable) whose skip is checked above.
     first = [r for r in results if r["_ranks"]["pp"] == 0][0]
     assert any(any(it["full"][0]) for it in first["base"]["iterations"])
+    assert any(
+        info["frozen_modules"]
+        for it in first["base"]["iterations"]
+        for info in it["prefix"].values()
+    )
 
 
 @pytest.fixture(scope="module")

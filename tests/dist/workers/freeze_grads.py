@@ -10,9 +10,17 @@ averaged over data-parallel replicas and, for the tied word embedding, summed ov
 and last-stage copies (what Megatron's finalize_model_grads does). The test worker emulates
 those two reductions on the expected values with torch.distributed collectives.
 
+Which parameters count as frozen on a (chunk, microbatch) is derived here, not read from the
+runtime: the frozen units it reports, and on the first virtual stage also every parameter of
+a module the forward calls before the first trainable unit's module (the prefix is frozen
+whole: norms, biases, position embedding; the call order is recorded by forward pre-hooks).
+The worker checks that the runtime switched off exactly that set.
+
 Also recorded: which parameters accumulated a gradient during which (chunk, microbatch)
 backward (frozen ones must not), which backward_steps ran autograd at all (a fully frozen
-microbatch on the first virtual stage must not), and whether all-zero ratios are bitwise stock.
+microbatch on the first virtual stage must not), which modules' outputs required grad in the
+forward and received a gradient in the backward (a frozen prefix must get none: no backward
+ran for it), and whether all-zero ratios are bitwise stock.
 """
 
 from __future__ import annotations
@@ -130,17 +138,66 @@ def reference(model: ModelConfig, parallel: ParallelConfig) -> list[Grads]:
     return out
 
 
-def expected(runtime: FreezeRuntime, ref: list[Grads], chunks, rescale: str) -> Grads:
+def param_modules(chunks) -> dict[tuple[int, str], str]:
+    """(chunk, parameter name) -> name of the module that owns it directly."""
+    from megatron_tf.megatron.freeze_runtime import _unwrap
+
+    out = {}
+    for c, chunk in enumerate(chunks):
+        for mod_name, module in _unwrap(chunk).named_modules():
+            for p_name, _ in module.named_parameters(recurse=False):
+                out[(c, f"{mod_name}.{p_name}" if mod_name else p_name)] = mod_name
+    return out
+
+
+def frozen_sets(
+    runtime: FreezeRuntime, chunks, call_order: dict[int, list[str]], first: int | None
+) -> tuple[dict[tuple[int, int], set[str]], dict[tuple[int, int], dict[str, Any]]]:
+    """Per (chunk, mb): the parameters that must be frozen, and on the first virtual stage
+    the prefix's modules and the first trainable unit's module (its boundary)."""
+    owner = param_modules(chunks)
+    m = runtime.spec.microbatches
+    sets, prefix = {}, {}
+    for c in range(len(chunks)):
+        names = [n for cc, n, _ in named(chunks) if cc == c]
+        position = {mod: i for i, mod in enumerate(call_order.get(c, []))}
+
+        def pos(name: str, c: int = c, position: dict[str, int] = position) -> tuple[int, int]:
+            # modules in forward call order; inside one, a weight's GEMM comes before its bias
+            return (position.get(owner[(c, name)], 1 << 30), int(name.endswith("bias")))
+
+        unit_names = [u.name for u in runtime.units[c]]
+        for j in range(m):
+            units = set(runtime.frozen_names(c, j))
+            if runtime.masks.full[c][j]:
+                sets[(c, j)] = set(names)
+            elif c != first or not units:
+                sets[(c, j)] = units
+            else:
+                boundary = min((u for u in unit_names if u not in units), key=pos)
+                frozen = units | {n for n in names if pos(n) < pos(boundary)}
+                sets[(c, j)] = frozen
+                modules = {owner[(c, n)] for n in names}
+                prefix[(c, j)] = {
+                    "is_prefix": all(pos(u) < pos(boundary) for u in units),
+                    "frozen_modules": sorted(
+                        mod
+                        for mod in modules
+                        if all(n in frozen for n in names if owner[(c, n)] == mod)
+                    ),
+                    "boundary_module": owner[(c, boundary)],
+                }
+    return sets, prefix
+
+
+def expected(runtime: FreezeRuntime, ref: list[Grads], chunks, rescale: str, frozen: dict) -> Grads:
     """Combine per the semantics, then emulate finalize_model_grads' reductions."""
     from megatron.core import parallel_state
 
     m = len(ref)
-    frozen_on: dict[int, list[set[int]]] = {}
-    for c in range(len(chunks)):
-        frozen_on[c] = [set(map(id, runtime._toggle[c][j])) for j in range(m)]
     out = {}
-    for c, name, p in named(chunks):
-        active = [j for j in range(m) if id(p) not in frozen_on[c][j]]
+    for c, name, _p in named(chunks):
+        active = [j for j in range(m) if name not in frozen[(c, j)]]
         total = torch.zeros_like(ref[0][(c, name)])
         for j in active:
             total += ref[j][(c, name)]
@@ -165,19 +222,37 @@ def expected(runtime: FreezeRuntime, ref: list[Grads], chunks, rescale: str) -> 
 
 
 class Recorder(ScheduleObserver):
-    """Which parameters accumulated a gradient, and whether autograd ran, per backward."""
+    """Which parameters accumulated a gradient, and whether autograd ran, per backward; the
+    forward call order of modules; which module outputs required grad / got a gradient."""
 
     def __init__(self, chunks) -> None:
         from megatron.core.pipeline_parallel import schedules
 
+        from megatron_tf.megatron.freeze_runtime import _unwrap
+
         self.current: tuple[int, int] | None = None
+        self.forward: tuple[int, int] | None = None
         self.accumulated: set[tuple[int, int, str]] = set()
         self.autograd_ran: dict[tuple[int, int], bool] = {}
         self.p2p_calls: list[str] = []
+        self.call_order: dict[int, list[str]] = {}
+        self.out_requires_grad: dict[tuple[int, int, str], bool] = {}
+        self.grad_seen: set[tuple[int, int, str]] = set()
         self.handles = [
             p.register_post_accumulate_grad_hook(partial(self._acc, c, n))
             for c, n, p in named(chunks)
         ]
+        # Module hooks register after the runtime's (installed first), so they see the
+        # output the forward really passes on.
+        for c, chunk in enumerate(chunks):
+            for mod_name, module in _unwrap(chunk).named_modules():
+                if any(True for _ in module.parameters(recurse=False)):
+                    self.handles.append(
+                        module.register_forward_pre_hook(partial(self._enter, c, mod_name))
+                    )
+                    self.handles.append(
+                        module.register_forward_hook(partial(self._leave, c, mod_name))
+                    )
         self._schedules = schedules
         self._orig = schedules.custom_backward
 
@@ -187,6 +262,29 @@ class Recorder(ScheduleObserver):
             return self._orig(*a, **k)
 
         schedules.custom_backward = counting
+
+    def _enter(self, c: int, mod_name: str, _module: Any, _args: Any) -> None:
+        order = self.call_order.setdefault(c, [])
+        if mod_name not in order:
+            order.append(mod_name)
+
+    def _leave(self, c: int, mod_name: str, _module: Any, _args: Any, output: Any) -> None:
+        # Only the schedule's forward (not a recompute inside backward) counts.
+        if self.forward is None or self.forward[0] != c:
+            return
+        out = output[0] if isinstance(output, tuple) else output
+        if not isinstance(out, torch.Tensor):
+            return
+        key = (*self.forward, mod_name)
+        self.out_requires_grad[key] = out.requires_grad
+        if out.requires_grad:
+            out.register_hook(lambda _g, key=key: self.grad_seen.add(key))
+
+    def before_forward(self, chunk: int, microbatch: int) -> None:
+        self.forward = (chunk, microbatch)
+
+    def after_forward(self, chunk: int, microbatch: int) -> None:
+        self.forward = None
 
     def _acc(self, c: int, name: str, _p: Any) -> None:
         if self.current is not None:
@@ -219,6 +317,8 @@ def rel_errors(got: Grads, want: Grads) -> dict[str, float]:
 def run_case(
     case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
 ) -> dict[str, Any]:
+    from megatron.core import parallel_state
+
     from megatron_tf.megatron.hooks import install_hooks
 
     model = ModelConfig(
@@ -239,7 +339,7 @@ def run_case(
     spec = parallel.schedule_spec()
     ratios = case.get("ratios") or ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
     cfg = FreezeConfig(seed=7, rescale=case.get("rescale", "mean"))
-    result: dict[str, Any] = {"iterations": []}
+    result: dict[str, Any] = {"iterations": [], "recompute": model.recompute}
     if case.get("zero_ratios"):
         run_schedule(chunks, model, parallel)
         stock = grads(chunks)
@@ -258,10 +358,14 @@ def run_case(
             recorder.accumulated.clear()
             recorder.autograd_ran.clear()
             recorder.p2p_calls.clear()
+            recorder.out_requires_grad.clear()
+            recorder.grad_seen.clear()
             runtime.start_iteration(it)
             run_schedule(chunks, model, parallel)
             got = grads(chunks)
-            want = expected(runtime, ref, chunks, cfg.rescale)
+            first = 0 if parallel_state.get_pipeline_model_parallel_rank() == 0 else None
+            must, prefix = frozen_sets(runtime, chunks, recorder.call_order, first)
+            want = expected(runtime, ref, chunks, cfg.rescale, must)
             frozen = {
                 (c, j): runtime.frozen_names(c, j)
                 for c in range(parallel.vpp)
@@ -276,6 +380,13 @@ def run_case(
                     "accumulated": set(recorder.accumulated),
                     "autograd_ran": dict(recorder.autograd_ran),
                     "p2p_calls": list(recorder.p2p_calls),
+                    "prefix": prefix,
+                    "toggle_matches": all(
+                        set(runtime.frozen_param_names(c, j)) == must[(c, j)] for c, j in must
+                    ),
+                    "frozen_params": {k: sorted(v) for k, v in must.items()},
+                    "out_requires_grad": dict(recorder.out_requires_grad),
+                    "grad_seen": set(recorder.grad_seen),
                     "bitwise_stock": (
                         all(torch.equal(got[k], stock[k]) for k in stock)
                         if case.get("zero_ratios")
