@@ -124,7 +124,7 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     """Profile, solve, train twice, report. Raises LaunchError if a worker job fails."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    say(f"1/4 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
+    say(f"1/5 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
     profile_path = profile_model(cfg, out)
     say("2/5 solving the freeze-ratio LP")
     plan_path, predicted = solve_plan(cfg, profile_path, out / "plan.json")
