@@ -88,6 +88,8 @@ def test_units_and_requires_grad_toggling() -> None:
         "decoder.layers.0.mlp.linear_fc1.weight",
         "decoder.layers.0.mlp.linear_fc2.weight",
     ]
+    # wgrad work per token: one row for the embedding, numel for a linear weight
+    assert [u.cost for u in rt.units[0]] == [4.0, 32.0, 32.0]
     masks = rt.start_iteration(0)
     assert masks.full[0] == (False, True, False, False)  # rank 0 chunk 0: first virtual stage
     params = dict(chunk.named_parameters())
@@ -104,13 +106,17 @@ def test_units_and_requires_grad_toggling() -> None:
     ]
     rt.before_backward(0, 2)
     off = {n for n, p in params.items() if not p.requires_grad}
-    assert off == set(rt.frozen_param_names(0, 2)) == {
-        "embedding.word_embeddings.weight",
-        "decoder.layers.0.input_layernorm.weight",
-        "decoder.layers.0.input_layernorm.bias",
-        "decoder.layers.0.mlp.linear_fc1.weight",
-        "decoder.layers.0.mlp.linear_fc1.bias",
-    }
+    assert (
+        off
+        == set(rt.frozen_param_names(0, 2))
+        == {
+            "embedding.word_embeddings.weight",
+            "decoder.layers.0.input_layernorm.weight",
+            "decoder.layers.0.input_layernorm.bias",
+            "decoder.layers.0.mlp.linear_fc1.weight",
+            "decoder.layers.0.mlp.linear_fc1.bias",
+        }
+    )
     rt.after_backward(0, 2)
     assert all(p.requires_grad for p in params.values())
 
