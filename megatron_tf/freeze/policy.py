@@ -42,7 +42,9 @@ from megatron_tf.freeze.units import UnitSpec
 
 Ratios = list[list[float]]  # [chunk][microbatch]
 
-STATE_VERSION = 1
+# 2: units in forward order (linear_qkv before linear_proj) and the first-stage prefix rule;
+# a version-1 state's counts are in another unit order, so it is refused, not misread.
+STATE_VERSION = 2
 
 # 64-bit mixing constants (splitmix64) for the seeded tie-break.
 _GOLDEN = 0x9E3779B97F4A7C15
