@@ -346,6 +346,9 @@ class _GlopLp:
         params = parameters_pb2.SolveParametersProto()
         # Both starting bases are primal feasible: the primal simplex continues from them.
         params.lp_algorithm = parameters_pb2.LP_ALGORITHM_PRIMAL_SIMPLEX
+        # Rows are already well scaled (coefficients +-1 and savings in units of the mean
+        # action), and GLOP's own scaling made it pivot 30-40% more on pp=16 vpp=4 schedules.
+        params.glop.use_scaling = False
         model_params = model_parameters_pb2.ModelSolveParametersProto()
         if pass_number == 1:
             model_params.initial_basis.CopyFrom(self._crash_basis())
