@@ -82,7 +82,9 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def pp2_1f1b() -> list[dict[str, Any]]:
-    cases = "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak"
+    cases = (
+        "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak,recompute_no_leaf"
+    )
     return run_torchrun("freeze_grads", 2, ["--pp", "2", "--cases", cases], timeout=400)
 
 
@@ -130,6 +132,17 @@ def test_negative_control_forward_only_freezing_leaks_under_recompute(
         for it in result["recompute_leak"]["iterations"]
     )
     assert worst > 1e-3
+
+
+def test_negative_control_full_recompute_needs_the_embedding_leaf(
+    pp2_1f1b: list[dict[str, Any]],
+) -> None:
+    """Behind a frozen first-stage prefix, megatron-core's reentrant checkpoint runs no
+    backward for the layers after it unless their input requires grad: without the runtime's
+    leaf, those layers lose their gradients (rank 0 only; rank 1 is unaffected)."""
+    for result in pp2_1f1b:
+        worst = max(max(it["rel_err"].values()) for it in result["recompute_no_leaf"]["iterations"])
+        assert (worst > 1e-3) == (result["_ranks"]["pp"] == 0), (result["_ranks"], worst)
 
 
 def test_all_ratios_zero_is_bitwise_stock(pp2_1f1b: list[dict[str, Any]]) -> None:

@@ -345,6 +345,10 @@ def run_case(
         stock = grads(chunks)
         ratios = [[[0.0] * parallel.microbatches] * parallel.vpp] * parallel.pp
     runtime = FreezeRuntime(chunks, ratios, spec, cfg)
+    if case.get("no_leaf"):
+        # Negative control: without the grad-requiring leaf behind a frozen embedding, the
+        # reentrant checkpoint drops the gradients of trainable layers behind the prefix.
+        runtime._install_embedding_leaf = lambda config: None  # type: ignore[method-assign]
     if case.get("leak"):
         # Negative control: frozen in forward only. Under recompute the forward rerun inside
         # backward then builds wgrads again, and the comparison must catch it.
@@ -493,6 +497,7 @@ CASES: dict[str, dict[str, Any]] = {
     "overlap": {"overlap": True, "iters": 3},
     "recompute": {"recompute": "full"},
     "recompute_leak": {"recompute": "full", "leak": True},
+    "recompute_no_leaf": {"recompute": "full", "no_leaf": True},
     "none": {"rescale": "none"},
     "untied": {"tied": False},
     "zero": {"zero_ratios": True},
