@@ -14,9 +14,13 @@ output needs no grad and the stock `backward_step` skips the whole backward.
 Full activation recompute: megatron-core's reentrant checkpoint (recompute.py,
 `checkpointed_forward`; tensor_parallel/random.py, `CheckpointFunction`) backpropagates
 through a layer group only if one of its tensor inputs requires grad. Behind a frozen prefix
-none does, so the trainable layers would silently get no gradient. There the runtime makes
-the embedding's output a fresh leaf that requires grad: autograd stops at it (the embedding
-is skipped), but frozen decoder layers still pass the input gradient down (wgrad skipped only).
+none does, so the trainable layers would silently get no gradient. The runtime wraps
+`tensor_parallel.checkpoint` (looked up at call time by recompute.py) while it is installed:
+when a first-stage group holds a parameter that requires grad but its hidden-states input
+does not, that input becomes a fresh leaf that requires grad. Autograd stops at the leaf, so
+the frozen groups below it still run no backward and no recompute. Under FP8/FP4 (TE's
+checkpoint, not wrapped) the embedding's output becomes that leaf instead: frozen decoder
+layers then still pass the input gradient down (their wgrad skipped only).
 
 Gradients: with `rescale="mean"` each parameter's gradient is multiplied by M / n_active
 (n_active = microbatches that trained it) before any reduction: in a Megatron DDP chunk,
@@ -99,6 +103,22 @@ def _rank_ratios(ratios: Any, spec: ScheduleSpec, rank: int) -> list[list[float]
     return ratios[rank]
 
 
+def _group_trains(function: Any) -> bool | None:
+    """Whether the layer group that recompute.py's `custom(start, end)` closure runs holds a
+    parameter that requires grad now (the runtime toggled the frozen ones off before this
+    forward); None when the closure is not that shape (then the caller plays safe)."""
+    code, closure = getattr(function, "__code__", None), getattr(function, "__closure__", None)
+    if code is None or not closure:
+        return None
+    cells = dict(zip(code.co_freevars, closure, strict=True))
+    try:
+        start, end = cells["start"].cell_contents, cells["end"].cell_contents
+        layers = cells["self"].cell_contents.layers[start:end]
+    except (KeyError, ValueError, AttributeError, TypeError):
+        return None
+    return any(p.requires_grad for layer in layers for p in layer.parameters())
+
+
 class FreezeRuntime(ScheduleObserver):
     """Freezes the planned weights per (chunk, microbatch) in this rank's model chunks."""
 
@@ -136,6 +156,7 @@ class FreezeRuntime(ScheduleObserver):
         self._leaf_needed: list[bool] = [False] * spec.microbatches  # first chunk, per mb
         self._leaf_now = False
         self._embedding_hook: Any = None
+        self._checkpoint_patch: tuple[Any, Any] | None = None
         self.policy = FreezePolicy(
             units=self.units,
             ratios=_rank_ratios(ratios, spec, rank),
@@ -167,7 +188,7 @@ class FreezeRuntime(ScheduleObserver):
         guard.check_all(config)
         self._check_layout(config)
         fix_frozen_linear_bias_grad()
-        self._install_embedding_leaf(config)
+        self._install_recompute_leaf(config)
         self._handle = install_hooks(self)
         for chunk in self.chunks:
             if _is_ddp(chunk):
@@ -189,6 +210,10 @@ class FreezeRuntime(ScheduleObserver):
         if self._embedding_hook is not None:
             self._embedding_hook.remove()
             self._embedding_hook = None
+        if self._checkpoint_patch is not None:
+            module, previous = self._checkpoint_patch
+            module.checkpoint = previous
+            self._checkpoint_patch = None
         for params in self.all_params:
             for p in params:
                 p.requires_grad_(True)
@@ -219,12 +244,35 @@ class FreezeRuntime(ScheduleObserver):
                 + ", ".join(f"{k}={v}" for k, v in found.items())
             )
 
-    def _install_embedding_leaf(self, config: Any) -> None:
-        """Under full recompute, feed the decoder a grad-requiring leaf behind a frozen
-        embedding (see the module docstring); otherwise nothing to do."""
+    def _install_recompute_leaf(self, config: Any) -> None:
+        """Under full recompute, give the first trainable layer group behind a frozen prefix
+        a grad-requiring input (see the module docstring); otherwise nothing to do."""
         if self._first_chunk is None or getattr(config, "recompute_granularity", None) != "full":
             return
-        embedding = getattr(_unwrap(self.chunks[self._first_chunk]), "embedding", None)
+        if getattr(config, "fp8", None) or getattr(config, "fp4", None):
+            self._install_embedding_leaf()
+            return
+        from megatron.core import tensor_parallel
+
+        previous = tensor_parallel.checkpoint
+
+        def checkpoint(function: Any, distribute_saved_activations: bool, *args: Any) -> Any:
+            if (
+                self._leaf_now
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and not args[0].requires_grad
+                and torch.is_grad_enabled()
+                and _group_trains(function) is not False
+            ):
+                args = (args[0].detach().requires_grad_(True), *args[1:])
+            return previous(function, distribute_saved_activations, *args)
+
+        tensor_parallel.checkpoint = checkpoint
+        self._checkpoint_patch = (tensor_parallel, previous)
+
+    def _install_embedding_leaf(self) -> None:
+        embedding = getattr(_unwrap(self.chunks[self._first_chunk or 0]), "embedding", None)
         if embedding is None:
             return
 

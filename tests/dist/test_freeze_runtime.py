@@ -55,7 +55,16 @@ def check_case(name: str, rank_result: dict[str, Any], *, pp_rank: int) -> None:
             frozen = it["frozen_params"][(chunk, mb)]
             assert "decoder.layers.0.input_layernorm.bias" in frozen, (name, mb)
             if case["recompute"] != "none":
-                continue  # the recorder cannot see module outputs inside recompute
+                # Module outputs inside a recompute are out of the recorder's sight. What it
+                # sees: layers below the boundary's layer (each a layer group of its own) are
+                # not even recomputed, so no backward ran for them; the boundary's layer is.
+                boundary = info["boundary_module"]
+                below = range(int(boundary.split(".")[2])) if "layers." in boundary else []
+                seen = {m for c, j, m in it["recomputed"] if (c, j) == (chunk, mb)}
+                for layer in below:
+                    assert not any(f"layers.{layer}." in m for m in seen), (name, mb, layer)
+                assert any(m.startswith(boundary.rsplit(".", 2)[0]) for m in seen), (name, mb)
+                continue
             # No backward ran for the prefix: none of its modules' outputs required grad in
             # the forward (so autograd has no node for them) or received a gradient ...
             for module in info["frozen_modules"]:
@@ -83,15 +92,20 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def pp2_1f1b() -> list[dict[str, Any]]:
     cases = (
-        "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak,recompute_no_leaf"
+        "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak,"
+        "recompute_no_leaf,recompute_deep"
     )
     return run_torchrun("freeze_grads", 2, ["--pp", "2", "--cases", cases], timeout=400)
 
 
 def test_1f1b_pp2_all_semantics(pp2_1f1b: list[dict[str, Any]]) -> None:
     """1F1B pp 2: DDP overlap off/on over several iterations (units frozen on the last
-    microbatch), full recompute, rescale none, untied and tied embeddings."""
-    check_all(pp2_1f1b, ["base", "overlap", "recompute", "none", "untied", "zero", "checkpoint"])
+    microbatch), full recompute (one and two layers per stage), rescale none, untied and tied
+    embeddings."""
+    check_all(
+        pp2_1f1b,
+        ["base", "overlap", "recompute", "recompute_deep", "none", "untied", "zero", "checkpoint"],
+    )
 
 
 def test_overlap_case_freezes_units_on_the_last_microbatch(

@@ -238,6 +238,7 @@ class Recorder(ScheduleObserver):
         self.call_order: dict[int, list[str]] = {}
         self.out_requires_grad: dict[tuple[int, int, str], bool] = {}
         self.grad_seen: set[tuple[int, int, str]] = set()
+        self.recomputed: set[tuple[int, int, str]] = set()
         self.handles = [
             p.register_post_accumulate_grad_hook(partial(self._acc, c, n))
             for c, n, p in named(chunks)
@@ -264,6 +265,8 @@ class Recorder(ScheduleObserver):
         schedules.custom_backward = counting
 
     def _enter(self, c: int, mod_name: str, _module: Any, _args: Any) -> None:
+        if self.current is not None:  # a forward inside a backward: activation recompute
+            self.recomputed.add((*self.current, mod_name))
         order = self.call_order.setdefault(c, [])
         if mod_name not in order:
             order.append(mod_name)
@@ -322,7 +325,7 @@ def run_case(
     from megatron_tf.megatron.hooks import install_hooks
 
     model = ModelConfig(
-        num_layers=parallel.pp * parallel.vpp,
+        num_layers=parallel.pp * parallel.vpp * case.get("layers_per_stage", 1),
         hidden_size=16,
         num_attention_heads=2,
         seq_length=8,
@@ -331,7 +334,7 @@ def run_case(
         recompute=case.get("recompute", "none"),
         tie_embeddings=case.get("tied", True),
     )
-    key = (model.tie_embeddings,)
+    key = (model.tie_embeddings, model.num_layers)
     if key not in refs:
         refs[key] = reference(model, parallel)
     ref = refs[key]
@@ -346,9 +349,9 @@ def run_case(
         ratios = [[[0.0] * parallel.microbatches] * parallel.vpp] * parallel.pp
     runtime = FreezeRuntime(chunks, ratios, spec, cfg)
     if case.get("no_leaf"):
-        # Negative control: without the grad-requiring leaf behind a frozen embedding, the
-        # reentrant checkpoint drops the gradients of trainable layers behind the prefix.
-        runtime._install_embedding_leaf = lambda config: None  # type: ignore[method-assign]
+        # Negative control: without the grad-requiring leaf behind a frozen prefix, the
+        # reentrant checkpoint drops the gradients of trainable layers behind it.
+        runtime._install_recompute_leaf = lambda config: None  # type: ignore[method-assign]
     if case.get("leak"):
         # Negative control: frozen in forward only. Under recompute the forward rerun inside
         # backward then builds wgrads again, and the comparison must catch it.
@@ -364,6 +367,7 @@ def run_case(
             recorder.p2p_calls.clear()
             recorder.out_requires_grad.clear()
             recorder.grad_seen.clear()
+            recorder.recomputed.clear()
             runtime.start_iteration(it)
             run_schedule(chunks, model, parallel)
             got = grads(chunks)
@@ -391,6 +395,7 @@ def run_case(
                     "frozen_params": {k: sorted(v) for k, v in must.items()},
                     "out_requires_grad": dict(recorder.out_requires_grad),
                     "grad_seen": set(recorder.grad_seen),
+                    "recomputed": set(recorder.recomputed),
                     "bitwise_stock": (
                         all(torch.equal(got[k], stock[k]) for k in stock)
                         if case.get("zero_ratios")
@@ -498,6 +503,7 @@ CASES: dict[str, dict[str, Any]] = {
     "recompute": {"recompute": "full"},
     "recompute_leak": {"recompute": "full", "leak": True},
     "recompute_no_leaf": {"recompute": "full", "no_leaf": True},
+    "recompute_deep": {"recompute": "full", "layers_per_stage": 2},
     "none": {"rescale": "none"},
     "untied": {"tied": False},
     "zero": {"zero_ratios": True},
