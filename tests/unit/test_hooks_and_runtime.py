@@ -166,3 +166,37 @@ def test_state_dict_round_trip_and_realised_ratio() -> None:
     assert other.config.seed == 3
     (realised,) = rt.realised_ratio_per_chunk()
     assert 0.3 < realised < 0.7
+
+
+def test_group_trains_reads_megatron_recompute_closure() -> None:
+    """The checkpoint wrapper asks whether a layer group of recompute.checkpointed_forward
+    holds a trainable parameter; an unknown callable gives None (the wrapper then plays safe)."""
+    from megatron_tf.megatron.freeze_runtime import _group_trains
+
+    block = torch.nn.Module()
+    block.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+
+    def other(start: int, end: int):  # start and end, but the block is not a free `self`
+        def custom_forward(hidden_states: torch.Tensor) -> torch.Tensor:
+            for index in range(start, end):
+                hidden_states = block.layers[index](hidden_states)
+            return hidden_states
+
+        return custom_forward
+
+    def checkpointed_forward(self: torch.nn.Module):  # recompute.py's shape: free self/start/end
+        def custom(start: int, end: int):
+            def custom_forward(x: torch.Tensor) -> torch.Tensor:
+                return self.layers[start:end](x)
+
+            return custom_forward
+
+        return custom
+
+    groups = checkpointed_forward(block)
+    block.layers[0].requires_grad_(False)
+    assert _group_trains(groups(0, 1)) is False
+    assert _group_trains(groups(1, 2)) is True
+    assert _group_trains(groups(0, 2)) is True
+    assert _group_trains(other(0, 1)) is None
+    assert _group_trains(lambda x: x) is None
