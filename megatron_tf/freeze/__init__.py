@@ -6,7 +6,13 @@ applies the decisions to a model.
 
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks, validate_ratios
-from megatron_tf.freeze.units import UnitSpec, classify, make_units
+from megatron_tf.freeze.units import (
+    UnitSpec,
+    classify,
+    forward_position,
+    make_units,
+    prefix_closure,
+)
 
 __all__ = [
     "FreezeConfig",
@@ -14,6 +20,8 @@ __all__ = [
     "IterationMasks",
     "UnitSpec",
     "classify",
+    "forward_position",
     "make_units",
+    "prefix_closure",
     "validate_ratios",
 ]
