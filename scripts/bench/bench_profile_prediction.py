@@ -65,6 +65,10 @@ def measure(layout: list[str], iters: int, order: str, out: Path) -> dict[str, f
         "w": sum(s.backward - s.backward_frozen for s in profile.stages),
         "load": (load + os.getloadavg()[0]) / 2,
     }
+    transfer = profile.measured.comm_transfer
+    raw = max(x["seconds"] for x in transfer) if isinstance(transfer, list) else transfer
+    row["p2p transfer"] = raw
+    row["p2p calibrated"] = profile.comm if isinstance(profile.comm, float) else raw
     for model in MODELS:
         predicted = simulate_profile(profile, model).makespan
         row[f"{model} error"] = (predicted - measured) / measured
@@ -111,6 +115,7 @@ def main() -> None:
         "frozen measured ms",
         "W ms [min, max]",
         *(f"{m} error{s}" for m in MODELS for s in ("", ", frozen")),
+        "P2P ms: transfer / calibrated",
         "load avg",
     ]
     rows = []
@@ -124,6 +129,8 @@ def main() -> None:
                 _ms(col["frozen"]),
                 _ms(col["w"], spread=True),
                 *(_pct(col[f"{m} error{s}"]) for m in MODELS for s in ("", ", frozen")),
+                f"{statistics.median(col['p2p transfer']) * 1e3:.3f} / "
+                f"{statistics.median(col['p2p calibrated']) * 1e3:.3f}",
                 f"{statistics.mean(col['load']):.1f}",
             ]
         )
