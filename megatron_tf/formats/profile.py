@@ -238,16 +238,11 @@ def _read_json(path: Path, what: str) -> object:
     except OSError as exc:
         raise FormatError(f"cannot read {what} file {path}: {exc.strerror}") from None
     try:
-        # NaN in a JSON file is not JSON; reject it as such instead of letting it through.
-        return json.loads(text, parse_constant=_reject_constant)
+        # NaN and Infinity decode to floats here so that validation can name the field
+        # holding them (the models only accept finite numbers).
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise FormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except ValueError as exc:
-        raise FormatError(f"{path}: {exc}") from None
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid number")
 
 
 def load_profile(path: str | os.PathLike[str]) -> Profile:

@@ -140,7 +140,7 @@ def _break_nan(d: dict) -> None:
 
 
 BROKEN = {
-    "nan": (_break_nan, "NaN is not a valid number"),
+    "nan": (_break_nan, "stages.1.forward: must be a finite number"),
     "negative": (lambda d: d["stages"][2].update(backward=-1.0), "stages.2.backward"),
     "missing": (lambda d: d["stages"][3].pop("backward"), "stages.3.backward"),
     "frozen-slower": (
