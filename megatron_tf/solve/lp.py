@@ -16,12 +16,19 @@ objective, because a big-M mix of seconds and ratios is either inexact or badly 
 
 Seconds are rescaled to the mean node duration before solving: GLOP's tolerances are
 absolute, and real profiles hold millisecond durations.
+
+First virtual stage (rank 0, chunk 0): the runtime freezes a prefix there, so the embedding
+trains only on microbatches with ratio exactly 0 (docs/runtime.md). "At least k_min zeros" is
+not linear; after pass 2, if the plan has fewer, the k_min smallest ratios there (ties: the
+earliest microbatch) get upper bound 0 and both passes run again, warm-started. A greedy
+choice of which microbatches, not an enumeration (docs/lp.md).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -103,6 +110,8 @@ class LpResult:
     """GLOP wall time of pass 1 and pass 2."""
     num_variables: int = 0
     num_constraints: int = 0
+    first_stage_pinned: tuple[int, ...] = ()
+    """Microbatches of (rank 0, chunk 0) whose ratio was fixed at 0 (pinned_zero and greedy)."""
     extras: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -125,13 +134,15 @@ def solve_lp(
     *,
     stage_weights: dict[tuple[int, int], float] | None = None,
     precedence: Precedence | None = None,
+    pinned_zero: Sequence[int] = (),
 ) -> LpResult:
     """Optimal freeze ratios for `dag` under `config` (two GLOP passes).
 
     `stage_weights[(rank, chunk)]` is that chunk's parameter share; needed for
     `weighting="params"`, ignored otherwise. `precedence` is `reduce_dag(dag)` when the
-    caller solves the same DAG several times (the sweep). Raises SolverError when a pass is
-    not OPTIMAL.
+    caller solves the same DAG several times (the sweep). `pinned_zero` lists microbatches
+    of the first virtual stage whose ratio is fixed at 0 from the start (the tests' enumeration
+    of the greedy choice). Raises SolverError when a pass is not OPTIMAL.
     """
     started = time.perf_counter()
     spec = dag.spec
@@ -143,11 +154,31 @@ def solve_lp(
         )
     prec = precedence if precedence is not None else reduce_dag(dag)
     lp = _GlopLp(dag, prec, config, stage_weights)
+    k_min = config.min_trained_microbatches
+    pinned = _stage_nodes(dag, pinned_zero)
+    lp.pin_to_zero(pinned)
     first, t1 = lp.solve(pass_number=1)
-    t_star = first.solutions[0].primal_solution.objective_value * lp.scale
     lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)
     second, t2 = lp.solve(pass_number=2, basis=first.solutions[0])
     node_ratios = lp.read_ratios(second)
+    iterations = [
+        first.solve_stats.simplex_iterations,
+        second.solve_stats.simplex_iterations,
+    ]
+    pins = _first_stage_pins(dag, node_ratios, k_min)
+    if pins:
+        # Re-solve with those ratios fixed at 0. Pass 1 starts from its own optimal basis:
+        # tightening bounds keeps it dual feasible, so the dual simplex repairs it in few pivots.
+        lp.pin_to_zero(pins)
+        lp.minimise_time()
+        first, r1 = lp.solve(pass_number=1, basis=first.solutions[0], dual=True)
+        lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)
+        second, r2 = lp.solve(pass_number=2, basis=first.solutions[0])
+        node_ratios = lp.read_ratios(second)
+        t1, t2 = t1 + r1, t2 + r2
+        iterations[0] += first.solve_stats.simplex_iterations
+        iterations[1] += second.solve_stats.simplex_iterations
+    t_star = first.solutions[0].primal_solution.objective_value * lp.scale
 
     ratios = np.zeros((spec.pp, spec.vpp, m))
     backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
@@ -175,13 +206,47 @@ def solve_lp(
         pass_seconds=(t1, t2),
         num_variables=lp.num_variables,
         num_constraints=lp.num_constraints,
+        first_stage_pinned=tuple(sorted({dag.nodes[i].microbatch for i in (*pinned, *pins)})),
         extras={
             "time_variables": float(lp.prec.num_time_vars),
             "ratio_variables": float(lp.prec.freezable.size),
-            "pass1_iterations": float(first.solve_stats.simplex_iterations),
-            "pass2_iterations": float(second.solve_stats.simplex_iterations),
+            "pass1_iterations": float(iterations[0]),
+            "pass2_iterations": float(iterations[1]),
+            "first_stage_pinned_zero": float(len(pins)),
         },
     )
+
+
+def _stage_nodes(dag: Dag, microbatches: Sequence[int]) -> list[int]:
+    """DAG node of the first virtual stage's backward of each microbatch given."""
+    wanted = set(microbatches)
+    return [
+        i
+        for i, nd in enumerate(dag.nodes)
+        if nd.kind is NodeKind.BACKWARD
+        and nd.rank == 0
+        and nd.chunk == 0
+        and nd.microbatch in wanted
+    ]
+
+
+def _first_stage_pins(dag: Dag, node_ratios: np.ndarray, k_min: int) -> list[int]:
+    """Backward nodes of (rank 0, chunk 0) to fix at ratio 0; empty when k_min zeros exist.
+
+    The greedy choice: the k_min smallest ratios, the earliest microbatch on a tie. Already
+    zero ones are among them, so they stay zero in the re-solve.
+    """
+    if k_min <= 0:
+        return []
+    stage = [
+        i
+        for i, nd in enumerate(dag.nodes)
+        if nd.kind is NodeKind.BACKWARD and nd.rank == 0 and nd.chunk == 0
+    ]
+    if int(np.count_nonzero(node_ratios[stage] == 0.0)) >= k_min:
+        return []
+    stage.sort(key=lambda i: (float(node_ratios[i]), dag.nodes[i].microbatch))
+    return stage[:k_min]
 
 
 class _GlopLp:
@@ -322,6 +387,23 @@ class _GlopLp:
         basis.constraint_status.values.extend(row_status.tolist())
         return basis
 
+    def pin_to_zero(self, nodes: Sequence[int]) -> None:
+        """Upper bound 0 on the ratio variables of `nodes` (those without one are 0 anyway)."""
+        index = {int(node): k for k, node in enumerate(self.prec.freezable.tolist())}
+        for node in nodes:
+            k = index.get(int(node))
+            if k is not None:
+                self.model.variables.upper_bounds[self.r0 + k] = 0.0
+
+    def minimise_time(self) -> None:
+        """Back to pass 1: T unbounded above, objective T."""
+        self.model.variables.upper_bounds[self.t_var] = math.inf
+        objective = self.model.objective.linear_coefficients
+        del objective.ids[:]
+        del objective.values[:]
+        objective.ids.append(self.t_var)
+        objective.values.append(1.0)
+
     def minimise_freezing(self, t_star_scaled: float) -> None:
         """Pass 2: T <= T* (1 + tolerance); objective sum w_k r_k instead of T."""
         self.model.variables.upper_bounds[self.t_var] = t_star_scaled * (
@@ -333,7 +415,9 @@ class _GlopLp:
         objective.ids.extend(range(self.r0, self.num_variables))
         objective.values.extend(self.weights.tolist())
 
-    def solve(self, *, pass_number: int, basis: Any = None) -> tuple[Any, float]:
+    def solve(
+        self, *, pass_number: int, basis: Any = None, dual: bool = False
+    ) -> tuple[Any, float]:
         """Run GLOP; return (result proto, seconds). Anything but OPTIMAL raises."""
         from ortools.math_opt import (
             callback_pb2,
@@ -345,15 +429,19 @@ class _GlopLp:
 
         params = parameters_pb2.SolveParametersProto()
         # Both starting bases are primal feasible: the primal simplex continues from them.
-        params.lp_algorithm = parameters_pb2.LP_ALGORITHM_PRIMAL_SIMPLEX
+        params.lp_algorithm = (
+            parameters_pb2.LP_ALGORITHM_DUAL_SIMPLEX
+            if dual
+            else parameters_pb2.LP_ALGORITHM_PRIMAL_SIMPLEX
+        )
         # Rows are already well scaled (coefficients +-1 and savings in units of the mean
         # action), and GLOP's own scaling made it pivot 30-40% more on pp=16 vpp=4 schedules.
         params.glop.use_scaling = False
         model_params = model_parameters_pb2.ModelSolveParametersProto()
-        if pass_number == 1:
-            model_params.initial_basis.CopyFrom(self._crash_basis())
-        elif basis is not None and basis.HasField("basis"):
+        if basis is not None and basis.HasField("basis"):
             model_params.initial_basis.CopyFrom(basis.basis)
+        elif pass_number == 1:
+            model_params.initial_basis.CopyFrom(self._crash_basis())
         started = time.perf_counter()
         try:
             result = mathopt_core.solve(

@@ -15,7 +15,7 @@ import pytest
 from megatron_tf.errors import ConfigError, SolverError
 from megatron_tf.formats.profile import MicrobatchCost
 from megatron_tf.schedule.costs import CostModel, synthetic_profile
-from megatron_tf.schedule.dag import Dag, NodeKind, build_dag
+from megatron_tf.schedule.dag import Dag, Node, NodeKind, build_dag
 from megatron_tf.schedule.simulate import simulate
 from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
@@ -265,13 +265,20 @@ def _paths(dag: Dag) -> list[list[int]]:
     return out
 
 
-def _path_lp(dag: Dag, r_max: float, k_min: int) -> float:
-    """Second formulation, other API: min T s.t. T >= length of every path (pywraplp)."""
+def _path_lp(dag: Dag, r_max: float, k_min: int, zero: tuple[int, ...] = ()) -> float:
+    """Second formulation, other API: min T s.t. T >= length of every path (pywraplp).
+
+    `zero`: microbatches of the first virtual stage whose ratio is fixed at 0.
+    """
     from ortools.linear_solver import pywraplp
 
     solver = pywraplp.Solver.CreateSolver("GLOP")
     bw = [i for i, n in enumerate(dag.nodes) if n.kind is NodeKind.BACKWARD]
-    r = {i: solver.NumVar(0.0, 1.0, f"r{i}") for i in bw}
+
+    def upper(n: Node) -> float:
+        return 0.0 if (n.rank, n.chunk) == (0, 0) and n.microbatch in zero else 1.0
+
+    r = {i: solver.NumVar(0.0, upper(dag.nodes[i]), f"r{i}") for i in bw}
     t = solver.NumVar(0.0, solver.infinity(), "T")
     for path in _paths(dag):
         fixed = sum(dag.duration[i] for i in path)
@@ -307,7 +314,8 @@ SMALL = [
 def test_optimum_equals_path_enumeration_lp(spec: ScheduleSpec, comm_model: str, r_max: float):
     dag = make_dag(spec, UNBALANCED, comm_model, comm=0.05)
     result = solve_lp(dag, SolverConfig(max_freeze_ratio=r_max, comm_model=comm_model))
-    assert result.lp_makespan == pytest.approx(_path_lp(dag, r_max, 1), rel=1e-9)
+    pinned = result.first_stage_pinned  # the first-stage zeros (greedy) are part of the LP
+    assert result.lp_makespan == pytest.approx(_path_lp(dag, r_max, 1, pinned), rel=1e-9)
 
 
 def test_optimum_against_grid_search_with_the_simulator() -> None:
@@ -355,3 +363,37 @@ def _nested(dag: Dag, node_ratios: np.ndarray) -> dict[tuple[int, int, int], flo
         for i, n in enumerate(dag.nodes)
         if n.kind is NodeKind.BACKWARD
     }
+
+
+# ---------------------------------------------------------------- first virtual stage
+
+
+def _first_stage(result: LpResult) -> np.ndarray:
+    return result.ratios[0, 0]
+
+
+@pytest.mark.parametrize(("name", "costs", "comm_model", "comm", "jitter"), CASES)
+@pytest.mark.parametrize(("r_max", "k_min"), [(0.3, 1), (0.9, 1), (0.9, 3), (1.0, 0)])
+def test_first_stage_has_k_min_exact_zeros(
+    name: str, costs: list, comm_model: str, comm: float, jitter: bool, r_max: float, k_min: int
+) -> None:
+    """The runtime trains the embedding only where the ratio is exactly 0 (a frozen prefix)."""
+    spec = SCHEDULES[name]
+    k_min = min(k_min, spec.microbatches)  # 1f1b-pp3-m2 has two microbatches
+    dag = make_dag(spec, costs, comm_model, comm=comm, jitter=jitter)
+    config = SolverConfig(
+        max_freeze_ratio=r_max, min_trained_microbatches=k_min, comm_model=comm_model
+    )
+    result = solve_lp(dag, config)
+    assert np.count_nonzero(_first_stage(result) == 0.0) >= k_min
+    for m in result.first_stage_pinned:
+        assert _first_stage(result)[m] == 0.0
+    if k_min == 0:
+        assert result.first_stage_pinned == ()
+    # the re-solve's plan is still exactly what the separate simulator gives
+    assert simulate(dag, result.ratios.tolist()).makespan == pytest.approx(result.makespan, rel=REL)
+    assert result.makespan <= result.lp_makespan * (1 + config.tolerance + 1e-8)
+    # budgets still hold per (rank, chunk)
+    m = spec.microbatches
+    cap = min(m * r_max, m - k_min) + 1e-9
+    assert (result.ratios.sum(axis=2) <= cap).all()
