@@ -41,13 +41,14 @@ def simulate(
         typer.Option("--plan", help="plan.json from `solve`: apply its freeze ratios."),
     ] = None,
     comm_model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--comm-model",
-            help="megatron: blocking P2P calls meet their peers (default); "
-            "dataflow: data edges only, the textbook model.",
+            help="megatron: blocking P2P calls meet their peers; dataflow: data edges only, "
+            "the textbook model. Default: the plan's comm_model with --plan, else megatron.",
+            show_default=False,
         ),
-    ] = "megatron",
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     timeline: Annotated[
         Path | None,
@@ -131,6 +132,11 @@ def simulate(
                 f"[yellow]note:[/] {plan} was solved on another profile than {profile}",
                 highlight=False,
             )
+        if comm_model is None:
+            # The plan's prediction was made on its own DAG; an explicit flag still wins.
+            comm_model = loaded.comm_model
+    if comm_model is None:
+        comm_model = "megatron"
 
     result = simulate_profile(data, comm_model, ratios)
     baseline = simulate_profile(data, comm_model) if ratios is not None else None

@@ -195,3 +195,34 @@ def test_measured_actions_get_their_own_tracks(tmp_path: Path) -> None:
         (1, "B c0 m0", pytest.approx(2.2e6)),
         (1, "F c0 m0", pytest.approx(1.2e6)),
     ]
+
+
+def test_plan_comm_model_is_the_default_and_a_flag_wins(tmp_path: Path) -> None:
+    """A dataflow plan: `simulate --plan` reproduces it without --comm-model."""
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.schedule.costs import synthetic_profile
+    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    spec = ScheduleSpec(kind="interleaved", pp=4, vpp=2, microbatches=8)
+    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)], comm=0.2)
+    ppath, plan_path = tmp_path / "profile.json", tmp_path / "plan.json"
+    save_profile(profile, ppath)
+    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3, comm_model="dataflow")).plan
+    save_plan(plan, plan_path)
+    args = ["--profile", str(ppath), "--plan", str(plan_path)]
+
+    default = _json(args)
+    assert default["comm_model"] == "dataflow"
+    assert default["makespan"] == pytest.approx(plan.predicted.makespan, rel=1e-9)
+    assert default["baseline_makespan"] == pytest.approx(plan.predicted.baseline_makespan)
+
+    explicit = _json([*args, "--comm-model", "megatron"])
+    assert explicit["comm_model"] == "megatron"
+    # the rendezvous model is slower on this schedule (30.3 s against 26.1 s)
+    assert explicit["makespan"] > plan.predicted.makespan * 1.1
+    assert _json([*args, "--comm-model", "dataflow"])["makespan"] == default["makespan"]
+    # without a plan the default stays megatron
+    assert _json(["--profile", str(ppath)])["comm_model"] == "megatron"
