@@ -1,7 +1,8 @@
 """In-job planning (`--plan auto`, drift re-profiling): profile the live model, solve, broadcast.
 
-The measurement reuses the profiler's loop (`profile/runner.py`, `measure_phases`): K iterations
-with nothing frozen and K with every unit frozen, forward and backward only. No optimizer step
+The measurement reuses the profiler's loop (`profile/runner.py`, `measure_phases`): K rounds, each
+one iteration with nothing frozen and one with every unit frozen (interleaved, so a load change
+biases neither phase), forward and backward only. No optimizer step
 runs and the trainer zeroes the gradient buffers at the start of every training step, so the
 measurement iterations change neither the weights nor the optimizer, scheduler, data position or
 RNG (the profiler feeds its own seeded batches). Rank 0 builds the profile, solves the LP with
