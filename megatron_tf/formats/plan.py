@@ -70,6 +70,12 @@ class SolverInfo(_Strict):
     """`OPTIMAL` (anything else is never written)."""
     seconds: Seconds
     """Wall time of model building, both passes and reading back."""
+    first_stage_pinned: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    """Microbatches of (rank 0, chunk 0) fixed at ratio 0 and re-solved (docs/lp.md): the
+    runtime trains the embedding only where that ratio is exactly 0. Empty when the LP's
+    plan already had `min_trained_microbatches` zeros there."""
+    extras: dict[str, float] = Field(default_factory=dict)
+    """Solver statistics (pivots per pass, LP size); informative only."""
 
 
 class Plan(_Strict):

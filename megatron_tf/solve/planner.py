@@ -39,6 +39,7 @@ class SolveOutcome:
             "schedule": self.plan.schedule.model_dump(),
             "num_variables": r.num_variables,
             "num_constraints": r.num_constraints,
+            "first_stage_pinned": list(r.first_stage_pinned),
         }
 
 
@@ -83,5 +84,11 @@ def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
             makespan=result.makespan,
             speedup=result.speedup,
         ),
-        solver=SolverInfo(name="GLOP", status=result.status, seconds=result.seconds),
+        solver=SolverInfo(
+            name="GLOP",
+            status=result.status,
+            seconds=result.seconds,
+            first_stage_pinned=list(result.first_stage_pinned),
+            extras=dict(result.extras),
+        ),
     )

@@ -230,3 +230,25 @@ def test_infeasible_budget_keeps_an_existing_plan(tmp_path: Path) -> None:
     assert "infeasible budget" in line and "--min-trained-microbatches 100" in line
     assert plan_path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "profile.json"]
+
+
+def test_plan_records_the_first_stage_zero(tmp_path: Path) -> None:
+    """Here the LP alone leaves no zero on (rank 0, chunk 0); the plan gets one and says so."""
+    profile = synthetic(tmp_path, [*INTERLEAVED, "--costs", "1,2,1.5", "--comm", "0.05"])
+    plan_path = tmp_path / "plan.json"
+    args = ["solve", str(profile), "-o", str(plan_path), "--max-freeze-ratio", "0.9", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    plan = load_plan(plan_path)
+    assert plan.solver.first_stage_pinned == summary["first_stage_pinned"] == [2]
+    assert plan.ratios[0][0][2] == 0.0
+    assert plan.solver.extras["first_stage_pinned_zero"] == 1.0
+    sim = runner.invoke(
+        app, ["simulate", "--profile", str(profile), "--plan", str(plan_path), "--json"]
+    )
+    assert json.loads(sim.stdout)["makespan"] == pytest.approx(plan.predicted.makespan, rel=1e-6)
+
+    # with --min-trained-microbatches 0 nothing is pinned
+    assert runner.invoke(app, [*args, "--min-trained-microbatches", "0"]).exit_code == 0
+    assert load_plan(plan_path).solver.first_stage_pinned == []
