@@ -165,5 +165,8 @@ def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)
     table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    if r.first_stage_pinned:
+        pinned = ", ".join(str(m) for m in r.first_stage_pinned)
+        table.add_row("first stage", f"ratio fixed at 0 on microbatch {pinned} (embedding trains)")
     table.add_row("plan", str(output) if output is not None else "not saved (add -o plan.json)")
     return table

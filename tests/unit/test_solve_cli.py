@@ -249,6 +249,9 @@ def test_plan_records_the_first_stage_zero(tmp_path: Path) -> None:
     )
     assert json.loads(sim.stdout)["makespan"] == pytest.approx(plan.predicted.makespan, rel=1e-6)
 
+    table = runner.invoke(app, ["solve", str(profile), "--max-freeze-ratio", "0.9"])
+    assert "ratio fixed at 0 on microbatch 2" in table.stdout
+
     # with --min-trained-microbatches 0 nothing is pinned
     assert runner.invoke(app, [*args, "--min-trained-microbatches", "0"]).exit_code == 0
     assert load_plan(plan_path).solver.first_stage_pinned == []
