@@ -135,6 +135,8 @@ def solve_lp(
     stage_weights: dict[tuple[int, int], float] | None = None,
     precedence: Precedence | None = None,
     pinned_zero: Sequence[int] = (),
+    method: Literal["glop", "pdlp"] = "glop",
+    pdlp_eps: float = 1e-6,
 ) -> LpResult:
     """Optimal freeze ratios for `dag` under `config` (two GLOP passes).
 
@@ -143,6 +145,11 @@ def solve_lp(
     caller solves the same DAG several times (the sweep). `pinned_zero` lists microbatches
     of the first virtual stage whose ratio is fixed at 0 from the start (the tests' enumeration
     of the greedy choice). Raises SolverError when a pass is not OPTIMAL.
+
+    `method="pdlp"` (experimental, scripts/bench/bench_solve.py only) solves both passes with
+    OR-Tools' first-order PDLP to relative accuracy `pdlp_eps` instead of GLOP's simplex. Its
+    T* is approximate, so the plan is not checked against it: `makespan` is still the DAG's
+    longest path at the returned ratios, and `extras["lp_gap"]` is makespan / T* - 1.
     """
     started = time.perf_counter()
     spec = dag.spec
@@ -153,7 +160,7 @@ def solve_lp(
             f"exceeds the {m} microbatches of an iteration"
         )
     prec = precedence if precedence is not None else reduce_dag(dag)
-    lp = _GlopLp(dag, prec, config, stage_weights)
+    lp = _GlopLp(dag, prec, config, stage_weights, method=method, pdlp_eps=pdlp_eps)
     k_min = config.min_trained_microbatches
     pinned = _stage_nodes(dag, pinned_zero)
     lp.pin_to_zero(pinned)
@@ -161,10 +168,7 @@ def solve_lp(
     lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)
     second, t2 = lp.solve(pass_number=2, basis=first.solutions[0])
     node_ratios = lp.read_ratios(second)
-    iterations = [
-        first.solve_stats.simplex_iterations,
-        second.solve_stats.simplex_iterations,
-    ]
+    iterations = [_iterations(first), _iterations(second)]
     pins = _first_stage_pins(dag, node_ratios, k_min)
     if pins:
         # Re-solve with those ratios fixed at 0. Pass 1 starts from its own optimal basis:
@@ -176,8 +180,8 @@ def solve_lp(
         second, r2 = lp.solve(pass_number=2, basis=first.solutions[0])
         node_ratios = lp.read_ratios(second)
         t1, t2 = t1 + r1, t2 + r2
-        iterations[0] += first.solve_stats.simplex_iterations
-        iterations[1] += second.solve_stats.simplex_iterations
+        iterations[0] += _iterations(first)
+        iterations[1] += _iterations(second)
     t_star = first.solutions[0].primal_solution.objective_value * lp.scale
 
     ratios = np.zeros((spec.pp, spec.vpp, m))
@@ -189,7 +193,9 @@ def solve_lp(
     ratios[where] = node_ratios[backward]
     baseline = evaluate(dag).makespan
     planned = evaluate(dag, node_ratios).makespan
-    if abs(planned - t_star) > (config.tolerance + _PREDICTION_SLACK) * max(t_star, 1e-300):
+    gap = planned / t_star - 1.0 if t_star > 0 else 0.0
+    slack = config.tolerance + _PREDICTION_SLACK
+    if method == "glop" and abs(planned - t_star) > slack * max(t_star, 1e-300):
         raise SolverError(
             f"GLOP's optimum ({t_star:.9g} s) and the plan's evaluated iteration time "
             f"({planned:.9g} s) disagree; the profile's durations may span too many orders "
@@ -201,7 +207,7 @@ def solve_lp(
         baseline_makespan=baseline,
         makespan=planned,
         lp_makespan=t_star,
-        status="OPTIMAL",
+        status="OPTIMAL" if method == "glop" else f"OPTIMAL (PDLP, eps {pdlp_eps:g})",
         seconds=time.perf_counter() - started,
         pass_seconds=(t1, t2),
         num_variables=lp.num_variables,
@@ -213,8 +219,15 @@ def solve_lp(
             "pass1_iterations": float(iterations[0]),
             "pass2_iterations": float(iterations[1]),
             "first_stage_pinned_zero": float(len(pins)),
+            "lp_gap": gap,
         },
     )
+
+
+def _iterations(result: Any) -> int:
+    """Simplex pivots (GLOP) or first-order iterations (PDLP) of one solve."""
+    stats = result.solve_stats
+    return int(stats.simplex_iterations + stats.first_order_iterations)
 
 
 def _stage_nodes(dag: Dag, microbatches: Sequence[int]) -> list[int]:
@@ -267,9 +280,14 @@ class _GlopLp:
         prec: Precedence,
         config: SolverConfig,
         stage_weights: dict[tuple[int, int], float] | None,
+        *,
+        method: str = "glop",
+        pdlp_eps: float = 1e-6,
     ) -> None:
         from ortools.math_opt import model_pb2
 
+        self.method = method
+        self.pdlp_eps = pdlp_eps
         self.dag = dag
         self.prec = prec
         self.config = config
@@ -406,9 +424,13 @@ class _GlopLp:
 
     def minimise_freezing(self, t_star_scaled: float) -> None:
         """Pass 2: T <= T* (1 + tolerance); objective sum w_k r_k instead of T."""
-        self.model.variables.upper_bounds[self.t_var] = t_star_scaled * (
-            1.0 + self.config.tolerance
+        # PDLP's T* is only eps-accurate (it may lie a little below the true optimum)
+        slack = (
+            self.config.tolerance
+            if self.method == "glop"
+            else max(self.config.tolerance, 10 * self.pdlp_eps)
         )
+        self.model.variables.upper_bounds[self.t_var] = t_star_scaled * (1.0 + slack)
         objective = self.model.objective.linear_coefficients
         del objective.ids[:]
         del objective.values[:]
@@ -418,7 +440,7 @@ class _GlopLp:
     def solve(
         self, *, pass_number: int, basis: Any = None, dual: bool = False
     ) -> tuple[Any, float]:
-        """Run GLOP; return (result proto, seconds). Anything but OPTIMAL raises."""
+        """Run GLOP (or PDLP); return (result proto, seconds). Anything but OPTIMAL raises."""
         from ortools.math_opt import (
             callback_pb2,
             model_parameters_pb2,
@@ -428,7 +450,9 @@ class _GlopLp:
         from ortools.math_opt.core.python import solver as mathopt_core
 
         params = parameters_pb2.SolveParametersProto()
-        # Both starting bases are primal feasible: the primal simplex continues from them.
+        # The r = 0 basis and pass 1's optimal basis (for pass 2) are primal feasible: the
+        # primal simplex continues from them. After pinning ratios to 0 only dual feasibility
+        # of pass 1's basis survives, so that re-solve asks for the dual simplex.
         params.lp_algorithm = (
             parameters_pb2.LP_ALGORITHM_DUAL_SIMPLEX
             if dual
@@ -438,7 +462,16 @@ class _GlopLp:
         # action), and GLOP's own scaling made it pivot 30-40% more on pp=16 vpp=4 schedules.
         params.glop.use_scaling = False
         model_params = model_parameters_pb2.ModelSolveParametersProto()
-        if basis is not None and basis.HasField("basis"):
+        solver_type = parameters_pb2.SOLVER_TYPE_GLOP
+        if self.method == "pdlp":
+            solver_type = parameters_pb2.SOLVER_TYPE_PDLP
+            params = parameters_pb2.SolveParametersProto()
+            criteria = params.pdlp.termination_criteria.simple_optimality_criteria
+            criteria.eps_optimal_absolute = self.pdlp_eps
+            criteria.eps_optimal_relative = self.pdlp_eps
+            params.pdlp.use_feasibility_polishing = True  # needs the next line (PDLP's rule)
+            params.pdlp.handle_some_primal_gradients_on_finite_bounds_as_residuals = False
+        elif basis is not None and basis.HasField("basis"):
             model_params.initial_basis.CopyFrom(basis.basis)
         elif pass_number == 1:
             model_params.initial_basis.CopyFrom(self._crash_basis())
@@ -446,7 +479,7 @@ class _GlopLp:
         try:
             result = mathopt_core.solve(
                 self.model,
-                parameters_pb2.SOLVER_TYPE_GLOP,
+                solver_type,
                 parameters_pb2.SolverInitializerProto(),
                 params,
                 model_params,
@@ -456,7 +489,8 @@ class _GlopLp:
                 None,
             )
         except Exception as exc:  # MathOpt raises StatusNotOk for an invalid model
-            raise SolverError(f"GLOP refused the LP (pass {pass_number}): {exc}") from None
+            name = self.method.upper()
+            raise SolverError(f"{name} refused the LP (pass {pass_number}): {exc}") from None
         seconds = time.perf_counter() - started
         reason = result.termination.reason
         if reason != result_pb2.TERMINATION_REASON_OPTIMAL or not result.solutions:

@@ -1,23 +1,29 @@
 """Time and memory of `solve` (both GLOP passes) at scale, on synthetic interleaved profiles.
 
-    .venv/bin/python scripts/bench/bench_solve.py              # the two issue cases
+    .venv/bin/python scripts/bench/bench_solve.py                   # the two issue cases
+    .venv/bin/python scripts/bench/bench_solve.py --time-limit 300  # one limit for every case
     .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --comm-model dataflow
 
-Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own. Wall
-time and CPU time are both printed: on a shared machine the CPU time is the honest number
-for the solver's work, the wall time is what a user waits.
+Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own, and so
+a case that runs past its wall-time limit can be stopped: it is then reported as "did not
+finish within N s" instead of hanging the script. Wall time and CPU time are both printed:
+on a shared machine the CPU time is the honest number for the solver's work, the wall time
+is what a user waits.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import time
 
-CASES = [(16, 4, 128), (32, 4, 512)]
+# (pp, vpp, M, default wall-time limit in seconds for the whole subprocess)
+CASES = [(16, 4, 128, 900.0), (32, 4, 512, 120.0)]
 
 
 def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> dict:
@@ -35,6 +41,7 @@ def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> di
     result = solve_lp(dag, SolverConfig(max_freeze_ratio=max_ratio, comm_model=comm_model))
     return {
         "case": f"interleaved pp={pp} vpp={vpp} M={m} ({comm_model})",
+        "finished": True,
         "dag_nodes": len(dag.nodes),
         "dag_seconds": dag_seconds,
         "solve_wall_seconds": time.perf_counter() - wall0,
@@ -43,34 +50,58 @@ def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> di
         "lp_variables": result.num_variables,
         "lp_rows": result.num_constraints,
         "iterations": [result.extras["pass1_iterations"], result.extras["pass2_iterations"]],
+        "first_stage_pinned": list(result.first_stage_pinned),
         "speedup": result.speedup,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
+def run_limited(cmd: list[str], limit: float) -> tuple[str | None, float]:
+    """Run `cmd`; its stdout, or None when it ran past `limit` seconds (then it is killed)."""
+    started = time.perf_counter()
+    # own process group, so the kill reaches the solver whatever it spawned
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None, time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"case failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return out, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", help="pp,vpp,M (one case, in this process)")
+    parser.add_argument("--case", help="pp,vpp,M (one case, in this process, no limit)")
     parser.add_argument("--comm-model", default="megatron", choices=["megatron", "dataflow"])
     parser.add_argument("--max-freeze-ratio", type=float, default=0.2)
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="wall seconds per case (DAG build + solve); default 900 for pp=16 and 120 for pp=32",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line per case")
     args = parser.parse_args()
     if args.case:
         pp, vpp, m = (int(x) for x in args.case.split(","))
         print(json.dumps(run_case(pp, vpp, m, args.comm_model, args.max_freeze_ratio)))
         return
-    for pp, vpp, m in CASES:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--case",
-            f"{pp},{vpp},{m}",
-            "--comm-model",
-            args.comm_model,
-            "--max-freeze-ratio",
-            str(args.max_freeze_ratio),
-        ]
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    for pp, vpp, m, default_limit in CASES:
+        limit = args.time_limit if args.time_limit is not None else default_limit
+        cmd = [sys.executable, __file__, "--case", f"{pp},{vpp},{m}"]
+        cmd += ["--comm-model", args.comm_model, "--max-freeze-ratio", str(args.max_freeze_ratio)]
+        stdout, waited = run_limited(cmd, limit)
+        name = f"interleaved pp={pp} vpp={vpp} M={m} ({args.comm_model})"
+        if stdout is None:
+            if args.json:
+                print(json.dumps({"case": name, "finished": False, "time_limit": limit}))
+            else:
+                print(f"{name}: did not finish within {limit:g} s (stopped after {waited:.0f} s)")
+            continue
+        out = json.loads(stdout)
         if args.json:
             print(json.dumps(out))
             continue
@@ -79,7 +110,8 @@ def main() -> None:
             f"{out['lp_rows']} rows; solve {out['solve_wall_seconds']:.2f} s wall, "
             f"{out['solve_cpu_seconds']:.2f} s CPU (passes {out['pass_seconds'][0]:.2f} + "
             f"{out['pass_seconds'][1]:.2f} s, {out['iterations'][0]:.0f} + "
-            f"{out['iterations'][1]:.0f} pivots); peak RSS {out['peak_rss_mb']:.0f} MB; "
+            f"{out['iterations'][1]:.0f} pivots); first-stage zeros pinned "
+            f"{out['first_stage_pinned'] or 'none'}; peak RSS {out['peak_rss_mb']:.0f} MB; "
             f"predicted speedup {out['speedup']:.3f}x"
         )
 

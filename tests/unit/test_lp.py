@@ -445,3 +445,23 @@ def test_greedy_first_stage_choice_against_enumeration(
     assert greedy.lp_makespan <= best * (1 + gap + 1e-9)
     if gap > 0:  # the stated gap is real, not a loose bound
         assert greedy.lp_makespan > best * (1 + gap / 2)
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-6])
+def test_pdlp_option_plan_is_within_its_accuracy_of_glop(eps: float) -> None:
+    """The experimental first-order path: its ratios, evaluated on the DAG, against GLOP."""
+    spec = ScheduleSpec(kind="interleaved", pp=4, vpp=2, microbatches=16)
+    dag = make_dag(spec, UNBALANCED, "megatron", comm=0.05, jitter=True)
+    config = SolverConfig(max_freeze_ratio=0.2)
+    exact = solve_lp(dag, config)
+    first_order = solve_lp(dag, config, method="pdlp", pdlp_eps=eps)
+    assert first_order.status.startswith("OPTIMAL (PDLP")
+    # a feasible plan (budgets, first-stage zero) is never better than GLOP's optimum ...
+    assert first_order.makespan >= exact.lp_makespan * (1 - 1e-9)
+    assert (first_order.ratios.sum(axis=2) <= 16 * 0.2 + 1e-9).all()
+    assert np.count_nonzero(first_order.ratios[0, 0] == 0.0) >= 1
+    # ... and PDLP's is within its pass-2 slack (10 eps) plus its own accuracy
+    assert first_order.makespan <= exact.lp_makespan * (1 + 20 * eps)
+    assert simulate(dag, first_order.ratios.tolist()).makespan == pytest.approx(
+        first_order.makespan, rel=1e-9
+    )
