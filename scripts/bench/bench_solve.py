@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench/bench_solve.py                   # the two issue cases
     .venv/bin/python scripts/bench/bench_solve.py --time-limit 300  # one limit for every case
     .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --comm-model dataflow
+    .venv/bin/python scripts/bench/bench_solve.py --method pdlp --pdlp-eps 1e-6  # experimental
 
 Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own, and so
 a case that runs past its wall-time limit can be stopped: it is then reported as "did not
@@ -26,7 +27,9 @@ import time
 CASES = [(16, 4, 128, 900.0), (32, 4, 512, 120.0)]
 
 
-def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> dict:
+def run_case(
+    pp: int, vpp: int, m: int, comm_model: str, max_ratio: float, method: str, eps: float
+) -> dict:
     from megatron_tf.schedule.costs import CostModel, synthetic_profile
     from megatron_tf.schedule.dag import build_dag
     from megatron_tf.schedule.spec import ScheduleSpec
@@ -38,9 +41,10 @@ def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> di
     dag = build_dag(spec, CostModel.from_profile(profile), comm_model)
     dag_seconds = time.perf_counter() - t0
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = solve_lp(dag, SolverConfig(max_freeze_ratio=max_ratio, comm_model=comm_model))
+    config = SolverConfig(max_freeze_ratio=max_ratio, comm_model=comm_model)
+    result = solve_lp(dag, config, method=method, pdlp_eps=eps)  # type: ignore[arg-type]
     return {
-        "case": f"interleaved pp={pp} vpp={vpp} M={m} ({comm_model})",
+        "case": f"interleaved pp={pp} vpp={vpp} M={m} ({comm_model}, {method})",
         "finished": True,
         "dag_nodes": len(dag.nodes),
         "dag_seconds": dag_seconds,
@@ -52,6 +56,9 @@ def run_case(pp: int, vpp: int, m: int, comm_model: str, max_ratio: float) -> di
         "iterations": [result.extras["pass1_iterations"], result.extras["pass2_iterations"]],
         "first_stage_pinned": list(result.first_stage_pinned),
         "speedup": result.speedup,
+        "makespan": result.makespan,
+        "lp_makespan": result.lp_makespan,
+        "lp_gap": result.extras["lp_gap"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -83,18 +90,29 @@ def main() -> None:
         default=None,
         help="wall seconds per case (DAG build + solve); default 900 for pp=16 and 120 for pp=32",
     )
+    parser.add_argument(
+        "--method",
+        default="glop",
+        choices=["glop", "pdlp"],
+        help="glop (the solver `solve` uses) or pdlp (experimental first-order method)",
+    )
+    parser.add_argument("--pdlp-eps", type=float, default=1e-6, help="PDLP relative accuracy")
     parser.add_argument("--json", action="store_true", help="print one JSON line per case")
     args = parser.parse_args()
     if args.case:
         pp, vpp, m = (int(x) for x in args.case.split(","))
-        print(json.dumps(run_case(pp, vpp, m, args.comm_model, args.max_freeze_ratio)))
+        out = run_case(
+            pp, vpp, m, args.comm_model, args.max_freeze_ratio, args.method, args.pdlp_eps
+        )
+        print(json.dumps(out))
         return
     for pp, vpp, m, default_limit in CASES:
         limit = args.time_limit if args.time_limit is not None else default_limit
         cmd = [sys.executable, __file__, "--case", f"{pp},{vpp},{m}"]
         cmd += ["--comm-model", args.comm_model, "--max-freeze-ratio", str(args.max_freeze_ratio)]
+        cmd += ["--method", args.method, "--pdlp-eps", str(args.pdlp_eps)]
         stdout, waited = run_limited(cmd, limit)
-        name = f"interleaved pp={pp} vpp={vpp} M={m} ({args.comm_model})"
+        name = f"interleaved pp={pp} vpp={vpp} M={m} ({args.comm_model}, {args.method})"
         if stdout is None:
             if args.json:
                 print(json.dumps({"case": name, "finished": False, "time_limit": limit}))
@@ -110,9 +128,10 @@ def main() -> None:
             f"{out['lp_rows']} rows; solve {out['solve_wall_seconds']:.2f} s wall, "
             f"{out['solve_cpu_seconds']:.2f} s CPU (passes {out['pass_seconds'][0]:.2f} + "
             f"{out['pass_seconds'][1]:.2f} s, {out['iterations'][0]:.0f} + "
-            f"{out['iterations'][1]:.0f} pivots); first-stage zeros pinned "
+            f"{out['iterations'][1]:.0f} iterations); first-stage zeros pinned "
             f"{out['first_stage_pinned'] or 'none'}; peak RSS {out['peak_rss_mb']:.0f} MB; "
-            f"predicted speedup {out['speedup']:.3f}x"
+            f"predicted speedup {out['speedup']:.3f}x (makespan {out['makespan']:.6g} s, "
+            f"{out['lp_gap']:+.1e} from the LP's T*)"
         )
 
 
