@@ -32,6 +32,7 @@ from megatron_tf.cli._megatron_lm import (
     launch_megatron_lm,
     megatron_lm_job,
 )
+from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
 
 _MODEL = "Model"
@@ -56,17 +57,7 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
 
     v = opts.values
-    model = ModelConfig(
-        num_layers=v["num_layers"],
-        hidden_size=v["hidden_size"],
-        num_attention_heads=v["num_attention_heads"],
-        ffn_hidden_size=v["ffn_hidden_size"],
-        seq_length=v["seq_length"],
-        vocab_size=v["vocab_size"],
-        micro_batch_size=v["micro_batch_size"],
-        recompute=v["recompute"],
-        seed=v["seed"],
-    )
+    model = ModelConfig(**model_kwargs(v))
     parallel = ParallelConfig(
         tp=v["tp"],
         pp=v["pp"],
@@ -120,39 +111,26 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
 @user_errors
 def pretrain(
     # -- model
-    num_layers: Annotated[
-        int, typer.Option(help="Transformer layers.", rich_help_panel=_MODEL)
-    ] = 4,
-    hidden_size: Annotated[int, typer.Option(help="Hidden size.", rich_help_panel=_MODEL)] = 64,
-    num_attention_heads: Annotated[
-        int, typer.Option(help="Attention heads.", rich_help_panel=_MODEL)
-    ] = 4,
-    ffn_hidden_size: Annotated[
-        int, typer.Option(help="MLP hidden size; 0 = 4 x hidden.", rich_help_panel=_MODEL)
-    ] = 0,
-    seq_length: Annotated[
-        int, typer.Option(help="Tokens per sample.", rich_help_panel=_MODEL)
-    ] = 64,
+    num_layers: Annotated[int, model_option("num_layers", _MODEL)] = 4,
+    hidden_size: Annotated[int, model_option("hidden_size", _MODEL)] = 64,
+    num_attention_heads: Annotated[int, model_option("num_attention_heads", _MODEL)] = 4,
+    ffn_hidden_size: Annotated[int, model_option("ffn_hidden_size", _MODEL)] = 0,
+    seq_length: Annotated[int, model_option("seq_length", _MODEL)] = 64,
     vocab_size: Annotated[
-        int, typer.Option(help="Vocabulary size of the model.", rich_help_panel=_MODEL)
+        int, model_option("vocab_size", _MODEL, help_text="Vocabulary size of the model.")
     ] = 512,
-    micro_batch_size: Annotated[
-        int, typer.Option(help="Samples per microbatch.", rich_help_panel=_MODEL)
-    ] = 2,
-    recompute: Annotated[
-        str,
-        typer.Option(help="Activation recompute: none, full, selective.", rich_help_panel=_MODEL),
-    ] = "none",
+    micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2,
+    recompute: Annotated[str, model_option("recompute", _MODEL)] = "none",
     seed: Annotated[
-        int, typer.Option(help="Seed of weights, data and freezing.", rich_help_panel=_MODEL)
+        int, model_option("seed", _MODEL, help_text="Seed of weights, data and freezing.")
     ] = 1234,
     # -- layout
-    tp: Annotated[int, typer.Option(help="Tensor-parallel size.", rich_help_panel=_LAYOUT)] = 1,
+    tp: Annotated[int, model_option("tp", _LAYOUT)] = 1,
     pp: Annotated[int, typer.Option(help="Pipeline-parallel size.", rich_help_panel=_LAYOUT)] = 2,
     vpp: Annotated[
         int, typer.Option(help="Chunks per rank (>1: interleaved).", rich_help_panel=_LAYOUT)
     ] = 1,
-    dp: Annotated[int, typer.Option(help="Data-parallel size.", rich_help_panel=_LAYOUT)] = 1,
+    dp: Annotated[int, model_option("dp", _LAYOUT)] = 1,
     microbatches: Annotated[
         int, typer.Option(help="Microbatches per iteration.", rich_help_panel=_LAYOUT)
     ] = 8,

@@ -29,6 +29,7 @@ from megatron_tf.cli._megatron_lm import (
     launch_megatron_lm,
     megatron_lm_job,
 )
+from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.cli._schedule_opts import (
     CommOption,
     CostsOption,
@@ -69,32 +70,17 @@ def profile(
     costs: CostsOption = None,
     comm: CommOption = 0.0,
     # -- model and layout (measuring)
-    num_layers: Annotated[
-        int, typer.Option(help="Transformer layers.", rich_help_panel=_MODEL)
-    ] = 4,
-    hidden_size: Annotated[int, typer.Option(help="Hidden size.", rich_help_panel=_MODEL)] = 64,
-    num_attention_heads: Annotated[
-        int, typer.Option(help="Attention heads.", rich_help_panel=_MODEL)
-    ] = 4,
-    ffn_hidden_size: Annotated[
-        int, typer.Option(help="MLP hidden size; 0 = 4 x hidden.", rich_help_panel=_MODEL)
-    ] = 0,
-    seq_length: Annotated[
-        int, typer.Option(help="Tokens per sample.", rich_help_panel=_MODEL)
-    ] = 64,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.", rich_help_panel=_MODEL)] = 512,
-    micro_batch_size: Annotated[
-        int, typer.Option(help="Samples per microbatch.", rich_help_panel=_MODEL)
-    ] = 2,
-    recompute: Annotated[
-        str,
-        typer.Option(help="Activation recompute: none, full, selective.", rich_help_panel=_MODEL),
-    ] = "none",
-    seed: Annotated[
-        int, typer.Option(help="Seed of weights and data.", rich_help_panel=_MODEL)
-    ] = 1234,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel size.", rich_help_panel=_MODEL)] = 1,
-    dp: Annotated[int, typer.Option(help="Data-parallel size.", rich_help_panel=_MODEL)] = 1,
+    num_layers: Annotated[int, model_option("num_layers", _MODEL)] = 4,
+    hidden_size: Annotated[int, model_option("hidden_size", _MODEL)] = 64,
+    num_attention_heads: Annotated[int, model_option("num_attention_heads", _MODEL)] = 4,
+    ffn_hidden_size: Annotated[int, model_option("ffn_hidden_size", _MODEL)] = 0,
+    seq_length: Annotated[int, model_option("seq_length", _MODEL)] = 64,
+    vocab_size: Annotated[int, model_option("vocab_size", _MODEL)] = 512,
+    micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2,
+    recompute: Annotated[str, model_option("recompute", _MODEL)] = "none",
+    seed: Annotated[int, model_option("seed", _MODEL)] = 1234,
+    tp: Annotated[int, model_option("tp", _MODEL)] = 1,
+    dp: Annotated[int, model_option("dp", _MODEL)] = 1,
     # -- measuring
     iters: Annotated[
         int,
@@ -150,6 +136,16 @@ def profile(
     -o profile.json -- <Megatron-LM arguments>[/] measures inside PATH/pretrain_gpt.py at its
     first training step (same phases), then stops it before any optimizer step.
     """
+    launch = LaunchOptions(
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        rdzv_endpoint=rdzv_endpoint,
+        launcher=launcher,
+        dry_run=dry_run,
+    )
+    measure_flags = dict(
+        iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
+    )
     if megatron_lm is not None or megatron_args:
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
@@ -163,16 +159,7 @@ def profile(
             script=script,
             mode="profile",
             profile_out=output,
-            profile=dict(
-                iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
-            ),
-        )
-        launch = LaunchOptions(
-            nnodes=nnodes,
-            nproc_per_node=nproc_per_node,
-            rdzv_endpoint=rdzv_endpoint,
-            launcher=launcher,
-            dry_run=dry_run,
+            profile=measure_flags,
         )
         launch_megatron_lm(job, launch, megatron_args)
         if not dry_run and job.profile_out is not None and job.profile_out.is_file():
@@ -186,17 +173,7 @@ def profile(
         measure_profile(
             output,
             schedule=schedule,
-            model_flags=dict(
-                num_layers=num_layers,
-                hidden_size=hidden_size,
-                num_attention_heads=num_attention_heads,
-                ffn_hidden_size=ffn_hidden_size,
-                seq_length=seq_length,
-                vocab_size=vocab_size,
-                micro_batch_size=micro_batch_size,
-                recompute=recompute,
-                seed=seed,
-            ),
+            model_flags=model_kwargs(locals()),
             layout_flags=dict(
                 tp=tp,
                 pp=2 if pp is None else pp,
@@ -206,21 +183,16 @@ def profile(
                 group_size=group_size,
                 overlap_p2p_comm=overlap_p2p_comm,
             ),
-            measure_flags=dict(
-                iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
-            ),
-            launch=LaunchOptions(
-                nnodes=nnodes,
-                nproc_per_node=nproc_per_node,
-                rdzv_endpoint=rdzv_endpoint,
-                launcher=launcher,
-                dry_run=dry_run,
-            ),
+            measure_flags=measure_flags,
+            launch=launch,
             costs=costs,
         )
         return
-    write_synthetic_profile(
-        output,
+    from megatron_tf.formats.profile import save_profile
+
+    if output.suffix.lower() != ".json":
+        raise ConfigError(f"-o/--output must end in .json, got {str(output)!r}")
+    data = synthetic_from_flags(
         schedule=schedule,
         pp=pp,
         vpp=vpp,
@@ -230,6 +202,8 @@ def profile(
         costs=costs,
         comm=comm,
     )
+    save_profile(data, output)
+    console.print(f"wrote {output}: synthetic profile of {data.spec.describe()}", highlight=False)
 
 
 def measure_profile(
@@ -282,34 +256,3 @@ def measure_profile(
             )
     if not launch.dry_run:
         console.print(f"wrote {output}: {summary_line(output)}", highlight=False, soft_wrap=True)
-
-
-def write_synthetic_profile(
-    output: Path,
-    *,
-    schedule: str | None,
-    pp: int | None,
-    vpp: int,
-    microbatches: int | None,
-    group_size: int,
-    overlap_p2p_comm: bool,
-    costs: str | None,
-    comm: float,
-) -> None:
-    """The `--synthetic` path: build the profile from the flags, save it, say what was written."""
-    from megatron_tf.formats.profile import save_profile
-
-    if output.suffix.lower() != ".json":
-        raise ConfigError(f"-o/--output must end in .json, got {str(output)!r}")
-    data = synthetic_from_flags(
-        schedule=schedule,
-        pp=pp,
-        vpp=vpp,
-        microbatches=microbatches,
-        group_size=group_size,
-        overlap_p2p_comm=overlap_p2p_comm,
-        costs=costs,
-        comm=comm,
-    )
-    save_profile(data, output)
-    console.print(f"wrote {output}: synthetic profile of {data.spec.describe()}", highlight=False)
