@@ -14,13 +14,13 @@ import argparse
 
 import torch
 from _results import save_result
+from _tiny import tiny_gpt
 
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.megatron.freeze_runtime import chunk_units
 from megatron_tf.megatron.hooks import installed_route
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import measure_phases, run_iteration
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.model import build_model_chunks
 
 
@@ -43,19 +43,7 @@ def main() -> None:
     parser.add_argument("--linearity", action="store_true")
     parser.add_argument("--phase-order", default="interleaved")
     args = parser.parse_args()
-    parallel = ParallelConfig(
-        pp=args.pp,
-        vpp=args.vpp,
-        microbatches=args.microbatches,
-        overlap_p2p_comm=args.vpp > 1 and args.pp == 2,
-    )
-    model = ModelConfig(
-        num_layers=args.pp * args.vpp,
-        hidden_size=32,
-        num_attention_heads=4,
-        seq_length=16,
-        vocab_size=128,
-    )
+    parallel, model = tiny_gpt(args.pp, args.vpp, args.microbatches)
     init_distributed(parallel, seed=model.seed)
     chunks = build_model_chunks(model, parallel, wrap_ddp=True)
     units = [p for c in chunks for p in chunk_units(c)[1]]

@@ -9,9 +9,9 @@ import argparse
 
 import torch
 from _results import save_result
+from _tiny import tiny_gpt
 
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.model import build_model_chunks
 from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 
@@ -22,19 +22,7 @@ def main() -> None:
     parser.add_argument("--vpp", type=int, default=1)
     parser.add_argument("--microbatches", type=int, default=4)
     args = parser.parse_args()
-    parallel = ParallelConfig(
-        pp=args.pp,
-        vpp=args.vpp,
-        microbatches=args.microbatches,
-        overlap_p2p_comm=args.vpp > 1 and args.pp == 2,
-    )
-    model = ModelConfig(
-        num_layers=args.pp * args.vpp,
-        hidden_size=32,
-        num_attention_heads=4,
-        seq_length=16,
-        vocab_size=128,
-    )
+    parallel, model = tiny_gpt(args.pp, args.vpp, args.microbatches)
     init_distributed(parallel, seed=model.seed)
     chunks = build_model_chunks(model, parallel, wrap_ddp=True)
     from megatron.core.pipeline_parallel import get_forward_backward_func
