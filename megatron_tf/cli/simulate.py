@@ -212,7 +212,8 @@ def _table(result: SimResult) -> Table:
     table.add_column("idle (s)", justify="right")
     table.add_column("idle %", justify="right")
     for s in result.per_rank:
-        share = s.idle / result.makespan if result.makespan else 0.0
+        span = result.makespan - dag.iteration_overhead
+        share = s.idle / span if span else 0.0
         table.add_row(
             str(s.rank), f"{s.busy:.6g}", f"{s.comm:.6g}", f"{s.idle:.6g}", f"{share:.1%}"
         )
@@ -221,6 +222,8 @@ def _table(result: SimResult) -> Table:
 
 def _summary(result: SimResult, baseline: SimResult | None) -> list[str]:
     lines = [f"makespan {result.makespan:.6g} s, bubble fraction {result.bubble_fraction:.4f}"]
+    if result.dag.iteration_overhead:
+        lines[0] += f" (includes {result.dag.iteration_overhead:.4g} s of gradient finalization)"
     if baseline is not None:
         lines.append(
             f"baseline (nothing frozen) {baseline.makespan:.6g} s, speedup "

@@ -144,6 +144,11 @@ class Profile(_Strict):
     stages: list[StageCost]
     microbatches: list[MicrobatchCost] | None = None
     comm: Annotated[Seconds, Field(ge=0)] | list[CommLink] = 0.0
+    iteration_overhead: Annotated[Seconds, Field(ge=0)] | None = None
+    """Seconds of each iteration outside the schedule's forward, backward and P2P calls, which
+    no plan changes: the schedule's set-up and Megatron's gradient finalization (the
+    data-parallel and tied-embedding all-reduces). Measured by the profiler; None counts as 0
+    (and keeps the fingerprint of profiles written before the field existed)."""
     measured: Measured | None = None
     linearity: dict[str, Any] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)

@@ -46,6 +46,8 @@ def summary_line(path: Path) -> str:
     )
     text = f"{profile.spec.describe()}: {stages} ms; bubble {sim.bubble_fraction:.3f}; "
     text += f"predicted {sim.makespan * 1e3:.2f} ms"
+    if profile.iteration_overhead:
+        text += f" (finalization {profile.iteration_overhead * 1e3:.2f} ms)"
     measured = profile.measured.iteration_time if profile.measured else None
     if measured:
         error = (sim.makespan - measured) / measured

@@ -205,6 +205,22 @@ def _iteration_walls(iterations_by_rank: list[list[RawIteration]]) -> list[float
     return [max(its[i][0] for its in iterations_by_rank) for i in range(count)]
 
 
+def _iteration_overheads(iterations_by_rank: list[list[RawIteration]]) -> list[float]:
+    """Per iteration: its time less the span of its timed calls (first start to last end, over
+    all ranks), i.e. the schedule's set-up before the first call and Megatron's gradient
+    finalization after the last one, which the DAG has no node for."""
+    count = min(len(its) for its in iterations_by_rank)
+    out = []
+    for i in range(count):
+        actions = [a for its in iterations_by_rank for a in its[i][1]]
+        if not actions:
+            continue
+        wall = max(its[i][0] for its in iterations_by_rank)
+        span = max(a[4] for a in actions) - min(a[3] for a in actions)
+        out.append(max(wall - span, 0.0))
+    return out
+
+
 def _representative_actions(
     iterations_by_rank: list[list[RawIteration]], walls: list[float]
 ) -> list[MeasuredAction]:
@@ -298,11 +314,14 @@ def build_profile(
         p2p_calls=_p2p_calls(unfrozen),
     )
     linearity = _linearity(timings, spec, phase_ratios or {}, outlier_mads, attribute_gaps)
+    # Freezing does not change the finalization, so every phase's iterations measure it.
+    overheads = [x for phase in timings.values() for x in _iteration_overheads(phase)]
     profile = Profile(
         schedule=ScheduleModel.from_spec(spec),
         stages=stages,
         microbatches=microbatches,
         comm=_comm_links(unfrozen),
+        iteration_overhead=robust_stat(overheads, outlier_mads).median if overheads else None,
         measured=measured,
         linearity=linearity,
         provenance=provenance or {},

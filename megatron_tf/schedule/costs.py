@@ -39,6 +39,8 @@ class CostModel:
     """comm_forward[r]: time of one activation message sent by rank r."""
     comm_backward: list[float]
     """comm_backward[r]: time of one gradient message sent by rank r."""
+    iteration_overhead: float = 0.0
+    """Seconds added to every iteration after its last action (`Profile.iteration_overhead`)."""
 
     def message_time(self, kind: str, src: int) -> float:
         return self.comm_forward[src] if kind == "act" else self.comm_backward[src]
@@ -83,6 +85,7 @@ class CostModel:
             backward_frozen=frz,
             comm_forward=cf,
             comm_backward=cb,
+            iteration_overhead=float(profile.iteration_overhead or 0.0),
         )
 
 

@@ -79,6 +79,9 @@ class Dag:
     """A topological order of all nodes."""
     rank_program: list[list[int]] = field(default_factory=list)
     """rank_program[r]: the nodes rank r executes, in program order (compute and its P2P calls)."""
+    iteration_overhead: float = 0.0
+    """Seconds after the last node that every iteration spends and no ratio changes (the
+    gradient finalization); part of the makespan, not a node."""
 
     def add(self, node: Node, duration: float, saving: float = 0.0) -> int:
         self.nodes.append(node)
@@ -155,7 +158,7 @@ def _build_dag(spec: ScheduleSpec, costs: CostModel, comm_model: CommModel) -> D
         raise ConfigError(
             f"--comm-model must be one of {', '.join(COMM_MODELS)}, got {comm_model!r}"
         )
-    dag = Dag(spec=spec, comm_model=comm_model)
+    dag = Dag(spec=spec, comm_model=comm_model, iteration_overhead=costs.iteration_overhead)
     dag.rank_program = [[] for _ in range(spec.pp)]
     compute_id: dict[tuple[str, int, int, int], int] = {}
 

@@ -32,13 +32,14 @@ class RankStats:
     comm: float
     """Seconds of transfer inside blocking P2P calls (megatron comm model), not the waiting."""
     idle: float
-    """makespan - busy: bubbles and communication."""
+    """Schedule span - busy: bubbles and communication (the iteration overhead excluded)."""
 
 
 @dataclass(kw_only=True, slots=True)
 class SimResult:
     dag: Dag
     makespan: float
+    """The iteration's time: the last node's end plus `dag.iteration_overhead`."""
     start: list[float]
     end: list[float]
     duration: list[float]
@@ -47,7 +48,7 @@ class SimResult:
     """Freeze ratio applied to each node (0 for non-backward nodes)."""
     per_rank: list[RankStats]
     bubble_fraction: float
-    """Mean over ranks of idle / makespan."""
+    """Mean over ranks of idle / schedule span (the span is the makespan less the overhead)."""
     critical_path: list[int] = field(default_factory=list)
 
     @property
@@ -60,6 +61,7 @@ class SimResult:
             "schedule": self.dag.spec.to_dict(),
             "comm_model": self.dag.comm_model,
             "makespan": self.makespan,
+            "iteration_overhead": self.dag.iteration_overhead,
             "bubble_fraction": self.bubble_fraction,
             "per_rank": [
                 {"rank": s.rank, "busy": s.busy, "comm": s.comm, "idle": s.idle}
@@ -121,7 +123,8 @@ def simulate(dag: Dag, ratios: Ratios | None = None) -> SimResult:
                 t = e
         start[i] = t
         end[i] = t + dur[i]
-    makespan = max(end) if n else 0.0
+    span = max(end) if n else 0.0
+    makespan = span + dag.iteration_overhead
 
     busy = [0.0] * dag.spec.pp
     comm = [0.0] * dag.spec.pp
@@ -132,10 +135,10 @@ def simulate(dag: Dag, ratios: Ratios | None = None) -> SimResult:
             else:
                 busy[prog_rank] += dur[i]
     per_rank = [
-        RankStats(rank=r, busy=busy[r], comm=comm[r], idle=makespan - busy[r])
+        RankStats(rank=r, busy=busy[r], comm=comm[r], idle=span - busy[r])
         for r in range(dag.spec.pp)
     ]
-    bubble = sum(s.idle for s in per_rank) / (len(per_rank) * makespan) if makespan > 0 else 0.0
+    bubble = sum(s.idle for s in per_rank) / (len(per_rank) * span) if span > 0 else 0.0
     result = SimResult(
         dag=dag,
         makespan=makespan,

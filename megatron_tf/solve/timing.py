@@ -26,12 +26,14 @@ class Timing:
     """earliest start, seconds."""
     finish: np.ndarray
     """start + duration, seconds."""
-    makespan: float
+    span: float
     """latest finish, seconds."""
+    makespan: float
+    """The iteration's time: `span` plus the DAG's iteration overhead."""
 
     def slack(self, dag: Dag) -> np.ndarray:
         """Per node: seconds it could start later without moving the makespan."""
-        latest_finish = np.full(len(dag.nodes), self.makespan)
+        latest_finish = np.full(len(dag.nodes), self.span)
         for node in reversed(dag.order):
             latest_start = latest_finish[node] - self.durations[node]
             for pred in dag.preds[node]:
@@ -66,9 +68,11 @@ def evaluate(dag: Dag, node_ratios: np.ndarray | None = None) -> Timing:
         start[node] = ready
         finish[node] = ready + dur[node]
     finish_arr = np.asarray(finish)
+    span = float(finish_arr.max()) if len(finish) else 0.0
     return Timing(
         durations=durations,
         start=np.asarray(start),
         finish=finish_arr,
-        makespan=float(finish_arr.max()) if len(finish) else 0.0,
+        span=span,
+        makespan=span + dag.iteration_overhead,
     )

@@ -13,7 +13,7 @@ import torch
 
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
-__all__ = ["build_model_chunks", "transformer_config", "use_transformer_engine"]
+__all__ = ["build_model_chunks", "transformer_config", "use_transformer_engine", "wrap_in_ddp"]
 
 
 def use_transformer_engine() -> bool:
@@ -118,7 +118,7 @@ def build_model_chunks(
             module = module.cuda(torch.cuda.current_device())
         chunks.append(module)
     if wrap_ddp:
-        chunks = _wrap_ddp(chunks, config, ddp_config)
+        chunks = wrap_in_ddp(chunks, config, ddp_config)
     return chunks
 
 
@@ -133,16 +133,25 @@ def _layer_spec():
     return get_gpt_layer_local_spec()
 
 
-def _wrap_ddp(chunks: list[torch.nn.Module], config: Any, ddp_config: Any) -> list[torch.nn.Module]:
+def wrap_in_ddp(
+    chunks: list[torch.nn.Module], config: Any, ddp_config: Any
+) -> list[torch.nn.Module]:
+    """Megatron DDP around each chunk (bucketing on the first only), and the gradient
+    finalization Megatron-LM's training.py installs: the schedules call it after the last
+    backward to all-reduce data-parallel grads and the tied embedding's grads between the
+    first and last stage. The profiler wraps the same way, so it times what training runs."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
     if ddp_config is None:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=False
         )
-    return [
+    wrapped = [
         DistributedDataParallel(
             config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=index > 0
         )
         for index, chunk in enumerate(chunks)
     ]
+    config.finalize_model_grads_func = finalize_model_grads
+    return wrapped

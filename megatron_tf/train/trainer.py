@@ -345,11 +345,10 @@ class Trainer:
 
 def _build_model(model: ModelConfig, parallel: ParallelConfig) -> tuple[list[Any], Any]:
     """Model chunks wrapped as Megatron-LM's `get_model` does: (Float16Module on GPU) then DDP."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
 
-    from megatron_tf.train.model import build_model_chunks, transformer_config
+    from megatron_tf.train.model import build_model_chunks, transformer_config, wrap_in_ddp
 
     on_gpu = torch.cuda.is_available()
     overrides: dict[str, Any] = {}
@@ -364,16 +363,7 @@ def _build_model(model: ModelConfig, parallel: ParallelConfig) -> tuple[list[Any
         overlap_grad_reduce=False,
         use_distributed_optimizer=on_gpu,  # Megatron's distributed optimizer needs CUDA tensors
     )
-    wrapped = [
-        DistributedDataParallel(
-            config=tconfig, ddp_config=ddp_config, module=c, disable_bucketing=i > 0
-        )
-        for i, c in enumerate(chunks)
-    ]
-    # What Megatron-LM's training.py sets: the schedules call it after the last backward to
-    # all-reduce data-parallel grads and the tied embedding's grads across first/last stage.
-    tconfig.finalize_model_grads_func = finalize_model_grads
-    return wrapped, tconfig
+    return wrap_in_ddp(chunks, tconfig, ddp_config), tconfig
 
 
 def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:

@@ -465,3 +465,22 @@ def test_pdlp_option_plan_is_within_its_accuracy_of_glop(eps: float) -> None:
     assert simulate(dag, first_order.ratios.tolist()).makespan == pytest.approx(
         first_order.makespan, rel=1e-9
     )
+
+
+@pytest.mark.parametrize("comm_model", ["megatron", "dataflow"])
+def test_iteration_overhead_adds_to_every_makespan_and_changes_no_ratio(comm_model: str) -> None:
+    """The gradient finalization after the last node is a constant: same plan, every reported
+    iteration time (baseline, plan, LP optimum, simulator) exactly that much longer."""
+    spec = SCHEDULES["il-pp4-v2-m8"]
+    dag = make_dag(spec, UNBALANCED, comm_model, comm=0.05, jitter=True)
+    config = SolverConfig(max_freeze_ratio=0.3, comm_model=comm_model)
+    plain = solve_lp(dag, config)
+    dag.iteration_overhead = 0.7
+    with_overhead = solve_lp(dag, config)
+    np.testing.assert_allclose(with_overhead.ratios, plain.ratios, atol=1e-9)
+    for field in ("baseline_makespan", "makespan", "lp_makespan"):
+        gained = getattr(with_overhead, field) - getattr(plain, field)
+        assert gained == pytest.approx(0.7, rel=1e-9), field
+    assert simulate(dag, with_overhead.ratios.tolist()).makespan == pytest.approx(
+        with_overhead.makespan, rel=1e-12
+    )

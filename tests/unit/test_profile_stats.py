@@ -29,8 +29,16 @@ def _iteration(rank: int, f: float, b: float, wall: float, p2p: float, slow: boo
     return (wall, actions)
 
 
-def _timings(walls=(1.0, 3.0, 2.0)):
-    # rank r: forward 2 + r, backward 3 + r, frozen backward 1 + r (seconds, made up)
+def _stretched(iteration, end: float):
+    """The iteration with its last call (a P2P wait) lasting until `end`."""
+    wall, actions = iteration
+    *head, (kind, chunk, mb, start, stop) = actions
+    return (wall, [*head, (kind, chunk, mb, start, max(stop, end))])
+
+
+def _timings(walls=(1.0, 3.0, 2.0), finalization: float | None = None):
+    """rank r: forward 2 + r, backward 3 + r, frozen backward 1 + r (seconds, made up). With
+    `finalization`, every rank's calls end that long before its iteration does."""
     phases = {}
     for phase, bw in (("unfrozen", 3.0), ("frozen", 1.0)):
         phases[phase] = [
@@ -40,6 +48,11 @@ def _timings(walls=(1.0, 3.0, 2.0)):
             ]
             for r in range(SPEC.pp)
         ]
+        if finalization is not None:
+            phases[phase] = [
+                [_stretched(it, it[0] - finalization) for it in rank_its]
+                for rank_its in phases[phase]
+            ]
     return phases
 
 
@@ -174,8 +187,10 @@ def test_calibrated_comm_makes_the_replay_last_as_measured() -> None:
     )
     from megatron_tf.schedule.simulate import simulate_profile
 
-    # Iterations that lasted longer than their compute and quiet transfers explain.
-    profile = build_profile(_timings(walls=(60.0, 62.0, 61.0)), SPEC)
+    # Iterations whose calls lasted longer than their compute and quiet transfers explain,
+    # then 0.25 s of gradient finalization.
+    profile = build_profile(_timings(walls=(60.0, 62.0, 61.0), finalization=0.25), SPEC)
+    assert profile.iteration_overhead == pytest.approx(0.25)
     assert isinstance(profile.comm, float) and profile.comm > 0.5
     assert profile.measured.comm_transfer[0]["seconds"] == 0.5  # raw transfer times kept
     replayed = replay_profile(profile)
@@ -192,3 +207,14 @@ def test_p2p_calls_are_listed_per_rank_in_program_order() -> None:
     assert [c["index"] for c in calls] == list(range(2 * SPEC.microbatches))
     assert calls[0]["call"] == "send_forward_recv_backward"
     assert all(c["median"] == 0.5 for c in calls)
+
+
+def test_iteration_overhead_is_the_time_after_the_last_call_and_joins_the_makespan() -> None:
+    from megatron_tf.schedule.simulate import simulate_profile
+
+    profile = build_profile(_timings(walls=(60.0, 62.0, 61.0), finalization=0.25), SPEC)
+    assert profile.iteration_overhead == pytest.approx(0.25)
+    without = profile.model_copy(update={"iteration_overhead": None})
+    gained = simulate_profile(profile).makespan - simulate_profile(without).makespan
+    assert gained == pytest.approx(0.25)
+    assert simulate_profile(profile).bubble_fraction == simulate_profile(without).bubble_fraction
