@@ -141,3 +141,16 @@ def test_parse_costs_errors() -> None:
     with pytest.raises(ConfigError, match=r"W in triple 1 must be a finite number >= 0, found -1"):
         parse_costs("1,1,-1", 2)
     assert parse_costs("1,2,3", 2) == [(1.0, 2.0, 3.0)] * 2
+
+
+def test_iteration_overhead_is_optional_checked_and_keeps_old_fingerprints() -> None:
+    data = _data()
+    old = profile_sha256(parse_profile(data))  # written before the field existed
+    assert parse_profile(data).iteration_overhead is None
+    assert CostModel.from_profile(parse_profile(data)).iteration_overhead == 0.0
+    data["iteration_overhead"] = 0.002
+    assert CostModel.from_profile(parse_profile(data)).iteration_overhead == 0.002
+    assert profile_sha256(parse_profile(data)) != old
+    data["iteration_overhead"] = -1.0
+    with pytest.raises(FormatError, match="iteration_overhead"):
+        parse_profile(data)
