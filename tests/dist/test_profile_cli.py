@@ -77,6 +77,10 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
     assert sim.returncode == 0, sim.stderr
     data = json.loads(sim.stdout)
     assert data["measured_iteration_time"] == measured.iteration_time
+    # Megatron's gradient finalization (the tied-embedding all-reduce) ran after the last call,
+    # was timed, and is part of the simulated iteration.
+    assert 0 < profile.iteration_overhead < measured.iteration_time
+    assert data["iteration_overhead"] == profile.iteration_overhead
     assert data["prediction_error"] == pytest.approx(
         (data["makespan"] - measured.iteration_time) / measured.iteration_time
     )
