@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 Say = Callable[[str], None]
@@ -46,7 +47,7 @@ class DemoConfig:
     """Report, plots, plan, profile and the two runs' metrics go here."""
     iters: int = 300
     """Training iterations of each run."""
-    max_freeze_ratio: float = 0.8
+    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
     """The LP's cap on each stage's mean freeze ratio."""
     freeze_warmup_iters: int = 30
     """Iterations without freezing at the start of the TimelyFreeze run (the LR warm-up)."""

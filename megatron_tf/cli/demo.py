@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 
 @app.command("demo")
@@ -20,7 +21,7 @@ def demo(
     iters: Annotated[int, typer.Option(min=10, help="Training iterations per run.")] = 300,
     max_freeze_ratio: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="The LP's cap on each stage's mean ratio.")
-    ] = 0.8,
+    ] = DEFAULT_MAX_FREEZE_RATIO,
     cache_dir: Annotated[
         str | None, typer.Option(help="Corpus cache (default ~/.cache/timelyfreeze).")
     ] = None,

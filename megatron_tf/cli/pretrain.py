@@ -34,6 +34,7 @@ from megatron_tf.cli._megatron_lm import (
 )
 from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 _MODEL = "Model"
 _LAYOUT = "Parallel layout"
@@ -231,7 +232,7 @@ def pretrain(
     ] = False,
     max_freeze_ratio: Annotated[
         float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
-    ] = 0.5,
+    ] = DEFAULT_MAX_FREEZE_RATIO,
     freeze_warmup_iters: Annotated[
         int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
     ] = 0,

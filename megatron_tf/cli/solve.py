@@ -11,6 +11,7 @@ from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.errors import ConfigError
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 if TYPE_CHECKING:
     from megatron_tf.solve.planner import SolveOutcome
@@ -30,7 +31,7 @@ def solve(
     max_freeze_ratio: Annotated[
         float,
         typer.Option(help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1]."),
-    ] = 0.8,
+    ] = DEFAULT_MAX_FREEZE_RATIO,
     tolerance: Annotated[
         float,
         typer.Option(help="Relative slack on the best iteration time while minimising freezing."),

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from megatron_tf.errors import ConfigError, SolverError
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.schedule.dag import COMM_MODELS, Dag, NodeKind
 from megatron_tf.solve.reduce import Precedence, reduce_dag
 from megatron_tf.solve.timing import evaluate
@@ -52,7 +53,7 @@ _PREDICTION_SLACK = 1e-5
 class SolverConfig:
     """Options of `timelyfreeze solve`; every field maps to the flag named in its error."""
 
-    max_freeze_ratio: float = 0.8
+    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
     """Cap on each (rank, chunk)'s mean freeze ratio over the iteration's microbatches, [0, 1]."""
     tolerance: float = 1e-6
     """Pass 2 may lengthen the iteration by this fraction of pass 1's optimum (relative)."""

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 LR_DECAY_STYLES: tuple[str, ...] = ("constant", "linear", "cosine", "inverse-square-root")
 
@@ -21,7 +22,7 @@ class FreezeOptions:
 
     plan: str | None = None
     """Path of a plan.json, `auto` (profile and solve in-job after the freeze warm-up), or None."""
-    max_freeze_ratio: float = 0.5
+    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
     """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1]."""
     warmup_iters: int = 0
     """Iterations without freezing at the start (typically the LR warm-up)."""

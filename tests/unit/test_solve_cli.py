@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from megatron_tf.cli import app
 from megatron_tf.formats.plan import load_plan
 from megatron_tf.formats.profile import profile_sha256
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 runner = CliRunner()
 
@@ -123,7 +124,8 @@ def test_sweep_and_output_together(tmp_path: Path) -> None:
         ["solve", str(profile), "--sweep", "0.1,0.2", "-o", str(plan_path)],
     )
     assert result.exit_code == 0, result.output
-    assert load_plan(plan_path).max_freeze_ratio == 0.8  # the plan is at --max-freeze-ratio
+    # the plan is at --max-freeze-ratio (its default)
+    assert load_plan(plan_path).max_freeze_ratio == DEFAULT_MAX_FREEZE_RATIO
 
 
 # ------------------------------------------------------------------------ user errors
