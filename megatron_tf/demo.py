@@ -51,9 +51,9 @@ class DemoConfig:
     """The LP's cap on each stage's mean freeze ratio."""
     freeze_warmup_iters: int = 30
     """Iterations without freezing at the start of the TimelyFreeze run (the LR warm-up)."""
-    profile_iters: int = 5
+    profile_iters: int = 20
     """Measured iterations per profile phase."""
-    timing_steps: int = 30
+    timing_steps: int = 80
     """Iterations of each kind in the side-by-side timing job (baseline and plan alternating)."""
     cache_dir: str | None = None
     """Corpus cache (default ~/.cache/timelyfreeze)."""

@@ -42,7 +42,7 @@ def demo(
         iters=iters,
         max_freeze_ratio=max_freeze_ratio,
         freeze_warmup_iters=max(1, iters // 10),
-        timing_steps=min(30, max(10, iters // 10)),
+        timing_steps=min(80, max(10, iters // 4)),
         cache_dir=cache_dir,
     )
     result = run_demo(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
