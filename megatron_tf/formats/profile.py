@@ -20,6 +20,7 @@ from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = [
     "PROFILE_FORMAT",
+    "WAIT_PREFIX",
     "ScheduleModel",
     "UnitCost",
     "StageCost",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 PROFILE_FORMAT = "timelyfreeze.profile/1"
+
+WAIT_PREFIX = "wait:"
+"""`MeasuredAction.kind` of a timed wait on a posted transfer (overlap_p2p_comm), followed by
+the request's name in Megatron's p2p_communication.py, e.g. "wait:recv_prev"."""
 
 Seconds = float
 
@@ -120,7 +125,7 @@ class MeasuredAction(_Strict):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     rank: int = Field(ge=0)
     kind: str
-    """"F", "B" or a P2P call name."""
+    """"F", "B", a P2P call name, or WAIT_PREFIX + the request waited on."""
     chunk: int = -1
     microbatch: int = -1
     start: Seconds

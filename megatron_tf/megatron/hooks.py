@@ -12,8 +12,10 @@ Two routes, same observer calls:
   `schedule_hooks` list around forward and backward with explicit ids; we register one
   dispatcher there instead of wrapping.
 
-P2P calls are timed by wrapping the methods of `P2PCommunicator` in both routes. Observers only
-hear about training iterations (`forward_only=False`) unless `include_forward_only=True`.
+P2P calls are timed by wrapping the methods of `P2PCommunicator` in both routes. With
+`overlap_p2p_comm` those calls only post their transfers and return the requests; the schedule
+waits on them later, so each returned request is wrapped to report its `wait()` too. Observers
+only hear about training iterations (`forward_only=False`) unless `include_forward_only=True`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ class ScheduleObserver:
     def after_p2p(self, call: str) -> None:
         """After that call returned (blocking calls have completed their transfer)."""
 
+    def before_wait(self, request: str) -> None:
+        """overlap_p2p_comm: before the schedule waits on a posted transfer, e.g. "recv_prev"."""
+
+    def after_wait(self, request: str) -> None:
+        """After that wait returned (the transfer completed)."""
+
     def iteration_end(self) -> None:
         """The schedule returned (gradients finalized if Megatron finalizes them)."""
 
@@ -90,6 +98,8 @@ _EVENTS = (
     "after_backward",
     "before_p2p",
     "after_p2p",
+    "before_wait",
+    "after_wait",
     "iteration_end",
 )
 
@@ -271,9 +281,45 @@ def _wrap_p2p(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         _DISPATCH.emit("before_p2p", name)
         result = original(*args, **kwargs)
         _DISPATCH.emit("after_p2p", name)
-        return result
+        return _observe_waits(result)
 
     return call
+
+
+class _ObservedRequest:
+    """A posted transfer's request whose `wait()` the observers hear about; anything else is
+    the request's own."""
+
+    __slots__ = ("_name", "_request")
+
+    def __init__(self, name: str, request: Any) -> None:
+        self._name = name
+        self._request = request
+
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        if not _DISPATCH.active:
+            return self._request.wait(*args, **kwargs)
+        _DISPATCH.emit("before_wait", self._name)
+        try:
+            return self._request.wait(*args, **kwargs)
+        finally:
+            _DISPATCH.emit("after_wait", self._name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._request, attr)
+
+
+def _observe_waits(result: Any) -> Any:
+    """With overlap_p2p_comm a call returns its requests as {"recv_prev": req, ...} next to
+    the tensors (p2p_communication.py `_communicate(wait_on_reqs=False)`); wrap each one."""
+    if not isinstance(result, tuple) or not any(isinstance(x, dict) and x for x in result):
+        return result
+    return tuple(
+        {k: _ObservedRequest(k, req) for k, req in x.items()}
+        if isinstance(x, dict) and all(hasattr(req, "wait") for req in x.values())
+        else x
+        for x in result
+    )
 
 
 class _Installation:

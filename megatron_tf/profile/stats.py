@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron_tf.formats.profile import (
+    WAIT_PREFIX,
     CommLink,
     Measured,
     MeasuredAction,
@@ -152,7 +153,7 @@ def _comm_links(iterations_by_rank: list[list[RawIteration]]) -> list[CommLink]:
     for rank, iterations in enumerate(iterations_by_rank):
         for _, actions in iterations:
             for kind, _, _, start, end in actions:
-                if kind in ("F", "B"):
+                if kind in ("F", "B") or kind.startswith(WAIT_PREFIX):
                     continue
                 if "send_forward" in kind:
                     samples[(rank, "forward")].append(end - start)
@@ -182,7 +183,8 @@ def _p2p_calls(iterations_by_rank: list[list[RawIteration]]) -> list[dict[str, A
     out = []
     for rank, iterations in enumerate(iterations_by_rank):
         per_iteration = [
-            [a for a in actions if a[0] not in ("F", "B")] for _, actions in iterations
+            [a for a in actions if a[0] not in ("F", "B") and not a[0].startswith(WAIT_PREFIX)]
+            for _, actions in iterations
         ]
         for k, calls in enumerate(zip(*per_iteration, strict=False)):
             durations = [end - start for _, _, _, start, end in calls]
@@ -203,6 +205,15 @@ def _iteration_walls(iterations_by_rank: list[list[RawIteration]]) -> list[float
     """Each iteration's time: the slowest rank's (ranks start together after a barrier)."""
     count = min(len(its) for its in iterations_by_rank)
     return [max(its[i][0] for its in iterations_by_rank) for i in range(count)]
+
+
+def _waits_timed(iterations_by_rank: list[list[RawIteration]]) -> bool:
+    return any(
+        kind.startswith(WAIT_PREFIX)
+        for iterations in iterations_by_rank
+        for _, actions in iterations
+        for kind, *_ in actions
+    )
 
 
 def _iteration_overheads(iterations_by_rank: list[list[RawIteration]]) -> list[float]:
@@ -250,16 +261,17 @@ def build_profile(
 ) -> Profile:
     """The profile these timings describe (see the module docstring).
 
-    `attribute_gaps` (default: when P2P is blocking, i.e. not overlap_p2p_comm) adds the
-    schedule's own time between timed calls to the compute actions (`_with_gaps`). With
-    overlap_p2p_comm the waits on P2P handles happen between timed calls, so gaps are not
-    overhead there and the compute times are the hooks' alone.
+    `attribute_gaps` adds the schedule's own time between timed calls to the compute actions
+    (`_with_gaps`). By default it does so when no wait can hide in a gap: with blocking P2P
+    (not overlap_p2p_comm), or when the waits on posted transfers were timed themselves
+    (actions named WAIT_PREFIX + request, which the hooks report). With overlap_p2p_comm and
+    untimed waits (older recordings), the compute times are the hooks' alone.
 
     `calibrate` sets `comm` from a replay of the representative iteration
     (`replay.calibrate_comm`); the raw transfer times stay in `measured.comm_transfer`.
     """
     if attribute_gaps is None:
-        attribute_gaps = not spec.overlap_p2p_comm
+        attribute_gaps = not spec.overlap_p2p_comm or _waits_timed(timings["unfrozen"])
     outliers: list[dict[str, Any]] = []
     unfrozen, frozen = timings["unfrozen"], timings["frozen"]
     g = attribute_gaps

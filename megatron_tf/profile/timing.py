@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from megatron_tf.formats.profile import WAIT_PREFIX
 from megatron_tf.megatron.hooks import ScheduleObserver
 
 __all__ = ["ActionTime", "IterationTiming", "TimingObserver"]
@@ -20,9 +21,10 @@ __all__ = ["ActionTime", "IterationTiming", "TimingObserver"]
 
 @dataclass(slots=True)
 class ActionTime:
-    """One timed call: kind is "F", "B" or the P2P call's name; seconds from iteration start."""
+    """One timed call, seconds from the iteration start."""
 
     kind: str
+    """"F", "B", the P2P call's name, or WAIT_PREFIX + the request waited on."""
     chunk: int
     microbatch: int
     start: float
@@ -86,6 +88,7 @@ class TimingObserver(ScheduleObserver):
         self.iterations: list[IterationTiming] = []
         self._open: dict[tuple[str, int, int], Any] = {}
         self._p2p: list[tuple[str, Any]] = []
+        self._waits: dict[str, Any] = {}
         self._marks: list[tuple[str, int, int, Any, Any]] = []
         self._active = False
 
@@ -95,6 +98,7 @@ class TimingObserver(ScheduleObserver):
         self._marks = []
         self._open = {}
         self._p2p = []
+        self._waits = {}
         self._active = self.recording
 
     def iteration_start(self) -> None:
@@ -129,6 +133,15 @@ class TimingObserver(ScheduleObserver):
         if self._active and self._p2p:
             name, start = self._p2p.pop()
             self._marks.append((name, -1, -1, start, self._clock.mark()))
+
+    def before_wait(self, request: str) -> None:
+        if self._active:
+            self._waits[request] = self._clock.mark()
+
+    def after_wait(self, request: str) -> None:
+        if self._active and request in self._waits:
+            start = self._waits.pop(request)
+            self._marks.append((f"{WAIT_PREFIX}{request}", -1, -1, start, self._clock.mark()))
 
     def iteration_end(self) -> None:
         if not self._active:

@@ -58,6 +58,14 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
         (k, c, m) for k in "FB" for c in range(spec.vpp) for m in range(spec.microbatches)
     }
     assert profile.provenance["megatron_core"].startswith("0.19.2")
+    # Every wait on a posted transfer (overlap_p2p_comm) was timed, one per Wait of the model,
+    # so the gaps between timed calls are the schedule's bookkeeping in both P2P modes.
+    from megatron_tf.schedule.order import Wait, rank_programs
+
+    for rank, program in enumerate(rank_programs(spec)):
+        waits = [a for a in measured.actions if a.rank == rank and a.kind.startswith("wait:")]
+        assert len(waits) == sum(isinstance(op, Wait) for op in program)
+    assert measured.gaps_attributed is True
     assert profile.provenance["timer"] == "time.perf_counter"
     # The phases were measured in interleaved rounds, one iteration of each per round.
     measurement = profile.provenance["measurement"]

@@ -44,6 +44,51 @@ def test_install_and_remove_restore_megatron_exactly() -> None:
     assert p2p_communication.P2PCommunicator.send_forward is send
 
 
+def test_waits_on_posted_transfers_are_observed() -> None:
+    """overlap_p2p_comm: a P2P call returns {request name: request}; the schedule's later
+    `wait()` on each is reported to observers, and the request is otherwise untouched."""
+    from megatron.core.pipeline_parallel import p2p_communication
+
+    events: list[tuple[str, str]] = []
+
+    class Request:
+        done = False
+
+        def wait(self) -> str:
+            events.append(("wait", "inside"))
+            self.done = True
+            return "ok"
+
+    class Recorder(hooks.ScheduleObserver):
+        def before_wait(self, request: str) -> None:
+            events.append(("before", request))
+
+        def after_wait(self, request: str) -> None:
+            events.append(("after", request))
+
+    comm = p2p_communication.P2PCommunicator
+    original = comm.__dict__["send_forward_recv_forward"]
+    requests = {"recv_prev": Request(), "send_next": Request()}
+    comm.send_forward_recv_forward = lambda self, *a, **k: ("tensor", requests)
+    try:
+        with hooks.install_hooks(Recorder()):
+            hooks._DISPATCH.schedule_start(forward_only=False)
+            tensor, handles = comm.send_forward_recv_forward(None)
+            assert tensor == "tensor" and set(handles) == {"recv_prev", "send_next"}
+            assert handles["recv_prev"].wait() == "ok"
+            assert handles["recv_prev"].done  # attributes are the request's own
+            hooks._DISPATCH.schedule_end(forward_only=False)
+            handles["send_next"].wait()  # outside a schedule call: not reported
+    finally:
+        comm.send_forward_recv_forward = original
+    assert events == [
+        ("before", "recv_prev"),
+        ("wait", "inside"),
+        ("after", "recv_prev"),
+        ("wait", "inside"),
+    ]
+
+
 def test_ids_survive_output_deallocation() -> None:
     from megatron.core.pipeline_parallel.schedules import deallocate_output_tensor
 
