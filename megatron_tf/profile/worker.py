@@ -22,7 +22,7 @@ from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
 from megatron_tf.profile.runner import gather_to_rank0, measure_phases
-from megatron_tf.train.model import build_model_chunks, use_transformer_engine
+from megatron_tf.train.model import build_training_model, use_transformer_engine
 
 
 def _progress(rank: int) -> Any:
@@ -68,7 +68,7 @@ def run_job(job: ProfileJob) -> None:
     init_distributed(job.parallel, seed=job.model.seed)
     try:
         rank = dist.get_rank()
-        chunks = build_model_chunks(job.model, job.parallel, wrap_ddp=True)
+        chunks, _ = build_training_model(job.model, job.parallel)
         if os.environ.get(FAULT_RANK_ENV) == str(rank):
             # Tests: a rank that dies mid-job must fail the command, not hang it.
             raise RuntimeError(f"injected failure on rank {rank} ({FAULT_RANK_ENV})")

@@ -13,7 +13,13 @@ import torch
 
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 
-__all__ = ["build_model_chunks", "transformer_config", "use_transformer_engine", "wrap_in_ddp"]
+__all__ = [
+    "build_model_chunks",
+    "build_training_model",
+    "transformer_config",
+    "use_transformer_engine",
+    "wrap_in_ddp",
+]
 
 
 def use_transformer_engine() -> bool:
@@ -155,3 +161,29 @@ def wrap_in_ddp(
     ]
     config.finalize_model_grads_func = finalize_model_grads
     return wrapped
+
+
+def build_training_model(model: ModelConfig, parallel: ParallelConfig) -> tuple[list[Any], Any]:
+    """This rank's chunks wrapped as Megatron-LM's `get_model` wraps them, and their config.
+
+    On GPU: bf16 (`Float16Module`, bf16 pipeline messages) and DDP buffers laid out for
+    Megatron's distributed optimizer; on CPU: fp32 and the plain layout. Training and the
+    profiler both build the model here, so a profile times the model that training runs.
+    """
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    on_gpu = torch.cuda.is_available()
+    overrides: dict[str, Any] = {}
+    if on_gpu:
+        overrides = {"bf16": True, "pipeline_dtype": torch.bfloat16}
+    config = transformer_config(model, parallel, **overrides)
+    chunks = build_model_chunks(model, parallel, wrap_ddp=False, config=config)
+    if on_gpu:
+        chunks = [Float16Module(config, c) for c in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=on_gpu,  # Megatron's distributed optimizer needs CUDA tensors
+    )
+    return wrap_in_ddp(chunks, config, ddp_config), config

@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.train import checkpoint as ckpt
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.data import BatchPlan, build_train_dataset, iteration_iterators
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
+from megatron_tf.train.model import build_training_model
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 from megatron_tf.train.train_config import TrainConfig
 
@@ -49,7 +49,7 @@ class Trainer:
         self.rank = dist.get_rank()
         self.pp_rank = ps.get_pipeline_model_parallel_rank()
         self.spec = job.parallel.schedule_spec()
-        self.chunks, self.tconfig = _build_model(job.model, job.parallel)
+        self.chunks, self.tconfig = build_training_model(job.model, job.parallel)
         self.optimizer = _build_optimizer(self.cfg, self.chunks)
         self.scheduler = _build_scheduler(self.cfg, self.optimizer)
         self.batches = BatchPlan(
@@ -341,29 +341,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- construction helpers
-
-
-def _build_model(model: ModelConfig, parallel: ParallelConfig) -> tuple[list[Any], Any]:
-    """Model chunks wrapped as Megatron-LM's `get_model` does: (Float16Module on GPU) then DDP."""
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.transformer.module import Float16Module
-
-    from megatron_tf.train.model import build_model_chunks, transformer_config, wrap_in_ddp
-
-    on_gpu = torch.cuda.is_available()
-    overrides: dict[str, Any] = {}
-    if on_gpu:
-        overrides = {"bf16": True, "pipeline_dtype": torch.bfloat16}
-    tconfig = transformer_config(model, parallel, **overrides)
-    chunks = build_model_chunks(model, parallel, wrap_ddp=False, config=tconfig)
-    if on_gpu:
-        chunks = [Float16Module(tconfig, c) for c in chunks]
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=on_gpu,  # Megatron's distributed optimizer needs CUDA tensors
-    )
-    return wrap_in_ddp(chunks, tconfig, ddp_config), tconfig
 
 
 def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:
