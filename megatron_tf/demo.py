@@ -4,7 +4,10 @@
 2. solve the LP for `max_freeze_ratio`;
 3. train a baseline and a TimelyFreeze run of the same length from the same seed on the
    embedded corpus (its entropy floor is the best loss any model can reach);
-4. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
+4. time baseline and plan side by side in one job (the load-robust speedup);
+5. train TimelyFreeze once more for the iterations the baseline's wall time buys at that
+   speedup: does it reach the baseline's final loss within the baseline's time?
+6. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
    output folder and return the numbers for the terminal's summary table.
 
 Each worker job runs through the project's torchrun launcher with its output in a log file
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +107,8 @@ class DemoResult:
     side_by_side: dict[str, tuple[float, float]]
     """Median (iteration, forward-backward) seconds of `baseline` and `plan` iterations
     alternating in one job: the load-robust speed comparison."""
-    time_to_baseline_loss: tuple[float | None, float | None] = (None, None)
+    equal_time: RunSummary | None = None
+    """TimelyFreeze trained for the baseline's wall time: iterations x `measured_speedup`."""
 
     @property
     def predicted_speedup(self) -> float:
@@ -115,6 +119,17 @@ class DemoResult:
         """Side by side in one job: baseline median / plan median iteration time."""
         return self.side_by_side["baseline"][0] / self.side_by_side["plan"][0]
 
+    def equal_time_reach(self) -> float | None:
+        """When the equal-time run's loss first reaches the baseline's final loss, as a share of
+        the baseline's wall time (iterations over the side-by-side speedup); None if never."""
+        if self.equal_time is None:
+            return None
+        window = max(1, len(self.baseline.losses) // 10)
+        k = iterations_to_loss(self.equal_time.losses, self.baseline.final_loss, window)
+        if k is None:
+            return None
+        return k / self.measured_speedup / len(self.baseline.losses)
+
     @property
     def runs_speedup(self) -> float:
         """From the two training runs' medians (sensitive to load changes between the runs)."""
@@ -122,24 +137,31 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
-    """Profile, solve, train twice, report. Raises LaunchError if a worker job fails."""
+    """Profile, solve, train three times, report. Raises LaunchError if a worker job fails."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    say(f"1/5 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
+    say(f"1/6 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
     profile_path = profile_model(cfg, out)
-    say("2/5 solving the freeze-ratio LP")
+    say("2/6 solving the freeze-ratio LP")
     plan_path, predicted = solve_plan(cfg, profile_path, out / "plan.json")
     say(
         f"    predicted iteration {predicted[0] * 1e3:.1f} -> {predicted[1] * 1e3:.1f} ms "
         f"(speedup {predicted[0] / predicted[1]:.3f})"
     )
-    say(f"3/5 baseline run: {cfg.iters} iterations")
+    say(f"3/6 baseline run: {cfg.iters} iterations")
     job_base = train_run(cfg, out / "baseline", plan=None)
-    say(f"3/5 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
+    say(f"3/6 TimelyFreeze run: {cfg.iters} iterations, plan {plan_path.name}")
     train_run(cfg, out / "timelyfreeze", plan=plan_path)
-    say(f"4/5 timing baseline and plan side by side ({cfg.timing_steps} iterations each)")
+    say(f"4/6 timing baseline and plan side by side ({cfg.timing_steps} iterations each)")
     side = time_side_by_side(cfg, plan_path, out / "side_by_side")
-    say("5/5 writing the report")
+    speedup = side["baseline"][0] / side["plan"][0]
+    equal_iters = max(cfg.iters, round(cfg.iters * speedup))
+    say(
+        f"5/6 TimelyFreeze for the baseline's wall time: {equal_iters} iterations "
+        f"(measured speedup {speedup:.3f})"
+    )
+    train_run(replace(cfg, iters=equal_iters), out / "timelyfreeze_equal_time", plan=plan_path)
+    say("6/6 writing the report")
     from megatron_tf.demo_report import write_report
 
     corpus = job_base.prepared.corpus
@@ -151,6 +173,11 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         loss_floor=None if corpus is None else corpus.loss_floor,
         report=out / "report.md",
         side_by_side=side,
+        equal_time=run_summary(
+            "timelyfreeze, baseline's wall time",
+            out / "timelyfreeze_equal_time",
+            cfg.freeze_warmup_iters,
+        ),
     )
     write_report(result, cfg, profile_path, plan_path)
     return result
@@ -266,9 +293,10 @@ def run_summary(name: str, run_dir: Path, freeze_from: int) -> RunSummary:
     )
 
 
-def time_to_loss(run: RunSummary, target: float, window: int) -> float | None:
-    """Wall seconds until the running mean of `window` losses first reaches `target`."""
-    for i in range(window - 1, len(run.losses)):
-        if statistics.fmean(run.losses[i - window + 1 : i + 1]) <= target:
-            return run.elapsed[i]
+def iterations_to_loss(losses: list[float], target: float, window: int) -> int | None:
+    """The first iteration count after which the mean of the last `window` losses is at or
+    below `target` (the "final loss" smoothing), or None if it never is."""
+    for k in range(window, len(losses) + 1):
+        if statistics.fmean(losses[k - window : k]) <= target:
+            return k
     return None

@@ -17,25 +17,16 @@ if TYPE_CHECKING:
 
 
 def write_report(result: DemoResult, cfg: DemoConfig, profile_path: Path, plan_path: Path) -> None:
-    from megatron_tf.demo import time_to_loss
-
     out = result.report.parent
     _timeline(profile_path, plan_path, out / "timeline.png")
     _loss_plot(result, out / "loss.png")
     _time_plot(result, out / "iteration_time.png")
-    window = max(1, cfg.iters // 10)
-    target = result.baseline.final_loss
-    result.time_to_baseline_loss = (
-        time_to_loss(result.baseline, target, window),
-        time_to_loss(result.frozen, target, window),
-    )
     result.report.write_text(render_markdown(result, cfg))
 
 
 def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:
     """(quantity, baseline, TimelyFreeze) rows shared by the markdown and the terminal table."""
     b, f = result.baseline, result.frozen
-    tb, tf = result.time_to_baseline_loss
     rows = [
         (
             "predicted iteration time (ms)",
@@ -70,13 +61,23 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:
             f"{b.final_loss:.4f}",
             f"{f.final_loss:.4f}",
         ),
-        (
-            "wall time to the baseline's final loss (s)",
-            "-" if tb is None else f"{tb:.1f}",
-            "not reached" if tf is None else f"{tf:.1f}",
-        ),
         ("total wall time of training (s)", f"{b.elapsed[-1]:.1f}", f"{f.elapsed[-1]:.1f}"),
     ]
+    e = result.equal_time
+    if e is not None:
+        reach = result.equal_time_reach()
+        rows += [
+            (
+                "in the baseline's wall time: iterations / final loss",
+                f"{len(b.losses)} / {b.final_loss:.4f}",
+                f"{len(e.losses)} / {e.final_loss:.4f}",
+            ),
+            (
+                "reaches the baseline's final loss after (share of the baseline's wall time)",
+                "1.000",
+                "not reached" if reach is None else f"{reach:.3f}",
+            ),
+        ]
     if result.loss_floor is not None:
         rows.append(("entropy floor of the corpus (nats/token)", f"{result.loss_floor:.4f}", ""))
     return rows
@@ -110,8 +111,16 @@ def render_markdown(result: DemoResult, cfg: DemoConfig) -> str:
         "the machine's load affects both alike; the two training runs ran one after the other "
         "and their iteration times also carry any change of load between them.",
         "",
+        "The last run trains TimelyFreeze for as many iterations as the baseline's wall time "
+        "buys at the side-by-side speedup (its LR schedule spans them); its wall time is "
+        "counted as iterations over that speedup, so the comparison does not depend on the "
+        "load during the separate runs. The baseline's final loss is the mean of its last 10% "
+        "of iterations, and the equal-time run reaches it when the mean of its last that many "
+        "losses first does.",
+        "",
         "Files: `profile.json` (measured costs), `plan.json` (the LP's ratios), "
-        "`baseline/metrics.jsonl` and `timelyfreeze/metrics.jsonl` (one record per iteration).",
+        "`baseline/metrics.jsonl`, `timelyfreeze/metrics.jsonl` and "
+        "`timelyfreeze_equal_time/metrics.jsonl` (one record per iteration).",
         "",
     ]
     return "\n".join(lines)
@@ -146,6 +155,15 @@ def _loss_plot(result: DemoResult, target: Path) -> None:
     for run, color in ((result.baseline, "#4C78A8"), (result.frozen, "#E45756")):
         a.plot(range(1, len(run.losses) + 1), run.losses, color=color, lw=1, label=run.name)
         b.plot(run.elapsed, run.losses, color=color, lw=1, label=run.name)
+    if result.equal_time is not None:
+        a.plot(
+            range(1, len(result.equal_time.losses) + 1),
+            result.equal_time.losses,
+            color="#54A24B",
+            lw=1,
+            alpha=0.8,
+            label=result.equal_time.name,
+        )
     for ax, xlabel in ((a, "iteration"), (b, "wall time (s)")):
         if result.loss_floor is not None:
             ax.axhline(result.loss_floor, color="gray", ls="--", lw=1, label="entropy floor")

@@ -47,19 +47,14 @@ def final_loss(losses: list[float]) -> float:
     return statistics.fmean(losses[-max(1, len(losses) // 10) :])
 
 
-def reached_at(losses: list[float], target: float, window: int) -> int | None:
-    """First iteration (1-based) whose trailing `window`-mean loss is <= target."""
-    total = sum(losses[:window])
-    for k in range(window, len(losses) + 1):
-        if k > window:
-            total += losses[k - 1] - losses[k - 1 - window]
-        if total / window <= target:
-            return k
-    return None
-
-
 def main() -> None:
-    from megatron_tf.demo import DemoConfig, profile_model, solve_plan, train_run
+    from megatron_tf.demo import (
+        DemoConfig,
+        iterations_to_loss,
+        profile_model,
+        solve_plan,
+        train_run,
+    )
     from megatron_tf.train.metrics import read_metrics
 
     args = parse()
@@ -90,7 +85,7 @@ def main() -> None:
         equal_iters = run(f"max_{r:g}", args.iters, plan)
         equal_time_iters = round(args.iters * speedup)
         equal_time = run(f"max_{r:g}_equal_time", equal_time_iters, plan)
-        k = reached_at(equal_time, target, window)
+        k = iterations_to_loss(equal_time, target, window)
         rows.append(
             {
                 "max_freeze_ratio": r,

@@ -34,12 +34,16 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     base = [json.loads(x) for x in (out / "baseline/metrics.jsonl").read_text().splitlines()]
     frozen = [json.loads(x) for x in (out / "timelyfreeze/metrics.jsonl").read_text().splitlines()]
     assert len(base) == len(frozen) == 20
+    # The equal-wall-time run: 20 iterations x the side-by-side speedup (at least 20).
+    equal = (out / "timelyfreeze_equal_time/metrics.jsonl").read_text().splitlines()
+    assert len(equal) >= 20
     # --iters 20 gives a freeze warm-up of 2 iterations: identical runs until then.
     assert [r["loss"] for r in base[:2]] == [r["loss"] for r in frozen[:2]]
     assert [r["phase"] for r in frozen[:3]] == ["warmup", "warmup", "freeze"]
     predicted = json.loads((out / "plan.json").read_text())["predicted"]["speedup"]
     report = (out / "report.md").read_text()
     assert f"{predicted:.3f} / " in report
+    assert "| reaches the baseline's final loss after" in report
     assert "speedup predicted" in proc.stdout
     # The side-by-side timing job alternated 10 stock and 10 planned iterations.
     timings = json.loads((out / "side_by_side/timings.json").read_text())
