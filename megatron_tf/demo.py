@@ -44,7 +44,7 @@ def _demo_model() -> ModelConfig:
 
 @dataclass(kw_only=True, slots=True)
 class DemoConfig:
-    """What the demo runs; the defaults finish in about 5-8 minutes on two CPU cores."""
+    """What the demo runs; the defaults finish in about 2.5 minutes on two idle CPU cores."""
 
     out_dir: Path = Path("runs/demo")
     """Report, plots, plan, profile and the two runs' metrics go here."""

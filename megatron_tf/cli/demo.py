@@ -31,7 +31,8 @@ def demo(
     Example: [bold]timelyfreeze demo[/]  (then open runs/demo/report.md)
 
     Profiles a small GPT on 2 pipeline ranks, solves for freeze ratios, trains a baseline and a
-    TimelyFreeze run from the same seed, and compares iteration time and loss.
+    TimelyFreeze run from the same seed, times both side by side, trains TimelyFreeze again for
+    the baseline's wall time, and compares iteration time and loss.
     """
     _quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
