@@ -243,7 +243,7 @@ def pretrain(
     profile_iters: Annotated[
         int,
         typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
-    ] = 3,
+    ] = 10,
     drift_threshold: Annotated[
         float,
         typer.Option(

@@ -88,7 +88,7 @@ def profile(
             help="Measured iterations per phase (interleaved: rounds of one iteration each).",
             rich_help_panel=_MEASURE,
         ),
-    ] = 5,
+    ] = 10,
     warmup_iters: Annotated[
         int, typer.Option(help="Unmeasured iterations first.", rich_help_panel=_MEASURE)
     ] = 2,

@@ -38,7 +38,7 @@ FAULT_RANK_ENV = "TIMELYFREEZE_PROFILE_FAULT_RANK"
 class ProfileConfig:
     """How many iterations of which kind a profile measures."""
 
-    iters: int = 5
+    iters: int = 10
     """Measured iterations per phase (unfrozen, fully frozen, each linearity ratio); when
     interleaved, the number of rounds."""
     warmup_iters: int = 2

@@ -30,7 +30,7 @@ class FreezeOptions:
     """Iterations over which the plan's ratios are scaled from 0 to 1 after the warm-up."""
     rescale: str = "mean"
     """Gradient of a unit = mean over the microbatches it trained on (`mean`) or raw (`none`)."""
-    profile_iters: int = 3
+    profile_iters: int = 10
     """Measured iterations per phase of the in-job profile (`--plan auto`, re-planning)."""
     drift_threshold: float = 0.0
     """Re-profile when |measured / predicted - 1| exceeds this for `drift_patience` iterations;
