@@ -11,10 +11,9 @@ RESCALE_CHOICES: tuple[str, ...] = ("mean", "none")
 
 DEFAULT_MAX_FREEZE_RATIO = 0.3
 """The accuracy budget every command defaults to. On the embedded task (docs/results.md) a cap of
-0.3 kept the final loss within 1% of the baseline at equal iterations (+0.8-1.0% at 300, +0.32%
-at 1000) and reached the baseline's final loss in about the baseline's wall time (0.98-1.00x);
-0.8 cost +1.4% at 1000 iterations and never caught up. Raise it only after checking the loss on
-your own task."""
+0.3 cost +0.32% of final loss at 1000 iterations (+0.8% to +1.3% at 300) and reached the
+baseline's final loss in about the baseline's wall time at best; 0.8 cost +1.4% at 1000
+iterations and never caught up. Check any budget on your own task before raising it."""
 
 
 @dataclass(kw_only=True, slots=True)
