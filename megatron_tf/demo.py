@@ -116,8 +116,7 @@ class DemoResult:
 
     @property
     def measured_speedup(self) -> float:
-        """Side by side in one job: baseline median / plan median iteration time."""
-        return self.side_by_side["baseline"][0] / self.side_by_side["plan"][0]
+        return side_by_side_speedup(self.side_by_side)
 
     def equal_time_reach(self) -> float | None:
         """When the equal-time run's loss first reaches the baseline's final loss, as a share of
@@ -154,7 +153,7 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     train_run(cfg, out / "timelyfreeze", plan=plan_path)
     say(f"4/6 timing baseline and plan side by side ({cfg.timing_steps} iterations each)")
     side = time_side_by_side(cfg, plan_path, out / "side_by_side")
-    speedup = side["baseline"][0] / side["plan"][0]
+    speedup = side_by_side_speedup(side)
     equal_iters = max(cfg.iters, round(cfg.iters * speedup))
     say(
         f"5/6 TimelyFreeze for the baseline's wall time: {equal_iters} iterations "
@@ -291,6 +290,11 @@ def run_summary(name: str, run_dir: Path, freeze_from: int) -> RunSummary:
         elapsed=[r["elapsed"] for r in records],
         freeze_from=freeze_from,
     )
+
+
+def side_by_side_speedup(side: dict[str, tuple[float, float]]) -> float:
+    """Side by side in one job: baseline median / plan median iteration time."""
+    return side["baseline"][0] / side["plan"][0]
 
 
 def iterations_to_loss(losses: list[float], target: float, window: int) -> int | None:

@@ -212,8 +212,7 @@ def _table(result: SimResult) -> Table:
     table.add_column("idle (s)", justify="right")
     table.add_column("idle %", justify="right")
     for s in result.per_rank:
-        span = result.makespan - dag.iteration_overhead
-        share = s.idle / span if span else 0.0
+        share = s.idle / result.span if result.span else 0.0
         table.add_row(
             str(s.rank), f"{s.busy:.6g}", f"{s.comm:.6g}", f"{s.idle:.6g}", f"{share:.1%}"
         )

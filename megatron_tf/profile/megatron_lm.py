@@ -13,8 +13,6 @@ solved from this profile is accepted by the same job's `pretrain --megatron-lm`.
 
 from __future__ import annotations
 
-import datetime
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,13 @@ import torch.distributed as dist
 from megatron_tf.errors import ConfigError
 from megatron_tf.megatron.megatron_lm import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
-from megatron_tf.profile.runner import Timings, gather_to_rank0, measure_rounds
+from megatron_tf.profile.runner import (
+    Timings,
+    gather_profile,
+    measure_rounds,
+    measurement_environment,
+    zero_grads,
+)
 from megatron_tf.profile.timing import TimingObserver
 from megatron_tf.schedule.spec import ScheduleSpec
 
@@ -66,7 +70,7 @@ def _measure(
 ) -> Timings:
     def one_call(iteration: int, timing: TimingObserver | None) -> None:
         # `iteration` is unused: the user's data iterator supplies each call's batches.
-        _zero_grads(chunks)
+        zero_grads(chunks)
         dist.barrier()  # a common time origin for every rank
         if timing is not None:
             timing.begin()
@@ -77,64 +81,24 @@ def _measure(
             print(f"[profile] {bar}: {done}/{total}", flush=True)
 
     out = measure_rounds(one_call, chunks, spec, config, progress)
-    _zero_grads(chunks)
+    zero_grads(chunks)
     return out
 
 
 def _write(timings: Timings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
-    from megatron.core import parallel_state
-
     from megatron_tf.formats.profile import save_profile
-    from megatron_tf.profile.stats import build_profile
 
-    ids = (
-        parallel_state.get_pipeline_model_parallel_rank(),
-        parallel_state.get_data_parallel_rank(),
-        parallel_state.get_tensor_model_parallel_rank(),
-    )
-    gathered = gather_to_rank0((ids, timings))
-    if gathered is None:
-        return
-    # One replica per pipeline rank: data-parallel rank 0, tensor-parallel rank 0.
-    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
-    phases = {name: [by_pp[r][name] for r in range(spec.pp)] for name, _ in config.phases}
-    profile = build_profile(
-        phases,
-        spec,
-        outlier_mads=config.outlier_mads,
-        phase_ratios=dict(config.phases),
-        provenance=_provenance(config),
-    )
-    save_profile(profile, output)
+    profile = gather_profile(timings, spec, config, lambda: _provenance(config))
+    if profile is not None:
+        save_profile(profile, output)
 
 
 def _provenance(config: ProfileConfig) -> dict[str, Any]:
-    from megatron.core import package_info
-
-    if torch.cuda.is_available():
-        device = f"{torch.cuda.get_device_name()} x {dist.get_world_size()} (nccl)"
-    else:
-        device = f"CPU {platform.machine()} x {dist.get_world_size()} (gloo)"
     return {
         "route": "megatron-lm",
         "script": sys.argv[0],
         "megatron_args": sys.argv[1:],
         "profile": config.to_dict(),
         "measurement": config.measurement_record(),
-        "device": device,
-        "hostname": platform.node(),
-        "torch": torch.__version__,
-        "megatron_core": package_info.__version__,
-        "python": sys.version.split()[0],
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",
+        **measurement_environment(),
     }
-
-
-def _zero_grads(chunks: list[torch.nn.Module]) -> None:
-    """Throw measured gradients away (Megatron DDP keeps them in its grad buffers)."""
-    for chunk in chunks:
-        if hasattr(chunk, "zero_grad_buffer"):
-            chunk.zero_grad_buffer()
-        else:
-            chunk.zero_grad(set_to_none=True)

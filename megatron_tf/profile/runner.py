@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_tf.formats.profile import Profile
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import install_hooks
@@ -21,7 +22,15 @@ from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 
-__all__ = ["gather_to_rank0", "measure_phases", "measure_rounds", "run_iteration"]
+__all__ = [
+    "gather_profile",
+    "gather_to_rank0",
+    "measure_phases",
+    "measure_rounds",
+    "measurement_environment",
+    "run_iteration",
+    "zero_grads",
+]
 
 Progress = Callable[[str, int, int], None]
 """progress(bar, done, total), called on every rank: "warm-up" per iteration, "rounds" per round."""
@@ -50,11 +59,7 @@ def run_iteration(
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    for chunk in chunks:
-        if hasattr(chunk, "zero_grad_buffer"):
-            chunk.zero_grad_buffer()
-        else:
-            chunk.zero_grad(set_to_none=True)
+    zero_grads(chunks)
     m = parallel.microbatches
     iterators = [synthetic_batches(model, iteration=iteration, microbatches=m) for _ in chunks]
     dist.barrier()
@@ -154,6 +159,70 @@ def measure_phases(
     return measure_rounds(
         one_call, chunks, parallel.schedule_spec(), config, progress, after_iteration
     )
+
+
+def zero_grads(chunks: list[torch.nn.Module]) -> None:
+    """Throw measured gradients away (Megatron DDP keeps them in its grad buffers)."""
+    for chunk in chunks:
+        if hasattr(chunk, "zero_grad_buffer"):
+            chunk.zero_grad_buffer()
+        else:
+            chunk.zero_grad(set_to_none=True)
+
+
+def gather_profile(
+    timings: Timings,
+    spec: ScheduleSpec,
+    config: ProfileConfig,
+    provenance: Callable[[], dict[str, Any]],
+) -> Profile | None:
+    """Call on every rank: global rank 0 gathers all ranks' timings and builds the profile
+    from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_tf.profile.stats import build_profile
+
+    ids = (
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+        ps.get_tensor_model_parallel_rank(),
+    )
+    gathered = gather_to_rank0((ids, timings))
+    if gathered is None:
+        return None
+    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
+    phases = {name: [by_pp[r][name] for r in range(spec.pp)] for name, _ in config.phases}
+    return build_profile(
+        phases,
+        spec,
+        outlier_mads=config.outlier_mads,
+        phase_ratios=dict(config.phases),
+        provenance=provenance(),
+    )
+
+
+def measurement_environment() -> dict[str, Any]:
+    """Device, software versions, timer and date: what any profile was measured on."""
+    import datetime
+    import platform
+    import sys
+
+    from megatron.core import package_info
+
+    world = dist.get_world_size()
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name()} x {world} (nccl)"
+    else:
+        device = f"CPU {platform.processor() or platform.machine()} x {world} (gloo)"
+    return {
+        "device": device,
+        "hostname": platform.node(),
+        "torch": torch.__version__,
+        "megatron_core": package_info.__version__,
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",
+    }
 
 
 def gather_to_rank0(obj: Any) -> list[Any] | None:

@@ -220,13 +220,11 @@ def _iteration_overheads(iterations_by_rank: list[list[RawIteration]]) -> list[f
     """Per iteration: its time less the span of its timed calls (first start to last end, over
     all ranks), i.e. the schedule's set-up before the first call and Megatron's gradient
     finalization after the last one, which the DAG has no node for."""
-    count = min(len(its) for its in iterations_by_rank)
     out = []
-    for i in range(count):
+    for i, wall in enumerate(_iteration_walls(iterations_by_rank)):
         actions = [a for its in iterations_by_rank for a in its[i][1]]
         if not actions:
             continue
-        wall = max(its[i][0] for its in iterations_by_rank)
         span = max(a[4] for a in actions) - min(a[3] for a in actions)
         out.append(max(wall - span, 0.0))
     return out

@@ -8,20 +8,16 @@ and tensor-parallel rank 0 of each pipeline rank.
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import sys
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
-from megatron_tf.profile.runner import gather_to_rank0, measure_phases
+from megatron_tf.profile.runner import gather_profile, measure_phases, measurement_environment
 from megatron_tf.train.model import build_training_model, use_transformer_engine
 
 
@@ -35,35 +31,18 @@ def _progress(rank: int) -> Any:
 
 def provenance(job: ProfileJob) -> dict[str, Any]:
     """Model and layout, device, versions and date: what a profile was measured on."""
-    from megatron.core import package_info
-
-    if torch.cuda.is_available():
-        device = f"{torch.cuda.get_device_name()} x {dist.get_world_size()} (nccl)"
-    else:
-        device = (
-            f"CPU {platform.processor() or platform.machine()} x {dist.get_world_size()} (gloo)"
-        )
     return {
         "model": job.model.to_dict(),
         "parallel": job.parallel.to_dict(),
         "profile": job.profile.to_dict(),
         "measurement": job.profile.measurement_record(),
-        "device": device,
-        "hostname": platform.node(),
         "layer_spec": "transformer_engine" if use_transformer_engine() else "local",
-        "torch": torch.__version__,
-        "megatron_core": package_info.__version__,
-        "python": sys.version.split()[0],
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",
+        **measurement_environment(),
     }
 
 
 def run_job(job: ProfileJob) -> None:
-    from megatron.core import parallel_state
-
     from megatron_tf.formats.profile import save_profile
-    from megatron_tf.profile.stats import build_profile
 
     init_distributed(job.parallel, seed=job.model.seed)
     try:
@@ -73,26 +52,9 @@ def run_job(job: ProfileJob) -> None:
             # Tests: a rank that dies mid-job must fail the command, not hang it.
             raise RuntimeError(f"injected failure on rank {rank} ({FAULT_RANK_ENV})")
         timings = measure_phases(chunks, job.model, job.parallel, job.profile, _progress(rank))
-        ids = (
-            parallel_state.get_pipeline_model_parallel_rank(),
-            parallel_state.get_data_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_rank(),
-        )
-        gathered = gather_to_rank0((ids, timings))
-        if rank == 0:
-            assert gathered is not None
-            by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
-            phases = {
-                name: [by_pp[r][name] for r in range(job.parallel.pp)]
-                for name, _ in job.profile.phases
-            }
-            profile = build_profile(
-                phases,
-                job.parallel.schedule_spec(),
-                outlier_mads=job.profile.outlier_mads,
-                phase_ratios=dict(job.profile.phases),
-                provenance=provenance(job),
-            )
+        spec = job.parallel.schedule_spec()
+        profile = gather_profile(timings, spec, job.profile, lambda: provenance(job))
+        if profile is not None:
             save_profile(profile, job.output)
             print(f"[profile] wrote {job.output}", flush=True)
     finally:

@@ -52,6 +52,11 @@ class SimResult:
     critical_path: list[int] = field(default_factory=list)
 
     @property
+    def span(self) -> float:
+        """First node's start to last node's end: the makespan less the iteration overhead."""
+        return self.makespan - self.dag.iteration_overhead
+
+    @property
     def critical_path_names(self) -> list[str]:
         return [self.dag.nodes[i].name for i in self.critical_path]
 

@@ -20,15 +20,14 @@ import torch.distributed as dist
 from megatron_tf.train.plan_source import PlanSource, from_plan
 
 if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
     from megatron_tf.train.trainer import Trainer
 
 
 def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> PlanSource:
     """Measure the current model on the current layout and return the optimal plan for it."""
-    from megatron.core import parallel_state as ps
-
     from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.runner import gather_to_rank0, measure_phases
+    from megatron_tf.profile.runner import gather_profile, measure_phases
 
     job = trainer.job
     freezer = trainer.freezer
@@ -40,43 +39,25 @@ def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> PlanSource:
     finally:
         if freezer is not None:
             freezer.install()
-    ids = (
-        ps.get_pipeline_model_parallel_rank(),
-        ps.get_data_parallel_rank(),
-        ps.get_tensor_model_parallel_rank(),
-    )
-    gathered = gather_to_rank0((ids, timings))
+    provenance = {
+        "model": job.model.to_dict(),
+        "parallel": job.parallel.to_dict(),
+        "source": f"in-job profile at iteration {trainer.iteration}",
+    }
+    profile = gather_profile(timings, job.parallel.schedule_spec(), config, lambda: provenance)
     box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        assert gathered is not None
-        box[0] = _solve_on_rank0(trainer, gathered, config, out_dir).to_dict()
+    if profile is not None:
+        box[0] = _solve_on_rank0(trainer, profile, out_dir).to_dict()
     dist.broadcast_object_list(box, src=0)
     return PlanSource.from_dict(box[0])
 
 
-def _solve_on_rank0(
-    trainer: Trainer, gathered: list[Any], config: Any, out_dir: Path
-) -> PlanSource:
+def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> PlanSource:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
-    from megatron_tf.profile.stats import build_profile
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
 
-    parallel = trainer.job.parallel
-    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
-    phases = {name: [by_pp[r][name] for r in range(parallel.pp)] for name, _ in config.phases}
-    profile = build_profile(
-        phases,
-        parallel.schedule_spec(),
-        outlier_mads=config.outlier_mads,
-        phase_ratios=dict(config.phases),
-        provenance={
-            "model": trainer.job.model.to_dict(),
-            "parallel": parallel.to_dict(),
-            "source": f"in-job profile at iteration {trainer.iteration}",
-        },
-    )
     outcome = solve_profile(
         profile, SolverConfig(max_freeze_ratio=trainer.cfg.freeze.max_freeze_ratio)
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,19 +42,16 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def final_loss(losses: list[float]) -> float:
-    return statistics.fmean(losses[-max(1, len(losses) // 10) :])
-
-
 def main() -> None:
     from megatron_tf.demo import (
         DemoConfig,
+        RunSummary,
         iterations_to_loss,
         profile_model,
+        run_summary,
         solve_plan,
         train_run,
     )
-    from megatron_tf.train.metrics import read_metrics
 
     args = parse()
     ratios = [float(x) for x in args.ratios.split(",")]
@@ -67,14 +63,13 @@ def main() -> None:
     print("profiling the demo GPT ...", flush=True)
     profile = profile_model(base_cfg, out)
 
-    def run(name: str, iters: int, plan: Path | None) -> list[float]:
+    def run(name: str, iters: int, plan: Path | None) -> RunSummary:
         cfg = replace(base_cfg, iters=iters, freeze_warmup_iters=max(1, iters // 10))
         print(f"training {name}: {iters} iterations ...", flush=True)
         train_run(cfg, out / name, plan=plan)
-        return [r["loss"] for r in read_metrics(out / name / "metrics.jsonl")]
+        return run_summary(name, out / name, cfg.freeze_warmup_iters)
 
-    baseline = run("baseline", args.iters, None)
-    target = final_loss(baseline)
+    target = run("baseline", args.iters, None).final_loss
     window = max(1, args.iters // 10)
     rows = []
     for r in ratios:
@@ -85,15 +80,15 @@ def main() -> None:
         equal_iters = run(f"max_{r:g}", args.iters, plan)
         equal_time_iters = round(args.iters * speedup)
         equal_time = run(f"max_{r:g}_equal_time", equal_time_iters, plan)
-        k = iterations_to_loss(equal_time, target, window)
+        k = iterations_to_loss(equal_time.losses, target, window)
         rows.append(
             {
                 "max_freeze_ratio": r,
                 "speedup": speedup,
                 "speedup_source": "measured" if r in measured else "predicted",
-                "final_loss_equal_iterations": final_loss(equal_iters),
+                "final_loss_equal_iterations": equal_iters.final_loss,
                 "equal_time_iterations": equal_time_iters,
-                "final_loss_equal_time": final_loss(equal_time),
+                "final_loss_equal_time": equal_time.final_loss,
                 "reached_at_iteration": k,
                 "reached_at_wall_fraction": None if k is None else k / speedup / args.iters,
             }
