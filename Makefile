@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit lint bench docs clean
+.PHONY: setup demo test test-unit lint bench docs gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ docs: setup
 
 bench: setup
 	@for s in scripts/bench/*.py; do echo "== $$s"; $(PY) $$s || exit 1; done
+
+# The wheels scripts/gpu/acceptance.sh needs on a GPU machine without network (docs/gpu.md),
+# gathered into the ignored folder .whl/ that travels with the tree.
+GPU_WHEELS := megatron-core==0.19.2
+gpu-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@ls -1 .whl && du -ch .whl/*.whl | tail -n 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
