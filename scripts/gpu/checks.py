@@ -14,6 +14,7 @@ one in its own process under a timeout.
 from __future__ import annotations
 
 import random
+import re
 import statistics
 import time
 from typing import Any
@@ -333,6 +334,9 @@ def _costs_line(forward: float, dgrad: float, wgrad: float) -> str:
 # ---------------------------------------------------------------------------------- pp 2
 
 
+_ERROR_LINE = re.compile(r"Error|error:|what\(\)|Duplicate|not supported|RuntimeError")
+
+
 def pp2_probe(cpu_check: bool) -> dict[str, Any]:
     """Can two processes share one GPU as a pp 2 pipeline? Tries NCCL and gloo P2P on cuda:0."""
     if device_for(cpu_check).type == "cpu":
@@ -355,8 +359,10 @@ def pp2_probe(cpu_check: bool) -> dict[str, Any]:
         ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=45)
-            tail = (done.stdout + done.stderr).strip().splitlines()[-6:]
-            results[backend] = {"returncode": done.returncode, "tail": tail}
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            # torchrun ends with a summary box; the cause is in the workers' error lines.
+            causes = [ln for ln in lines if _ERROR_LINE.search(ln)][:6]
+            results[backend] = {"returncode": done.returncode, "tail": causes or lines[-6:]}
         except subprocess.TimeoutExpired:
             results[backend] = {"returncode": None, "tail": ["timed out after 45 s"]}
     usable = [b for b, r in results.items() if r["returncode"] == 0]
