@@ -10,8 +10,10 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._progress import solve_status
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 
 if TYPE_CHECKING:
     from megatron_tf.solve.planner import SolveOutcome
@@ -47,6 +49,16 @@ def solve(
         str,
         typer.Option(help="Pass-2 weights: uniform, or params (needs stages[].units[].params)."),
     ] = "uniform",
+    solver: Annotated[
+        str,
+        typer.Option(
+            help="glop (exact simplex), pdlp (first-order, to --pdlp-eps), or auto: GLOP up to "
+            f"{AUTO_GLOP_MAX_VARIABLES:,} LP variables, PDLP above."
+        ),
+    ] = "auto",
+    pdlp_eps: Annotated[
+        float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
+    ] = DEFAULT_PDLP_EPS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     sweep: Annotated[
         str | None,
@@ -76,6 +88,8 @@ def solve(
         min_trained_microbatches=min_trained_microbatches,
         comm_model=comm_model,
         weighting=weighting,
+        solver=solver,
+        pdlp_eps=pdlp_eps,
     )
     ratios = parse_ratio_list(sweep) if sweep is not None else None
     if plot is not None and ratios is None:
@@ -101,7 +115,8 @@ def solve(
         if output is None:
             return
 
-    outcome = solve_profile(data, config)
+    with solve_status() as progress:
+        outcome = solve_profile(data, config, progress=progress)
     if output is not None:
         save_plan(outcome.plan, output)
     if as_json and ratios is None:
@@ -165,7 +180,8 @@ def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
     table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)
-    table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    status = r.status if r.solver == "GLOP" else r.status.replace("OPTIMAL (PDLP", "(PDLP")
+    table.add_row("solver", f"{r.solver} {status} in {r.seconds:.2f} s")
     if r.first_stage_pinned:
         pinned = ", ".join(str(m) for m in r.first_stage_pinned)
         table.add_row("first stage", f"ratio fixed at 0 on microbatch {pinned} (embedding trains)")
