@@ -180,8 +180,14 @@ def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
     table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)
-    status = r.status if r.solver == "GLOP" else r.status.replace("OPTIMAL (PDLP", "(PDLP")
-    table.add_row("solver", f"{r.solver} {status} in {r.seconds:.2f} s")
+    if r.solver == "GLOP":
+        table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    else:  # status "OPTIMAL (PDLP, eps E)": optimal only to PDLP's accuracy
+        first_order = r.status.removeprefix("OPTIMAL ").strip("()")
+        gap = r.extras.get("lp_gap", 0.0)
+        table.add_row(
+            "solver", f"{first_order} in {r.seconds:.2f} s, plan {gap:+.1e} from PDLP's optimum"
+        )
     if r.first_stage_pinned:
         pinned = ", ".join(str(m) for m in r.first_stage_pinned)
         table.add_row("first stage", f"ratio fixed at 0 on microbatch {pinned} (embedding trains)")
