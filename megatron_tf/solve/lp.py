@@ -168,7 +168,10 @@ def solve_lp(
     AUTO_GLOP_MAX_VARIABLES LP variables, PDLP above). PDLP solves both passes with OR-Tools'
     first-order method to relative accuracy `pdlp_eps` (default `config.pdlp_eps`). Its T* is
     approximate, so the plan is not checked against it: `makespan` is still the DAG's longest
-    path at the returned ratios, and `extras["lp_gap"]` is makespan / T* - 1. `progress` is
+    path at the returned ratios, and `extras["lp_gap"]` is makespan / T* - 1. Whatever the
+    solver, `extras["dual_bound"]` is a proven lower bound on the best iteration time (from
+    pass 1's row duals, `_GlopLp.dual_bound`) and `extras["certified_gap"]` is makespan /
+    bound - 1: how far the plan can at most be from the optimum. `progress` is
     called with one line before each step (for a status display on long solves).
     """
     started = time.perf_counter()
@@ -216,6 +219,8 @@ def solve_lp(
     # a constant the LP leaves out and every evaluated makespan includes.
     t_star = first.solutions[0].primal_solution.objective_value * lp.scale
     t_star += dag.iteration_overhead
+    # A lower bound on the true optimum from pass 1's row duals, whatever their accuracy.
+    bound = lp.dual_bound(first) * lp.scale + dag.iteration_overhead
 
     ratios = np.zeros((spec.pp, spec.vpp, m))
     backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
@@ -254,6 +259,8 @@ def solve_lp(
             "pass2_iterations": float(iterations[1]),
             "first_stage_pinned_zero": float(len(pins)),
             "lp_gap": gap,
+            "dual_bound": bound,
+            "certified_gap": planned / bound - 1.0 if bound > 0 else math.inf,
         },
     )
 
@@ -554,6 +561,64 @@ class _GlopLp:
                 f"{name.removeprefix('TERMINATION_REASON_')} {result.termination.detail}".strip()
             )
         return result, seconds
+
+    def dual_bound(self, result: Any) -> float:
+        """A proven lower bound on pass 1's optimum (LP time units) from the result's row duals.
+
+        Weak duality with any y >= 0 on the precedence rows: T* >= sum_i y_i b_i minus, per
+        (rank, chunk), the sum of its cap largest a_k = sum_i y_i coef_ik over unpinned ratios
+        (the budget row's best multiplier, a fractional knapsack), provided y is a flow: into
+        each time variable at most what leaves it, into T at most 1. The solver's duals are
+        made one by a reverse topological sweep that scales inflows down, so the bound holds
+        for approximate (PDLP) duals too, and equals T* for GLOP's optimal ones.
+        """
+        p = self.prec
+        sol = result.solutions[0]
+        if not sol.HasField("dual_solution"):
+            return -math.inf
+        duals = np.zeros(self.num_constraints)
+        values = sol.dual_solution.dual_values
+        duals[np.asarray(values.ids, dtype=np.int64)] = np.asarray(values.values)
+        y = np.maximum(duals[: p.num_rows], 0.0)
+        y[~np.isfinite(y)] = 0.0
+        # Rows are sorted by dst, and a row's base precedes its dst in topological order, so
+        # a time variable's outflow is final when the sweep reaches it.
+        nt = p.num_time_vars
+        starts = np.searchsorted(p.dst, np.arange(nt + 2)).tolist()
+        has_base = p.base >= 0
+        out_rows = np.nonzero(has_base)[0]
+        by_base = out_rows[np.argsort(p.base[out_rows], kind="stable")]
+        out_starts = np.searchsorted(p.base[by_base], np.arange(nt + 1)).tolist()
+        by_base_list = by_base.tolist()
+        flow = y.tolist()
+        for j in range(nt, -1, -1):
+            if j == nt:
+                cap = 1.0
+            else:
+                cap = sum(flow[i] for i in by_base_list[out_starts[j] : out_starts[j + 1]])
+            lo, hi = starts[j], starts[j + 1]
+            inflow = sum(flow[lo:hi])
+            if inflow > cap:
+                factor = cap / inflow
+                flow[lo:hi] = [f * factor for f in flow[lo:hi]]
+        y = np.asarray(flow)
+        rows_of_terms = np.repeat(np.arange(p.num_rows), np.diff(p.term_ptr))
+        a = np.bincount(
+            p.term_r,
+            weights=y[rows_of_terms] * p.term_coef / self.scale,
+            minlength=p.freezable.size,
+        )
+        upper = np.asarray(self.model.variables.upper_bounds)[self.r0 :]
+        a[upper <= 0.0] = 0.0  # a pinned ratio cannot be spent
+        budget = 0.0
+        whole = int(math.floor(self.cap))
+        part = self.cap - whole
+        for members in self.groups:
+            top = np.sort(a[members])[::-1]
+            budget += float(top[:whole].sum())
+            if part > 0 and whole < top.size:
+                budget += part * float(top[whole])
+        return float(y @ (p.const / self.scale)) - budget
 
     def read_ratios(self, result: Any) -> np.ndarray:
         """Per-node ratios, snapped to [0, 1] and kept inside each budget row."""

@@ -34,6 +34,8 @@ class SolveOutcome:
             "solve_seconds": r.seconds,
             "status": r.status,
             "solver": r.solver,
+            "dual_bound": r.extras.get("dual_bound"),
+            "certified_gap": r.extras.get("certified_gap"),
             "lp_makespan": r.lp_makespan,
             "max_freeze_ratio": self.plan.max_freeze_ratio,
             "comm_model": self.plan.comm_model,

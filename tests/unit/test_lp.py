@@ -546,6 +546,8 @@ def test_randomized_grid_every_solver_against_the_path_lp(seed: int) -> None:
     assert exact.lp_makespan == pytest.approx(reference, rel=1e-6)
     assert exact.makespan <= reference * (1 + config.tolerance + 1e-9)
     _assert_feasible(dag, exact, r_max, k_min)
+    # the dual bound from GLOP's optimal duals is the optimum itself
+    assert exact.extras["dual_bound"] == pytest.approx(exact.lp_makespan, rel=1e-9)
     auto = solve_lp(dag, config)  # small: auto is GLOP, the same plan
     assert auto.solver == "GLOP"
     np.testing.assert_array_equal(auto.ratios, exact.ratios)
@@ -556,6 +558,11 @@ def test_randomized_grid_every_solver_against_the_path_lp(seed: int) -> None:
     # pinned zeros may differ from GLOP's (ties), so compare with the unpinned optimum
     assert first_order.makespan >= _path_lp(dag, r_max, k_min) * (1 - 1e-9)
     assert first_order.makespan <= reference * (1 + 20 * eps)
+    # PDLP's approximate duals still give a proven bound: never above the optimum it bounds
+    bound = first_order.extras["dual_bound"]
+    assert bound <= _path_lp(dag, r_max, k_min, first_order.first_stage_pinned) * (1 + 1e-9)
+    assert bound >= reference * (1 - 20 * eps)  # and tight to PDLP's accuracy
+    assert first_order.extras["certified_gap"] >= -1e-9
 
 
 def test_auto_picks_by_lp_size_and_reports_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
