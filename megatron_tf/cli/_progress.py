@@ -1,5 +1,4 @@
-"""Progress displays: bars for torchrun jobs whose rank 0 prints `[profile] BAR: DONE/TOTAL`,
-and `solve_status`, the step-and-seconds line of a long `solve`.
+"""A rich progress display for torchrun jobs whose rank 0 prints `[profile] BAR: DONE/TOTAL`.
 
 The profiler's worker reports `warm-up` per iteration and `rounds` per measured round (one
 iteration of every phase); in-job and other callers may name their own bars.
@@ -16,13 +15,12 @@ import io
 import re
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["phase_progress", "solve_status"]
+__all__ = ["phase_progress"]
 
 _LINE = re.compile(r"^\[profile\] (?P<phase>[\w.\-]+): (?P<done>\d+)/(?P<total>\d+)$")
 
@@ -74,67 +72,3 @@ def phase_progress(phases: Sequence[tuple[str, int]]) -> Iterator[None]:
         sink = _LineSink(sys.stdout, progress, tasks)  # type: ignore[arg-type]
         with contextlib.redirect_stdout(sink):
             yield
-
-
-SOLVE_QUIET_SECONDS = 3.0
-"""A solve shorter than this shows nothing; a longer one shows which step it is in."""
-
-
-@contextlib.contextmanager
-def solve_status(
-    stream: io.TextIOBase | None = None, *, quiet_seconds: float = SOLVE_QUIET_SECONDS
-) -> Iterator[Callable[[str], None]]:
-    """A progress callback for `solve_profile`/`solve_lp` that reports on stderr.
-
-    On a terminal: a live status line (step and seconds so far) once the solve has run
-    `quiet_seconds`. Elsewhere (a log, CI): one line per step, `[solve] 12 s: pass 2 of 2 ...`,
-    for the steps that start or are still running after `quiet_seconds`. stdout stays clean
-    for `--json`.
-    """
-    out = stream if stream is not None else sys.stderr
-    console = Console(file=out)
-    started = time.monotonic()
-    state = {"step": "", "printed": ""}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def elapsed() -> float:
-        return time.monotonic() - started
-
-    def plain_line() -> None:
-        if state["step"] and state["printed"] != state["step"] and elapsed() >= quiet_seconds:
-            out.write(f"[solve] {elapsed():.0f} s: {state['step']}\n")
-            out.flush()
-            state["printed"] = state["step"]
-
-    def report(step: str) -> None:
-        with lock:
-            state["step"] = step
-            if not console.is_terminal:
-                plain_line()
-
-    def watch() -> None:
-        status = None
-        while not stop.wait(0.25):
-            with lock:
-                if elapsed() < quiet_seconds:
-                    continue
-                if not console.is_terminal:
-                    plain_line()
-                    continue
-                text = f"{state['step']} ({elapsed():.0f} s)"
-                if status is None:
-                    status = console.status(text)
-                    status.start()
-                else:
-                    status.update(text)
-        if status is not None:
-            status.stop()
-
-    watcher = threading.Thread(target=watch, name="solve-status", daemon=True)
-    watcher.start()
-    try:
-        yield report
-    finally:
-        stop.set()
-        watcher.join()

@@ -11,10 +11,10 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
-from megatron_tf.cli._progress import solve_status
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
+from megatron_tf.solve.progress import solve_status
 
 if TYPE_CHECKING:
     from megatron_tf.solve.planner import SolveOutcome
@@ -104,7 +104,8 @@ def solve(
     if ratios is not None:
         dag = profile_dag(data, config.comm_model)
         weights = stage_param_weights(data) if config.weighting == "params" else None
-        points = run_sweep(dag, ratios, config, stage_weights=weights)
+        with solve_status() as progress:
+            points = run_sweep(dag, ratios, config, stage_weights=weights, progress=progress)
         if plot is not None:
             plot_sweep(points, dag, plot)
         if as_json:

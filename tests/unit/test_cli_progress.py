@@ -1,4 +1,4 @@
-"""The profile command's progress sink: worker progress lines move bars, other lines pass."""
+"""Progress displays: the profile command's bars, and the step line of a long solve."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import io
 import sys
 import time
 
-from megatron_tf.cli._progress import phase_progress, solve_status
+from megatron_tf.cli._progress import phase_progress
+from megatron_tf.solve.progress import solve_status
 
 
 def test_progress_lines_update_bars_and_other_lines_pass_through() -> None:
