@@ -259,8 +259,12 @@ def solve_lp(
             "pass2_iterations": float(iterations[1]),
             "first_stage_pinned_zero": float(len(pins)),
             "lp_gap": gap,
-            "dual_bound": bound,
-            "certified_gap": planned / bound - 1.0 if bound > 0 else math.inf,
+            # only a finite, positive bound certifies anything (plan.json holds finite floats)
+            **(
+                {"dual_bound": bound, "certified_gap": planned / bound - 1.0}
+                if math.isfinite(bound) and bound > 0
+                else {}
+            ),
         },
     )
 

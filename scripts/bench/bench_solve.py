@@ -68,8 +68,8 @@ def run_case(
         "makespan": result.makespan,
         "lp_makespan": result.lp_makespan,
         "lp_gap": result.extras["lp_gap"],
-        "dual_bound": result.extras["dual_bound"],
-        "certified_gap": result.extras["certified_gap"],
+        "dual_bound": result.extras.get("dual_bound", float("nan")),
+        "certified_gap": result.extras.get("certified_gap", float("nan")),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -279,6 +279,11 @@ def test_solver_choice_through_the_cli(tmp_path: Path) -> None:
     assert summaries["pdlp"]["status"] == "OPTIMAL (PDLP, eps 1e-06)"
     optimum = summaries["glop"]["lp_makespan"]
     assert optimum * (1 - 1e-9) <= summaries["pdlp"]["makespan"] <= optimum * (1 + 2e-5)
+    # the certified gap: GLOP's is its tolerance; PDLP's never understates the real one
+    assert summaries["glop"]["dual_bound"] == pytest.approx(optimum, rel=1e-9)
+    assert summaries["glop"]["certified_gap"] == pytest.approx(1e-6, abs=1e-8)
+    real_gap = summaries["pdlp"]["makespan"] / optimum - 1
+    assert summaries["pdlp"]["certified_gap"] >= real_gap - 1e-12
     table = runner.invoke(app, ["solve", str(profile), "--solver", "pdlp"])
     assert table.exit_code == 0, table.output
     assert "PDLP, eps 0.0001 in" in table.stdout
