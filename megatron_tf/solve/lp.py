@@ -1,4 +1,4 @@
-"""The freeze-ratio LP (design: LP.md) on OR-Tools GLOP, built sparsely from the shared `Dag`.
+"""The freeze-ratio LP (docs/lp.md) on OR-Tools GLOP or PDLP, built sparsely from the `Dag`.
 
 Variables: a start time per merge point of the DAG (solve/reduce.py substitutes the rest),
 the iteration time T, and a freeze ratio per backward node that can save time (saving > 0).
@@ -156,7 +156,7 @@ def solve_lp(
     pdlp_eps: float | None = None,
     progress: Progress | None = None,
 ) -> LpResult:
-    """Optimal freeze ratios for `dag` under `config` (two GLOP passes).
+    """Optimal freeze ratios for `dag` under `config` (two passes, GLOP or PDLP by `config.solver`).
 
     `stage_weights[(rank, chunk)]` is that chunk's parameter share; needed for
     `weighting="params"`, ignored otherwise. `precedence` is `reduce_dag(dag)` when the
