@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +13,8 @@ from rich.table import Table
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
+from megatron_tf.solve.progress import solve_status
 
 if TYPE_CHECKING:
     from megatron_tf.solve.planner import SolveOutcome
@@ -47,6 +50,16 @@ def solve(
         str,
         typer.Option(help="Pass-2 weights: uniform, or params (needs stages[].units[].params)."),
     ] = "uniform",
+    solver: Annotated[
+        str,
+        typer.Option(
+            help="glop (exact simplex), pdlp (first-order, to --pdlp-eps), or auto: GLOP up to "
+            f"{AUTO_GLOP_MAX_VARIABLES:,} LP variables, PDLP above."
+        ),
+    ] = "auto",
+    pdlp_eps: Annotated[
+        float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
+    ] = DEFAULT_PDLP_EPS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     sweep: Annotated[
         str | None,
@@ -76,6 +89,8 @@ def solve(
         min_trained_microbatches=min_trained_microbatches,
         comm_model=comm_model,
         weighting=weighting,
+        solver=solver,
+        pdlp_eps=pdlp_eps,
     )
     ratios = parse_ratio_list(sweep) if sweep is not None else None
     if plot is not None and ratios is None:
@@ -89,7 +104,8 @@ def solve(
     if ratios is not None:
         dag = profile_dag(data, config.comm_model)
         weights = stage_param_weights(data) if config.weighting == "params" else None
-        points = run_sweep(dag, ratios, config, stage_weights=weights)
+        with solve_status() as progress:
+            points = run_sweep(dag, ratios, config, stage_weights=weights, progress=progress)
         if plot is not None:
             plot_sweep(points, dag, plot)
         if as_json:
@@ -101,7 +117,8 @@ def solve(
         if output is None:
             return
 
-    outcome = solve_profile(data, config)
+    with solve_status() as progress:
+        outcome = solve_profile(data, config, progress=progress)
     if output is not None:
         save_plan(outcome.plan, output)
     if as_json and ratios is None:
@@ -165,7 +182,15 @@ def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
     table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)
-    table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    if r.solver == "GLOP":
+        table.add_row("solver", f"GLOP {r.status} in {r.seconds:.2f} s")
+    else:  # status "OPTIMAL (PDLP, eps E)": optimal only to PDLP's accuracy
+        first_order = r.status.removeprefix("OPTIMAL ").strip("()")
+        gap = r.extras.get("certified_gap", math.inf)
+        table.add_row(
+            "solver",
+            f"{first_order} in {r.seconds:.2f} s, at most {gap:.1e} above the optimum (dual bound)",
+        )
     if r.first_stage_pinned:
         pinned = ", ".join(str(m) for m in r.first_stage_pinned)
         table.add_row("first stage", f"ratio fixed at 0 on microbatch {pinned} (embedding trains)")

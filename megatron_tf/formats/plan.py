@@ -65,9 +65,9 @@ class Predicted(_Strict):
 
 class SolverInfo(_Strict):
     name: str
-    """`GLOP`."""
+    """`GLOP` (exact) or `PDLP` (first-order, to the eps in `status`)."""
     status: str
-    """`OPTIMAL` (anything else is never written)."""
+    """`OPTIMAL`, or `OPTIMAL (PDLP, eps E)` (anything else is never written)."""
     seconds: Seconds
     """Wall time of model building, both passes and reading back."""
     first_stage_pinned: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)

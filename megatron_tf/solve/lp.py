@@ -1,4 +1,4 @@
-"""The freeze-ratio LP (design: LP.md) on OR-Tools GLOP, built sparsely from the shared `Dag`.
+"""The freeze-ratio LP (docs/lp.md) on OR-Tools GLOP or PDLP, built sparsely from the `Dag`.
 
 Variables: a start time per merge point of the DAG (solve/reduce.py substitutes the rest),
 the iteration time T, and a freeze ratio per backward node that can save time (saving > 0).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -37,11 +37,16 @@ import numpy as np
 from megatron_tf.errors import ConfigError, SolverError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.schedule.dag import COMM_MODELS, Dag, NodeKind
+from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.reduce import Precedence, reduce_dag
 from megatron_tf.solve.timing import evaluate
 
 Weighting = Literal["uniform", "params"]
 WEIGHTINGS: tuple[str, ...] = ("uniform", "params")
+SOLVERS: tuple[str, ...] = ("auto", "glop", "pdlp")
+"""`--solver`: `glop` (exact simplex), `pdlp` (first-order, to `--pdlp-eps`), `auto` (by size)."""
+Progress = Callable[[str], None]
+"""Called with a short line before each step of a solve (the CLI shows it as a status)."""
 
 _RATIO_NOISE = 1e-9
 """Solver values this close to 0 or 1 are snapped there (GLOP returns e.g. -3e-17)."""
@@ -63,6 +68,10 @@ class SolverConfig:
     """DAG comm model the plan was solved on: `megatron` (P2P rendezvous) or `dataflow`."""
     weighting: str = "uniform"
     """Pass-2 weights: `uniform` (each microbatch counts 1) or `params` (parameter share)."""
+    solver: str = "auto"
+    """`auto` (GLOP up to AUTO_GLOP_MAX_VARIABLES LP variables, PDLP above), `glop` or `pdlp`."""
+    pdlp_eps: float = DEFAULT_PDLP_EPS
+    """Relative accuracy of PDLP (both passes) when it is the solver."""
 
     def __post_init__(self) -> None:
         r = self.max_freeze_ratio
@@ -84,6 +93,11 @@ class SolverConfig:
             raise ConfigError(
                 f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}"
             )
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        e = self.pdlp_eps
+        if isinstance(e, bool) or not isinstance(e, int | float) or not 0.0 < e < 1.0:
+            raise ConfigError(f"--pdlp-eps must be a relative accuracy in (0, 1), got {e!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +118,7 @@ class LpResult:
     lp_makespan: float
     """seconds: pass 1's optimum T*."""
     status: str
-    """GLOP's status of the last pass (OPTIMAL, or the call raised)."""
+    """The solver's status of the last pass (OPTIMAL, or the call raised)."""
     seconds: float
     """Wall time: building both passes, solving, reading back."""
     pass_seconds: tuple[float, float] = (0.0, 0.0)
@@ -114,6 +128,8 @@ class LpResult:
     first_stage_pinned: tuple[int, ...] = ()
     """Microbatches of (rank 0, chunk 0) whose ratio was fixed at 0 (pinned_zero and greedy)."""
     extras: dict[str, float] = field(default_factory=dict)
+    solver: str = "GLOP"
+    """Which solver made the plan: `GLOP` (exact) or `PDLP` (to its eps)."""
 
     @property
     def speedup(self) -> float:
@@ -136,10 +152,11 @@ def solve_lp(
     stage_weights: dict[tuple[int, int], float] | None = None,
     precedence: Precedence | None = None,
     pinned_zero: Sequence[int] = (),
-    method: Literal["glop", "pdlp"] = "glop",
-    pdlp_eps: float = 1e-6,
+    method: Literal["glop", "pdlp"] | None = None,
+    pdlp_eps: float | None = None,
+    progress: Progress | None = None,
 ) -> LpResult:
-    """Optimal freeze ratios for `dag` under `config` (two GLOP passes).
+    """Optimal freeze ratios for `dag` under `config` (two passes, GLOP or PDLP by `config.solver`).
 
     `stage_weights[(rank, chunk)]` is that chunk's parameter share; needed for
     `weighting="params"`, ignored otherwise. `precedence` is `reduce_dag(dag)` when the
@@ -147,10 +164,15 @@ def solve_lp(
     of the first virtual stage whose ratio is fixed at 0 from the start (the tests' enumeration
     of the greedy choice). Raises SolverError when a pass is not OPTIMAL.
 
-    `method="pdlp"` (experimental, scripts/bench/bench_solve.py only) solves both passes with
-    OR-Tools' first-order PDLP to relative accuracy `pdlp_eps` instead of GLOP's simplex. Its
-    T* is approximate, so the plan is not checked against it: `makespan` is still the DAG's
-    longest path at the returned ratios, and `extras["lp_gap"]` is makespan / T* - 1.
+    The solver is `method` when given, else `config.solver` (`auto`: GLOP up to
+    AUTO_GLOP_MAX_VARIABLES LP variables, PDLP above). PDLP solves both passes with OR-Tools'
+    first-order method to relative accuracy `pdlp_eps` (default `config.pdlp_eps`). Its T* is
+    approximate, so the plan is not checked against it: `makespan` is still the DAG's longest
+    path at the returned ratios, and `extras["lp_gap"]` is makespan / T* - 1. Whatever the
+    solver, `extras["dual_bound"]` is a proven lower bound on the best iteration time (from
+    pass 1's row duals, `_GlopLp.dual_bound`) and `extras["certified_gap"]` is makespan /
+    bound - 1: how far the plan can at most be from the optimum. `progress` is
+    called with one line before each step (for a status display on long solves).
     """
     started = time.perf_counter()
     spec = dag.spec
@@ -160,13 +182,21 @@ def solve_lp(
             f"infeasible budget: --min-trained-microbatches {config.min_trained_microbatches} "
             f"exceeds the {m} microbatches of an iteration"
         )
+    say = progress if progress is not None else _silent
+    if precedence is None:
+        say(f"series-reducing the DAG ({len(dag.nodes):,} actions)")
     prec = precedence if precedence is not None else reduce_dag(dag)
-    lp = _GlopLp(dag, prec, config, stage_weights, method=method, pdlp_eps=pdlp_eps)
+    eps = pdlp_eps if pdlp_eps is not None else config.pdlp_eps
+    chosen = method if method is not None else pick_solver(config.solver, prec)
+    lp = _GlopLp(dag, prec, config, stage_weights, method=chosen, pdlp_eps=eps)
+    size = f"{chosen.upper()}, {lp.num_variables:,} variables, {lp.num_constraints:,} rows"
     k_min = config.min_trained_microbatches
     pinned = _stage_nodes(dag, pinned_zero)
     lp.pin_to_zero(pinned)
+    say(f"pass 1 of 2: shortest iteration ({size})")
     first, t1 = lp.solve(pass_number=1)
     lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)
+    say(f"pass 2 of 2: least freezing at that iteration time ({size})")
     second, t2 = lp.solve(pass_number=2, basis=first.solutions[0])
     node_ratios = lp.read_ratios(second)
     iterations = [_iterations(first), _iterations(second)]
@@ -176,8 +206,10 @@ def solve_lp(
         # tightening bounds keeps it dual feasible, so the dual simplex repairs it in few pivots.
         lp.pin_to_zero(pins)
         lp.minimise_time()
+        say(f"first-stage zeros fixed: pass 1 again ({size})")
         first, r1 = lp.solve(pass_number=1, basis=first.solutions[0], dual=True)
         lp.minimise_freezing(first.solutions[0].primal_solution.objective_value)
+        say(f"first-stage zeros fixed: pass 2 again ({size})")
         second, r2 = lp.solve(pass_number=2, basis=first.solutions[0])
         node_ratios = lp.read_ratios(second)
         t1, t2 = t1 + r1, t2 + r2
@@ -187,6 +219,8 @@ def solve_lp(
     # a constant the LP leaves out and every evaluated makespan includes.
     t_star = first.solutions[0].primal_solution.objective_value * lp.scale
     t_star += dag.iteration_overhead
+    # A lower bound on the true optimum from pass 1's row duals, whatever their accuracy.
+    bound = lp.dual_bound(first) * lp.scale + dag.iteration_overhead
 
     ratios = np.zeros((spec.pp, spec.vpp, m))
     backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
@@ -199,7 +233,7 @@ def solve_lp(
     planned = evaluate(dag, node_ratios).makespan
     gap = planned / t_star - 1.0 if t_star > 0 else 0.0
     slack = config.tolerance + _PREDICTION_SLACK
-    if method == "glop" and abs(planned - t_star) > slack * max(t_star, 1e-300):
+    if chosen == "glop" and abs(planned - t_star) > slack * max(t_star, 1e-300):
         raise SolverError(
             f"GLOP's optimum ({t_star:.9g} s) and the plan's evaluated iteration time "
             f"({planned:.9g} s) disagree; the profile's durations may span too many orders "
@@ -211,7 +245,8 @@ def solve_lp(
         baseline_makespan=baseline,
         makespan=planned,
         lp_makespan=t_star,
-        status="OPTIMAL" if method == "glop" else f"OPTIMAL (PDLP, eps {pdlp_eps:g})",
+        status="OPTIMAL" if chosen == "glop" else f"OPTIMAL (PDLP, eps {eps:g})",
+        solver=chosen.upper(),
         seconds=time.perf_counter() - started,
         pass_seconds=(t1, t2),
         num_variables=lp.num_variables,
@@ -224,8 +259,26 @@ def solve_lp(
             "pass2_iterations": float(iterations[1]),
             "first_stage_pinned_zero": float(len(pins)),
             "lp_gap": gap,
+            # only a finite, positive bound certifies anything (plan.json holds finite floats)
+            **(
+                {"dual_bound": bound, "certified_gap": planned / bound - 1.0}
+                if math.isfinite(bound) and bound > 0
+                else {}
+            ),
         },
     )
+
+
+def pick_solver(solver: str, prec: Precedence) -> Literal["glop", "pdlp"]:
+    """`glop` or `pdlp` for `--solver` on this LP: `auto` decides by the LP's variable count."""
+    if solver == "glop" or solver == "pdlp":
+        return solver
+    variables = prec.num_time_vars + 1 + int(prec.freezable.size)
+    return "glop" if variables <= AUTO_GLOP_MAX_VARIABLES else "pdlp"
+
+
+def _silent(_: str) -> None:
+    """The default progress callback: says nothing."""
 
 
 def _iterations(result: Any) -> int:
@@ -503,14 +556,73 @@ class _GlopLp:
                 raise SolverError(
                     f"infeasible budget: no plan satisfies --max-freeze-ratio "
                     f"{self.config.max_freeze_ratio} with --min-trained-microbatches "
-                    f"{self.config.min_trained_microbatches} (GLOP, pass {pass_number}: {what})"
+                    f"{self.config.min_trained_microbatches} "
+                    f"({self.method.upper()}, pass {pass_number}: {what})"
                 )
             name = result_pb2.TerminationReasonProto.Name(reason)
             raise SolverError(
-                f"GLOP did not find an optimal plan (pass {pass_number}, {what}): "
+                f"{self.method.upper()} did not find an optimal plan (pass {pass_number}, {what}): "
                 f"{name.removeprefix('TERMINATION_REASON_')} {result.termination.detail}".strip()
             )
         return result, seconds
+
+    def dual_bound(self, result: Any) -> float:
+        """A proven lower bound on pass 1's optimum (LP time units) from the result's row duals.
+
+        Weak duality with any y >= 0 on the precedence rows: T* >= sum_i y_i b_i minus, per
+        (rank, chunk), the sum of its cap largest a_k = sum_i y_i coef_ik over unpinned ratios
+        (the budget row's best multiplier, a fractional knapsack), provided y is a flow: into
+        each time variable at most what leaves it, into T at most 1. The solver's duals are
+        made one by a reverse topological sweep that scales inflows down, so the bound holds
+        for approximate (PDLP) duals too, and equals T* for GLOP's optimal ones.
+        """
+        p = self.prec
+        sol = result.solutions[0]
+        if not sol.HasField("dual_solution"):
+            return -math.inf
+        duals = np.zeros(self.num_constraints)
+        values = sol.dual_solution.dual_values
+        duals[np.asarray(values.ids, dtype=np.int64)] = np.asarray(values.values)
+        y = np.maximum(duals[: p.num_rows], 0.0)
+        y[~np.isfinite(y)] = 0.0
+        # Rows are sorted by dst, and a row's base precedes its dst in topological order, so
+        # a time variable's outflow is final when the sweep reaches it.
+        nt = p.num_time_vars
+        starts = np.searchsorted(p.dst, np.arange(nt + 2)).tolist()
+        has_base = p.base >= 0
+        out_rows = np.nonzero(has_base)[0]
+        by_base = out_rows[np.argsort(p.base[out_rows], kind="stable")]
+        out_starts = np.searchsorted(p.base[by_base], np.arange(nt + 1)).tolist()
+        by_base_list = by_base.tolist()
+        flow = y.tolist()
+        for j in range(nt, -1, -1):
+            if j == nt:
+                cap = 1.0
+            else:
+                cap = sum(flow[i] for i in by_base_list[out_starts[j] : out_starts[j + 1]])
+            lo, hi = starts[j], starts[j + 1]
+            inflow = sum(flow[lo:hi])
+            if inflow > cap:
+                factor = cap / inflow
+                flow[lo:hi] = [f * factor for f in flow[lo:hi]]
+        y = np.asarray(flow)
+        rows_of_terms = np.repeat(np.arange(p.num_rows), np.diff(p.term_ptr))
+        a = np.bincount(
+            p.term_r,
+            weights=y[rows_of_terms] * p.term_coef / self.scale,
+            minlength=p.freezable.size,
+        )
+        upper = np.asarray(self.model.variables.upper_bounds)[self.r0 :]
+        a[upper <= 0.0] = 0.0  # a pinned ratio cannot be spent
+        budget = 0.0
+        whole = int(math.floor(self.cap))
+        part = self.cap - whole
+        for members in self.groups:
+            top = np.sort(a[members])[::-1]
+            budget += float(top[:whole].sum())
+            if part > 0 and whole < top.size:
+                budget += part * float(top[whole])
+        return float(y @ (p.const / self.scale)) - budget
 
     def read_ratios(self, result: Any) -> np.ndarray:
         """Per-node ratios, snapped to [0, 1] and kept inside each budget row."""

@@ -11,7 +11,7 @@ from typing import Any
 from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
 from megatron_tf.formats.profile import Profile, profile_sha256
 from megatron_tf.schedule.dag import Dag
-from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class SolveOutcome:
             "per_stage_mean_freeze_ratio": r.per_rank_mean_freeze_ratio,
             "solve_seconds": r.seconds,
             "status": r.status,
+            "solver": r.solver,
+            "dual_bound": r.extras.get("dual_bound"),
+            "certified_gap": r.extras.get("certified_gap"),
             "lp_makespan": r.lp_makespan,
             "max_freeze_ratio": self.plan.max_freeze_ratio,
             "comm_model": self.plan.comm_model,
@@ -61,11 +64,17 @@ def stage_param_weights(profile: Profile) -> dict[tuple[int, int], float] | None
     return weights
 
 
-def solve_profile(profile: Profile, config: SolverConfig) -> SolveOutcome:
-    """Optimal plan for `profile` under `config` (raises SolverError / ConfigError)."""
+def solve_profile(
+    profile: Profile, config: SolverConfig, *, progress: Progress | None = None
+) -> SolveOutcome:
+    """Optimal plan for `profile` under `config` (raises SolverError / ConfigError).
+
+    `progress` gets one line before each step (the CLI shows it while a long solve runs)."""
+    if progress is not None:
+        progress(f"building the DAG of {profile.spec.describe()}")
     dag = profile_dag(profile, config.comm_model)
     weights = stage_param_weights(profile) if config.weighting == "params" else None
-    result = solve_lp(dag, config, stage_weights=weights)
+    result = solve_lp(dag, config, stage_weights=weights, progress=progress)
     return SolveOutcome(plan=make_plan(result, profile, config), result=result, dag=dag)
 
 
@@ -85,7 +94,7 @@ def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
             speedup=result.speedup,
         ),
         solver=SolverInfo(
-            name="GLOP",
+            name=result.solver,
             status=result.status,
             seconds=result.seconds,
             first_stage_pinned=list(result.first_stage_pinned),

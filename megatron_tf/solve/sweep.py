@@ -8,6 +8,7 @@ is what critical-path placement buys; it is widest at small budgets, where users
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.schedule.dag import Dag, NodeKind
-from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 from megatron_tf.solve.reduce import reduce_dag
 from megatron_tf.solve.timing import evaluate
 
@@ -88,13 +89,20 @@ def sweep(
     base: SolverConfig,
     *,
     stage_weights: dict[tuple[int, int], float] | None = None,
+    progress: Progress | None = None,
 ) -> list[SweepPoint]:
-    """Solve the LP at each `max_freeze_ratio` in `max_ratios` (other options from `base`)."""
+    """Solve the LP at each `max_freeze_ratio` in `max_ratios` (other options from `base`);
+    `progress` hears each step, prefixed with the budget being solved."""
     points = []
     precedence = reduce_dag(dag)  # the DAG is the same for every budget
     for r_max in max_ratios:
         config = dataclasses.replace(base, max_freeze_ratio=r_max)
-        result: LpResult = solve_lp(dag, config, stage_weights=stage_weights, precedence=precedence)
+        say = None
+        if progress is not None:
+            say = functools.partial(_prefixed, progress, f"--max-freeze-ratio {r_max:g}: ")
+        result: LpResult = solve_lp(
+            dag, config, stage_weights=stage_weights, precedence=precedence, progress=say
+        )
         mean = result.mean_freeze_ratio
         points.append(
             SweepPoint(
@@ -107,6 +115,10 @@ def sweep(
             )
         )
     return points
+
+
+def _prefixed(progress: Progress, prefix: str, step: str) -> None:
+    progress(prefix + step)
 
 
 def plot_sweep(

@@ -57,10 +57,14 @@ def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> PlanSo
     from megatron_tf.formats.profile import save_profile
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
+    from megatron_tf.solve.progress import solve_status
 
-    outcome = solve_profile(
-        profile, SolverConfig(max_freeze_ratio=trainer.cfg.freeze.max_freeze_ratio)
-    )
+    with solve_status() as progress:  # --solver auto; a long solve says what it is doing
+        outcome = solve_profile(
+            profile,
+            SolverConfig(max_freeze_ratio=trainer.cfg.freeze.max_freeze_ratio),
+            progress=progress,
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out_dir / "profile.json")
     save_plan(outcome.plan, out_dir / "plan.json")

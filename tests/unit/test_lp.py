@@ -7,6 +7,7 @@ cross-checked against an enumeration of all paths and a grid search.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -484,3 +485,118 @@ def test_iteration_overhead_adds_to_every_makespan_and_changes_no_ratio(comm_mod
     assert simulate(dag, with_overhead.ratios.tolist()).makespan == pytest.approx(
         with_overhead.makespan, rel=1e-12
     )
+
+
+# ---------------------------------------------------------------- solver choice (--solver)
+
+
+def _random_instance(seed: int) -> tuple[Dag, float, int]:
+    """A small random instance: schedule, comm model, per-rank costs with per-microbatch
+    jitter and communication time, budget in [0.05, 1], k_min 0 or 1 (all from `seed`)."""
+    rng = np.random.default_rng(seed)
+    comm_model = ("megatron", "dataflow")[seed % 2]
+    if (seed // 2) % 2 == 0:
+        spec = ScheduleSpec(
+            kind="1f1b", pp=int(rng.integers(2, 4)), microbatches=int(rng.integers(2, 5))
+        )
+    else:
+        spec = ScheduleSpec(kind="interleaved", pp=2, vpp=2, microbatches=2)
+    costs = [tuple(float(x) for x in rng.uniform(0.3, 2.0, 3)) for _ in range(spec.pp)]
+    profile = synthetic_profile(spec, costs, comm=float(rng.uniform(0.0, 0.2)))
+    overrides = [
+        MicrobatchCost(
+            rank=st.rank,
+            chunk=st.chunk,
+            microbatch=m,
+            forward=st.forward * float(rng.uniform(0.6, 1.4)),
+            backward=st.backward * (scale := float(rng.uniform(0.6, 1.4))),
+            backward_frozen=st.backward_frozen * scale * float(rng.uniform(0.5, 1.0)),
+        )
+        for st in profile.stages
+        for m in range(spec.microbatches)
+    ]
+    profile = profile.model_copy(update={"microbatches": overrides})
+    dag = build_dag(spec, CostModel.from_profile(profile), comm_model)
+    return dag, float(rng.uniform(0.05, 1.0)), int(rng.integers(0, 2))
+
+
+def _assert_feasible(dag: Dag, result: LpResult, r_max: float, k_min: int) -> None:
+    """Every constraint of the plan, checked on the returned ratios themselves."""
+    r = result.ratios
+    assert r.min() >= 0.0 and r.max() <= 1.0
+    m = dag.spec.microbatches
+    cap = min(m * r_max, m - k_min)
+    assert (r.sum(axis=2) <= cap * (1 + 1e-12)).all()
+    assert np.count_nonzero(r[0, 0] == 0.0) >= k_min
+    assert simulate(dag, r.tolist()).makespan == pytest.approx(result.makespan, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_randomized_grid_every_solver_against_the_path_lp(seed: int) -> None:
+    """Both schedules, both comm models, unbalanced jittered costs, budgets 0.05-1: GLOP's T*
+    equals the path-enumeration LP's (same first-stage zeros) to 1e-6 relative, its plan
+    reaches T* within the tolerance, and PDLP (`--solver pdlp`) lands within its accuracy."""
+    dag, r_max, k_min = _random_instance(seed)
+    config = SolverConfig(
+        max_freeze_ratio=r_max, min_trained_microbatches=k_min, comm_model=dag.comm_model
+    )
+    exact = solve_lp(dag, dataclasses.replace(config, solver="glop"))
+    assert exact.solver == "GLOP"
+    reference = _path_lp(dag, r_max, k_min, exact.first_stage_pinned)
+    assert exact.lp_makespan == pytest.approx(reference, rel=1e-6)
+    assert exact.makespan <= reference * (1 + config.tolerance + 1e-9)
+    _assert_feasible(dag, exact, r_max, k_min)
+    # the dual bound from GLOP's optimal duals is the optimum itself
+    assert exact.extras["dual_bound"] == pytest.approx(exact.lp_makespan, rel=1e-9)
+    auto = solve_lp(dag, config)  # small: auto is GLOP, the same plan
+    assert auto.solver == "GLOP"
+    np.testing.assert_array_equal(auto.ratios, exact.ratios)
+    eps = 1e-6
+    first_order = solve_lp(dag, dataclasses.replace(config, solver="pdlp", pdlp_eps=eps))
+    assert first_order.solver == "PDLP"
+    _assert_feasible(dag, first_order, r_max, k_min)
+    # pinned zeros may differ from GLOP's (ties), so compare with the unpinned optimum
+    assert first_order.makespan >= _path_lp(dag, r_max, k_min) * (1 - 1e-9)
+    assert first_order.makespan <= reference * (1 + 20 * eps)
+    # PDLP's approximate duals still give a proven bound: never above the optimum it bounds
+    bound = first_order.extras["dual_bound"]
+    assert bound <= _path_lp(dag, r_max, k_min, first_order.first_stage_pinned) * (1 + 1e-9)
+    assert bound >= reference * (1 - 20 * eps)  # and tight to PDLP's accuracy
+    assert first_order.extras["certified_gap"] >= -1e-9
+
+
+def test_auto_picks_by_lp_size_and_reports_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` is GLOP up to AUTO_GLOP_MAX_VARIABLES LP variables and PDLP above; the
+    progress callback hears every pass, with the solver and the LP size."""
+    import megatron_tf.solve.lp as lp_module
+
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, "megatron", comm=0.05, jitter=True)
+    prec = reduce_dag(dag)
+    size = prec.num_time_vars + 1 + prec.freezable.size
+    assert lp_module.pick_solver("auto", prec) == "glop"
+    assert lp_module.pick_solver("pdlp", prec) == "pdlp"
+    steps: list[str] = []
+    small = solve_lp(dag, SolverConfig(max_freeze_ratio=0.3), progress=steps.append)
+    assert small.solver == "GLOP" and small.num_variables == size
+    assert any(s.startswith("pass 1 of 2") and "GLOP" in s for s in steps), steps
+    assert any(s.startswith("pass 2 of 2") and f"{size:,} variables" in s for s in steps)
+    monkeypatch.setattr(lp_module, "AUTO_GLOP_MAX_VARIABLES", size - 1)
+    assert lp_module.pick_solver("auto", prec) == "pdlp"
+    steps.clear()
+    large = solve_lp(dag, SolverConfig(max_freeze_ratio=0.3), progress=steps.append)
+    assert large.solver == "PDLP" and large.status == "OPTIMAL (PDLP, eps 0.0001)"
+    assert any("PDLP" in s for s in steps)
+    assert small.lp_makespan * (1 - 1e-9) <= large.makespan <= small.lp_makespan * (1 + 2e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"solver": "simplex"}, "--solver must be one of auto, glop, pdlp"),
+        ({"pdlp_eps": 0.0}, "--pdlp-eps"),
+        ({"pdlp_eps": 1.5}, "--pdlp-eps"),
+    ],
+)
+def test_solver_options_are_checked(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SolverConfig(**kwargs)

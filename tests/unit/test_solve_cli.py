@@ -180,6 +180,8 @@ def test_bad_profiles_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
         (["--sweep", "0.1", "--plot", "x.gif"], "--plot must end in .png or .svg"),
         (["-o", "nowhere/plan.json"], "-o/--output: folder 'nowhere' does not exist"),
         (["--weighting", "params"], "--weighting params needs each stage's parameter count"),
+        (["--solver", "simplex"], "--solver must be one of auto, glop, pdlp, got 'simplex'"),
+        (["--pdlp-eps", "0"], "--pdlp-eps must be a relative accuracy in (0, 1)"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, extra: list[str], expected: str) -> None:
@@ -257,3 +259,31 @@ def test_plan_records_the_first_stage_zero(tmp_path: Path) -> None:
     # with --min-trained-microbatches 0 nothing is pinned
     assert runner.invoke(app, [*args, "--min-trained-microbatches", "0"]).exit_code == 0
     assert load_plan(plan_path).solver.first_stage_pinned == []
+
+
+def test_solver_choice_through_the_cli(tmp_path: Path) -> None:
+    """`--solver pdlp` writes a PDLP plan, named as such, within its accuracy of GLOP's;
+    `auto` on a small layout is GLOP."""
+    profile = synthetic(tmp_path, [*INTERLEAVED, "--costs", "1,2,1.5", "--comm", "0.05"])
+    summaries = {}
+    for solver in ("auto", "glop", "pdlp"):
+        plan_path = tmp_path / f"{solver}.json"
+        args = ["solve", str(profile), "-o", str(plan_path), "--json", "--solver", solver]
+        result = runner.invoke(app, [*args, "--pdlp-eps", "1e-6"])
+        assert result.exit_code == 0, result.output
+        summaries[solver] = json.loads(result.stdout)
+        assert load_plan(plan_path).solver.name == summaries[solver]["solver"]
+    assert summaries["auto"]["solver"] == summaries["glop"]["solver"] == "GLOP"
+    assert summaries["auto"]["makespan"] == summaries["glop"]["makespan"]
+    assert summaries["pdlp"]["solver"] == "PDLP"
+    assert summaries["pdlp"]["status"] == "OPTIMAL (PDLP, eps 1e-06)"
+    optimum = summaries["glop"]["lp_makespan"]
+    assert optimum * (1 - 1e-9) <= summaries["pdlp"]["makespan"] <= optimum * (1 + 2e-5)
+    # the certified gap: GLOP's is its tolerance; PDLP's never understates the real one
+    assert summaries["glop"]["dual_bound"] == pytest.approx(optimum, rel=1e-9)
+    assert summaries["glop"]["certified_gap"] == pytest.approx(1e-6, abs=1e-8)
+    real_gap = summaries["pdlp"]["makespan"] / optimum - 1
+    assert summaries["pdlp"]["certified_gap"] >= real_gap - 1e-12
+    table = runner.invoke(app, ["solve", str(profile), "--solver", "pdlp"])
+    assert table.exit_code == 0, table.output
+    assert "PDLP, eps 0.0001 in" in table.stdout
