@@ -35,6 +35,7 @@ from megatron_tf.cli._megatron_lm import (
 from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.outputs import check_output_dir
 
 _MODEL = "Model"
 _LAYOUT = "Parallel layout"
@@ -80,7 +81,8 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         corpus_seed=v["seed"],
     )
     freeze = FreezeOptions(
-        plan=None if v["no_freeze"] else v["plan"],
+        plan=v["plan"],
+        no_freeze=v["no_freeze"],
         max_freeze_ratio=v["max_freeze_ratio"],
         warmup_iters=v["freeze_warmup_iters"],
         ramp_iters=v["freeze_ramp_iters"],
@@ -102,6 +104,7 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         save=v["save"],
         save_interval=v["save_interval"],
         load=v["load"],
+        overwrite_checkpoints=v["overwrite_checkpoints"],
         exit_after_iters=v["exit_after_iters"],
         freeze=freeze,
     )
@@ -214,8 +217,22 @@ def pretrain(
     ] = 0,
     load: Annotated[
         str | None,
-        typer.Option(help="Resume from this checkpoint folder's latest.", rich_help_panel=_TRAIN),
+        typer.Option(
+            help="Resume from this checkpoint folder's latest, or from one iteration folder "
+            "(DIR/iter_0000050). A folder holding no checkpoint starts from scratch; a damaged "
+            "one is refused.",
+            rich_help_panel=_TRAIN,
+        ),
     ] = None,
+    overwrite_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite-checkpoints",
+            help="Allow --save to write over checkpoints newer than this run's start (and move "
+            "`latest` back). Without it such a run is refused.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
     exit_after_iters: Annotated[
         int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
     ] = 0,
@@ -228,7 +245,11 @@ def pretrain(
         ),
     ] = None,
     no_freeze: Annotated[
-        bool, typer.Option(help="Ignore --plan: the baseline run.", rich_help_panel=_FREEZE)
+        bool,
+        typer.Option(
+            help="Ignore --plan: the baseline run (on resume it replaces the checkpoint's plan).",
+            rich_help_panel=_FREEZE,
+        ),
     ] = False,
     max_freeze_ratio: Annotated[
         float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
@@ -299,10 +320,20 @@ def pretrain(
         )
         return
     values = {k: v for k, v in locals().items() if k not in _LAUNCH_KEYS}
+    check_output_dir(out_dir, "--out-dir")
+    if save is not None:
+        check_output_dir(save, "--save")
     job = pretrain_job_from_options(PretrainOptions(values=values))
     from megatron_tf.train.job import write_job
 
     job_file = write_job(job, Path(job.train.out_dir) / "job.json")
+    if load is not None and not dry_run:
+        said = (
+            f"resuming from {job.train.resume_from}"
+            if job.train.resume_from
+            else (f"--load {load}: no checkpoint there yet, starting from scratch")
+        )
+        console.print(f"[dim]{said}[/]", highlight=False, soft_wrap=True)
     if job.prepared.corpus is not None and not dry_run:
         console.print(
             f"[dim]data: embedded corpus {job.prepared.prefix} "

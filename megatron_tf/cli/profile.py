@@ -42,6 +42,7 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+from megatron_tf.outputs import check_output_file
 
 _MODEL = "Model (measuring)"
 _MEASURE = "Measuring"
@@ -146,6 +147,7 @@ def profile(
     measure_flags = dict(
         iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
     )
+    check_output_file(output, "-o/--output", suffixes=(".json",) if megatron_lm is None else ())
     if megatron_lm is not None or megatron_args:
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
@@ -190,8 +192,6 @@ def profile(
         return
     from megatron_tf.formats.profile import save_profile
 
-    if output.suffix.lower() != ".json":
-        raise ConfigError(f"-o/--output must end in .json, got {str(output)!r}")
     data = synthetic_from_flags(
         schedule=schedule,
         pp=pp,

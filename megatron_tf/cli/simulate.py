@@ -23,6 +23,7 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+from megatron_tf.outputs import check_output_file
 
 if TYPE_CHECKING:
     from megatron_tf.formats.profile import Profile
@@ -100,10 +101,10 @@ def simulate(
             "nothing to simulate: give --profile FILE, or --schedule, --pp, --microbatches "
             "and --costs F,B,W"
         )
-    if timeline is not None and timeline.suffix.lower() not in (".png", ".svg"):
-        raise ConfigError(f"--timeline must end in .png or .svg, got {str(timeline)!r}")
-    if trace is not None and trace.suffix.lower() != ".json":
-        raise ConfigError(f"--trace must end in .json, got {str(trace)!r}")
+    if timeline is not None:
+        check_output_file(timeline, "--timeline", suffixes=(".png", ".svg"))
+    if trace is not None:
+        check_output_file(trace, "--trace", suffixes=(".json",))
 
     if profile is not None:
         data = load_profile(profile)

@@ -12,6 +12,7 @@ from rich.table import Table
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.outputs import check_output_file
 
 if TYPE_CHECKING:
     from megatron_tf.solve.planner import SolveOutcome
@@ -81,9 +82,9 @@ def solve(
     if plot is not None and ratios is None:
         raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
     if plot is not None:
-        _check_writable(plot, "--plot", suffixes=(".png", ".svg"))
+        check_output_file(plot, "--plot", suffixes=(".png", ".svg"))
     if output is not None:
-        _check_writable(output, "-o/--output")
+        check_output_file(output, "-o/--output")
     data = load_profile(profile)
 
     if ratios is not None:
@@ -108,17 +109,6 @@ def solve(
         typer.echo(json.dumps(outcome.summary()))
     elif not as_json:
         console.print(_plan_table(outcome, output))
-
-
-def _check_writable(path: Path, flag: str, *, suffixes: tuple[str, ...] = ()) -> None:
-    """Fail before solving (not after) when an output cannot be written where asked."""
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{flag}: folder {str(parent)!r} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"{flag}: {str(path)!r} is a folder, expected a file path")
 
 
 def _point_json(p: SweepPoint) -> dict[str, float | None]:
