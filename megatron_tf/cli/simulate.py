@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, err_console, user_errors
+from megatron_tf.cli._progress import busy
 from megatron_tf.cli._schedule_opts import (
     CommOption,
     CostsOption,
@@ -139,8 +140,9 @@ def simulate(
     if comm_model is None:
         comm_model = "megatron"
 
-    result = simulate_profile(data, comm_model, ratios)
-    baseline = simulate_profile(data, comm_model) if ratios is not None else None
+    with busy(f"simulating {spec.describe()}", spec.actions):
+        result = simulate_profile(data, comm_model, ratios)
+        baseline = simulate_profile(data, comm_model) if ratios is not None else None
 
     if timeline is not None or trace is not None:
         panels = []

@@ -10,11 +10,14 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._progress import busy
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.outputs import check_output_file
 
 if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
+    from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import SolveOutcome
     from megatron_tf.solve.sweep import SweepPoint
 
@@ -64,12 +67,9 @@ def solve(
     With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints predicted
     gain against mean freeze ratio, next to uniform freezing at the same ratio.
     """
-    from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
-    from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
-    from megatron_tf.solve.sweep import sweep as run_sweep
+    from megatron_tf.solve.sweep import parse_ratio_list
 
     config = SolverConfig(
         max_freeze_ratio=max_freeze_ratio,
@@ -86,6 +86,24 @@ def solve(
     if output is not None:
         check_output_file(output, "-o/--output")
     data = load_profile(profile)
+    spinner = busy(f"solving {data.spec.describe()}", data.spec.actions)
+    with spinner:
+        _solve_and_report(data, config, ratios, output=output, plot=plot, as_json=as_json)
+
+
+def _solve_and_report(
+    data: Profile,
+    config: SolverConfig,
+    ratios: list[float] | None,
+    *,
+    output: Path | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
+    from megatron_tf.solve.sweep import plot_sweep
+    from megatron_tf.solve.sweep import sweep as run_sweep
 
     if ratios is not None:
         dag = profile_dag(data, config.comm_model)
