@@ -17,6 +17,7 @@ import typer
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._launch import (
+    CollectiveTimeoutOption,
     DryRunOption,
     LauncherOption,
     LaunchOptions,
@@ -35,6 +36,7 @@ from megatron_tf.cli._megatron_lm import (
 from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
 from megatron_tf.outputs import check_output_dir
 
 _MODEL = "Model"
@@ -281,6 +283,7 @@ def pretrain(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
     # -- a user's Megatron-LM script instead of the built-in trainer
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
@@ -304,6 +307,7 @@ def pretrain(
         rdzv_endpoint=rdzv_endpoint,
         launcher=launcher,
         dry_run=dry_run,
+        collective_timeout=collective_timeout,
     )
     if megatron_lm is not None or megatron_args:
         _pretrain_megatron_lm(
@@ -355,6 +359,7 @@ _LAUNCH_KEYS = frozenset(
         "rdzv_endpoint",
         "launcher",
         "dry_run",
+        "collective_timeout",
         "options",
         "megatron_lm",
         "script",

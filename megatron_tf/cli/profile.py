@@ -14,6 +14,7 @@ import typer
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._launch import (
+    CollectiveTimeoutOption,
     DryRunOption,
     LauncherOption,
     LaunchOptions,
@@ -42,6 +43,7 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
 from megatron_tf.outputs import check_output_file
 
 _MODEL = "Model (measuring)"
@@ -115,6 +117,7 @@ def profile(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
     # -- a user's Megatron-LM script instead of the built-in model
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
@@ -143,6 +146,7 @@ def profile(
         rdzv_endpoint=rdzv_endpoint,
         launcher=launcher,
         dry_run=dry_run,
+        collective_timeout=collective_timeout,
     )
     measure_flags = dict(
         iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order

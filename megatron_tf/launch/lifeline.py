@@ -1,0 +1,43 @@
+"""Processes of a job die with the process that started them (Linux `PR_SET_PDEATHSIG`).
+
+The CLI starts torchrun in a session of its own (so that it can signal the whole job), which
+also means nothing ends the job when the CLI is killed with SIGKILL. `PR_SET_PDEATHSIG` asks the
+kernel to send a signal to a process when its parent dies: the CLI sets it for torchrun (before
+exec), and each worker sets it for itself (`die_with_parent`), so no worker outlives its
+torchrun either. On other systems these are no-ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+__all__ = ["die_with_parent", "prctl_function"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def prctl_function() -> Callable[..., int] | None:
+    """libc's prctl, or None off Linux or when it cannot be found."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Get `sig` when the parent process (torchrun, for a worker) dies; at once if it has."""
+    prctl = prctl_function()
+    if prctl is None:
+        return
+    parent = os.getppid()
+    prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os.kill(os.getpid(), sig)
