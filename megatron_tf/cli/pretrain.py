@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._app import app, console, err_console, user_errors
 from megatron_tf.cli._launch import (
     CollectiveTimeoutOption,
     DryRunOption,
@@ -331,13 +332,13 @@ def pretrain(
     from megatron_tf.train.job import write_job
 
     job_file = write_job(job, Path(job.train.out_dir) / "job.json")
-    if load is not None and not dry_run:
+    if load is not None:
         said = (
             f"resuming from {job.train.resume_from}"
             if job.train.resume_from
-            else (f"--load {load}: no checkpoint there yet, starting from scratch")
+            else f"--load {load}: no checkpoint there yet, starting from scratch"
         )
-        console.print(f"[dim]{said}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]{escape(said)}[/]", highlight=False, soft_wrap=True)
     if job.prepared.corpus is not None and not dry_run:
         console.print(
             f"[dim]data: embedded corpus {job.prepared.prefix} "
