@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with_parent", "prctl_function"]
+__all__ = ["SESSION_ENV", "die_with_parent", "prctl_function"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,12 +32,24 @@ def prctl_function() -> Callable[..., int] | None:
         return None
 
 
+SESSION_ENV = "TIMELYFREEZE_JOB_SESSION"
+"""Set by the launcher (`run_job`) for torchrun and its workers: torchrun leads a session of its
+own, so a worker whose parent is not that session's leader has lost its torchrun already."""
+
+
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
-    """Get `sig` when the parent process (torchrun, for a worker) dies; at once if it has."""
+    """Get `sig` when the parent process (torchrun, for a worker) dies; at once if it has.
+
+    A worker calls this after its imports (seconds): if torchrun died meanwhile, the worker was
+    re-parented already, which the session check catches.
+    """
     prctl = prctl_function()
     if prctl is None:
         return
     parent = os.getppid()
     prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the call took effect
+    orphaned = os.getppid() != parent
+    if os.environ.get(SESSION_ENV) == "1" and os.getppid() != os.getsid(0):
+        orphaned = True
+    if orphaned:
         os.kill(os.getpid(), sig)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.launch.lifeline import SESSION_ENV
 
 __all__ = ["JobResult", "TorchrunLaunch", "format_dry_run", "parse_endpoint", "run", "run_job"]
 
@@ -238,7 +239,7 @@ def run_job(
         # A session of its own, so that stopping the job reaches torchrun's workers too.
         proc = subprocess.Popen(
             cmd,
-            env=launch.environment(),
+            env={**launch.environment(), SESSION_ENV: "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
