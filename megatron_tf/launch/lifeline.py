@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["SESSION_ENV", "die_with_parent", "prctl_function"]
+__all__ = ["LAUNCHER_ENV", "die_with_parent", "prctl_function"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,16 +32,17 @@ def prctl_function() -> Callable[..., int] | None:
         return None
 
 
-SESSION_ENV = "TIMELYFREEZE_JOB_SESSION"
-"""Set by the launcher (`run_job`) for torchrun and its workers: torchrun leads a session of its
-own, so a worker whose parent is not that session's leader has lost its torchrun already."""
+LAUNCHER_ENV = "TIMELYFREEZE_LAUNCHER_PID"
+"""Set by the launcher (`run_job`) to its own pid: a worker's parent (torchrun) is the
+launcher's child, so a worker whose grandparent is another process has lost its torchrun."""
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     """Get `sig` when the parent process (torchrun, for a worker) dies; at once if it has.
 
     A worker calls this after its imports (seconds): if torchrun died meanwhile, the worker was
-    re-parented already, which the session check catches.
+    re-parented already, which the check of its grandparent against $TIMELYFREEZE_LAUNCHER_PID
+    catches.
     """
     prctl = prctl_function()
     if prctl is None:
@@ -49,7 +50,16 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     parent = os.getppid()
     prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     orphaned = os.getppid() != parent
-    if os.environ.get(SESSION_ENV) == "1" and os.getppid() != os.getsid(0):
+    launcher = os.environ.get(LAUNCHER_ENV, "")
+    if launcher.isdigit() and _parent_of(os.getppid()) != int(launcher):
         orphaned = True
     if orphaned:
         os.kill(os.getpid(), sig)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

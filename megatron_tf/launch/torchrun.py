@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from megatron_tf.errors import LaunchError
-from megatron_tf.launch.lifeline import SESSION_ENV
+from megatron_tf.launch.lifeline import LAUNCHER_ENV
 
 __all__ = ["JobResult", "TorchrunLaunch", "format_dry_run", "parse_endpoint", "run", "run_job"]
 
@@ -235,11 +235,14 @@ def run_job(
     cmd = launch.command(entry_module, args)
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
+    state = _Stopping()
+    # Handlers first: a signal that arrives while the job starts is passed on once it exists.
+    previous = _forward_signals(state)
     try:
         # A session of its own, so that stopping the job reaches torchrun's workers too.
         proc = subprocess.Popen(
             cmd,
-            env={**launch.environment(), SESSION_ENV: "1"},
+            env={**launch.environment(), LAUNCHER_ENV: str(os.getpid())},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -249,11 +252,13 @@ def run_job(
             preexec_fn=_die_with_parent_preexec(),
         )
     except OSError as exc:
+        _restore(previous)
         raise LaunchError(f"cannot start {cmd[0]!r}: {exc.strerror}") from None
-    state = _Stopping(proc)
+    state.proc = proc
+    if state.signal is not None:
+        state.kill_group(state.signal)
     pumps = [_pump(proc.stdout, out, state), _pump(proc.stderr, err, state)]
     watchdog = _watch_for_stopped_ranks(proc, state)
-    previous = _forward_signals(state)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -264,8 +269,7 @@ def run_job(
         _stop(proc, signal.SIGTERM, grace=STOP_GRACE_SECONDS)
         raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore(previous)
         state.done.set()
         if state.timer is not None:
             state.timer.cancel()
@@ -280,8 +284,8 @@ def run_job(
 class _Stopping:
     """Shared state of one job between the main thread, the pumps and the watchdog."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
         self.signal: int | None = None
         self.muted = False
         self.timer: threading.Timer | None = None
@@ -289,8 +293,10 @@ class _Stopping:
         self.stopped: dict[int, int] = {}
 
     def kill_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        """Signal torchrun's process group and every worker (each leads a session of its own)."""
+        if self.proc is None:
+            return  # not started yet: run_job passes the signal on once it is
+        _signal_job(self.proc, sig)
 
 
 def _forward_signals(state: _Stopping) -> dict[int, Any]:
@@ -313,6 +319,28 @@ def _forward_signals(state: _Stopping) -> dict[int, Any]:
         state.timer.start()
 
     return {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+
+
+def _signal_job(proc: subprocess.Popen[str], sig: int) -> bool:
+    """`sig` to torchrun's process group, and once to each worker outside it (torchrun starts
+    every worker in a session of its own). False when the process group is gone."""
+    alive = True
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        alive = False
+    except PermissionError:
+        pass
+    for pid in _job_processes(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) != proc.pid:
+                os.kill(pid, sig)
+    return alive
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def _die_with_parent_preexec() -> Any:
@@ -341,35 +369,41 @@ def _watch_for_stopped_ranks(proc: subprocess.Popen[str], state: _Stopping) -> t
 
     def watch() -> None:
         while not state.done.wait(1.0):
-            for pid, rank in _stopped_ranks_in_session(proc.pid).items():
-                state.stopped.setdefault(rank, pid)
+            for pid, (status, rank) in _job_processes(os.getpid()).items():
+                if status in ("T", "t") and rank is not None:
+                    state.stopped.setdefault(rank, pid)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
 
 
-def _stopped_ranks_in_session(session: int) -> dict[int, int]:
-    """pid -> RANK of every process in `session` whose state is stopped (T) or traced (t)."""
-    found: dict[int, int] = {}
-    proc_root = "/proc"
-    if not os.path.isdir(proc_root):
+def _job_processes(launcher: int) -> dict[int, tuple[str, int | None]]:
+    """pid -> (state, RANK) of every live process this launcher started (Linux /proc).
+
+    torchrun puts each worker in a session of its own, so neither the session nor the process
+    group finds them; the environment does: `run_job` marks the job with its own pid
+    (`LAUNCHER_ENV`), which torchrun and the workers inherit.
+    """
+    found: dict[int, tuple[str, int | None]] = {}
+    if not os.path.isdir("/proc"):
         return found
-    for entry in os.listdir(proc_root):
+    mark = f"{LAUNCHER_ENV}={launcher}".encode()
+    for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"{proc_root}/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) != session or fields[0] not in ("T", "t"):
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
                 continue
-            with open(f"{proc_root}/{entry}/environ", "rb") as fh:
-                env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except (OSError, IndexError):
             continue
-        rank = env.get(b"RANK", b"")
-        if rank.isdigit():
-            found[int(entry)] = int(rank)
+        if mark in env:
+            rank = next((item[5:] for item in env if item.startswith(b"RANK=")), b"")
+            found[int(entry)] = (state, int(rank) if rank.isdigit() else None)
     return found
 
 
@@ -388,11 +422,9 @@ def _pump(source: IO[str] | None, sink: IO[str], state: _Stopping) -> threading.
 
 
 def _stop(proc: subprocess.Popen[str], sig: signal.Signals, grace: float) -> None:
-    """Signal the job's process group, then SIGKILL it if it outlives `grace` seconds."""
+    """Signal the job (torchrun and its workers), then SIGKILL it if it outlives `grace` s."""
     for next_sig, wait_s in ((sig, grace), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, next_sig)
-        except ProcessLookupError:
+        if not _signal_job(proc, next_sig):
             break
         try:
             proc.wait(timeout=wait_s)

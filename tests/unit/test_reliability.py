@@ -4,7 +4,7 @@ Every bad input below must end with exit code 2 and exactly one `error:` line na
 field or file, with no traceback; checkpoints are never overwritten or made unreachable; a large
 layout is refused before anything is built. The CLI runs in this process (`main()` with its
 argv), so these take milliseconds each. The fault cases that need a real torchrun job are in
-tests/dist/test_reliability.py; here the launcher is exercised with a stand-in torchrun.
+tests/dist/test_reliability_dist.py; here the launcher is exercised with a stand-in torchrun.
 """
 
 from __future__ import annotations
