@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from megatron_tf import __version__
-from megatron_tf.errors import TimelyFreezeError
+from megatron_tf.errors import ConfigError, TimelyFreezeError
 
 app = typer.Typer(
     name="timelyfreeze",
@@ -26,6 +28,9 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+# click's base exception, as typer re-exports it (typer >= 0.20 vendors click, older use it).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 
 def user_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a `TimelyFreezeError` into one red line on stderr and exit code 2, never a traceback."""
@@ -33,13 +38,30 @@ def user_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            _refuse_non_finite(kwargs)
             return fn(*args, **kwargs)
         except TimelyFreezeError as exc:
-            message = " ".join(str(exc).split())  # one line, whatever the message held
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            print_error("interrupted (Ctrl-C) before any job started; nothing was written")
+            raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, as one line whatever the message held."""
+    text = escape(" ".join(message.split()))
+    err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+
+
+def _refuse_non_finite(values: dict[str, object]) -> None:
+    """NaN and infinity pass every `<`/`>` range check, so every float flag is refused first."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
 
 
 def _version(value: bool) -> None:
@@ -64,5 +86,23 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point: usage errors (a bad type, an unknown flag) are one line too.
+
+    typer draws them in a box of four or more lines; here they are `error: ...` naming the
+    flag, with exit code 2 as before.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except _ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `timelyfreeze` alone: help was shown
+            sys.exit(exc.exit_code)
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        print_error(exc.format_message() + hint)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print_error("interrupted (Ctrl-C)")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

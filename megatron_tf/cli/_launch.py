@@ -16,7 +16,9 @@ This module imports neither torch nor megatron, so `--help` and `--dry-run` stay
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +29,17 @@ import typer
 from megatron_tf.cli._app import err_console
 from megatron_tf.errors import LaunchError
 from megatron_tf.launch.slurm import read_slurm_env, slurm_launch
-from megatron_tf.launch.torchrun import TorchrunLaunch, format_dry_run, run
+from megatron_tf.launch.torchrun import (
+    COLLECTIVE_TIMEOUT_ENV,
+    DEFAULT_COLLECTIVE_TIMEOUT,
+    TorchrunLaunch,
+    format_dry_run,
+    run_job,
+)
 from megatron_tf.launch.worker_errors import ERROR_DIR_ENV, WorkerUserError, first_worker_error
 
 __all__ = [
+    "CollectiveTimeoutOption",
     "DryRunOption",
     "LaunchOptions",
     "LauncherOption",
@@ -95,6 +104,17 @@ DryRunOption = Annotated[
     ),
 ]
 
+CollectiveTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--collective-timeout",
+        metavar="SECONDS",
+        help="A rank that waits this long in a collective or pipeline send/receive fails the "
+        "job (exit 1, naming a rank found stopped); bounds the hang a stuck rank causes.",
+        rich_help_panel=_PANEL,
+    ),
+]
+
 
 @dataclass(kw_only=True, slots=True)
 class LaunchOptions:
@@ -110,6 +130,8 @@ class LaunchOptions:
     """--launcher: `local` or `slurm`."""
     dry_run: bool = False
     """--dry-run: print the command instead of running it."""
+    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
+    """--collective-timeout: seconds a rank may wait in a collective or P2P call."""
 
     def build(
         self,
@@ -149,6 +171,13 @@ class LaunchOptions:
                 rdzv_endpoint=self.rdzv_endpoint,
                 env=dict(env or {}),
             )
+        if not math.isfinite(self.collective_timeout) or self.collective_timeout <= 0:
+            raise LaunchError(
+                f"--collective-timeout must be a positive number of seconds, "
+                f"got {self.collective_timeout}"
+            )
+        if self.collective_timeout != DEFAULT_COLLECTIVE_TIMEOUT:  # the workers' default
+            launch.env.setdefault(COLLECTIVE_TIMEOUT_ENV, f"{self.collective_timeout:g}")
         if world_size is not None and launch.world_size != world_size:
             raise LaunchError(
                 f"the job needs {world_size} processes but --nnodes {launch.nnodes} x "
@@ -182,19 +211,37 @@ def launch_or_print(
         return
     with tempfile.TemporaryDirectory(prefix="timelyfreeze-errors-") as notes:
         launch.env[ERROR_DIR_ENV] = notes
-        code = run(launch, entry_module, args, timeout=timeout or _env_timeout())
-        worker_error = first_worker_error(notes) if code != 0 else None
+        result = run_job(launch, entry_module, args, timeout=timeout or _env_timeout())
+        worker_error = first_worker_error(notes) if result.code != 0 else None
+    code = result.code
+    if result.signal is not None:
+        name = signal.Signals(result.signal).name
+        why = {"SIGINT": "Ctrl-C", "SIGTERM": "terminated", "SIGHUP": "terminal closed"}[name]
+        _one_line(
+            f"stopped by {name} ({why}): the signal went to every process of the job, which "
+            f"ended with code {code}; checkpoints already written are kept"
+        )
+        raise typer.Exit(code=128 + result.signal)
     if worker_error is not None:
         # A rank refused to run (bad plan, mismatched layout): a user error, exit 2.
         raise WorkerUserError(worker_error)
-    if code != 0:
-        err_console.print(
-            f"[bold red]error:[/] the job failed (torchrun exit code {code}); "
-            "the failing rank's error is printed above",
-            highlight=False,
-            soft_wrap=True,
+    if code != 0 and result.stopped_ranks:
+        stuck = ", ".join(f"rank {r} (pid {p})" for r, p in sorted(result.stopped_ranks.items()))
+        _one_line(
+            f"the job failed (torchrun exit code {code}): {stuck} was stopped and never "
+            f"answered; the other ranks gave up after --collective-timeout "
+            f"{launch.env.get(COLLECTIVE_TIMEOUT_ENV, f'{DEFAULT_COLLECTIVE_TIMEOUT:g}')} s"
         )
         raise typer.Exit(code=1)
+    if code != 0:
+        _one_line(
+            f"the job failed (torchrun exit code {code}); the failing rank's error is printed above"
+        )
+        raise typer.Exit(code=1)
+
+
+def _one_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _env_timeout() -> float | None:

@@ -72,3 +72,14 @@ def phase_progress(phases: Sequence[tuple[str, int]]) -> Iterator[None]:
         sink = _LineSink(sys.stdout, progress, tasks)  # type: ignore[arg-type]
         with contextlib.redirect_stdout(sink):
             yield
+
+
+BUSY_ACTIONS = 50_000
+"""Schedules from this size on take seconds to model (about 50 us per action): show a spinner."""
+
+
+def busy(what: str, actions: int) -> contextlib.AbstractContextManager[object]:
+    """A spinner with elapsed time on stderr while a large schedule is modelled or solved."""
+    if actions < BUSY_ACTIONS:
+        return contextlib.nullcontext()
+    return Console(stderr=True).status(f"{what} ({actions:,} actions)...")

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.outputs import check_output_dir
 
 
 @app.command("demo")
@@ -34,6 +35,7 @@ def demo(
     TimelyFreeze run from the same seed, times both side by side, trains TimelyFreeze again for
     the baseline's wall time, and compares iteration time and loss.
     """
+    check_output_dir(out_dir, "--out-dir")
     _quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
     from megatron_tf.demo_report import summary_rows

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._app import app, console, err_console, user_errors
 from megatron_tf.cli._launch import (
+    CollectiveTimeoutOption,
     DryRunOption,
     LauncherOption,
     LaunchOptions,
@@ -35,6 +37,8 @@ from megatron_tf.cli._megatron_lm import (
 from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
+from megatron_tf.outputs import check_output_dir
 
 _MODEL = "Model"
 _LAYOUT = "Parallel layout"
@@ -80,7 +84,8 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         corpus_seed=v["seed"],
     )
     freeze = FreezeOptions(
-        plan=None if v["no_freeze"] else v["plan"],
+        plan=v["plan"],
+        no_freeze=v["no_freeze"],
         max_freeze_ratio=v["max_freeze_ratio"],
         warmup_iters=v["freeze_warmup_iters"],
         ramp_iters=v["freeze_ramp_iters"],
@@ -102,6 +107,7 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         save=v["save"],
         save_interval=v["save_interval"],
         load=v["load"],
+        overwrite_checkpoints=v["overwrite_checkpoints"],
         exit_after_iters=v["exit_after_iters"],
         freeze=freeze,
     )
@@ -214,8 +220,22 @@ def pretrain(
     ] = 0,
     load: Annotated[
         str | None,
-        typer.Option(help="Resume from this checkpoint folder's latest.", rich_help_panel=_TRAIN),
+        typer.Option(
+            help="Resume from this checkpoint folder's latest, or from one iteration folder "
+            "(DIR/iter_0000050). A folder holding no checkpoint starts from scratch; a damaged "
+            "one is refused.",
+            rich_help_panel=_TRAIN,
+        ),
     ] = None,
+    overwrite_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite-checkpoints",
+            help="Allow --save to write over checkpoints newer than this run's start (and move "
+            "`latest` back). Without it such a run is refused.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
     exit_after_iters: Annotated[
         int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
     ] = 0,
@@ -228,7 +248,11 @@ def pretrain(
         ),
     ] = None,
     no_freeze: Annotated[
-        bool, typer.Option(help="Ignore --plan: the baseline run.", rich_help_panel=_FREEZE)
+        bool,
+        typer.Option(
+            help="Ignore --plan: the baseline run (on resume it replaces the checkpoint's plan).",
+            rich_help_panel=_FREEZE,
+        ),
     ] = False,
     max_freeze_ratio: Annotated[
         float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
@@ -260,6 +284,7 @@ def pretrain(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
     # -- a user's Megatron-LM script instead of the built-in trainer
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
@@ -283,6 +308,7 @@ def pretrain(
         rdzv_endpoint=rdzv_endpoint,
         launcher=launcher,
         dry_run=dry_run,
+        collective_timeout=collective_timeout,
     )
     if megatron_lm is not None or megatron_args:
         _pretrain_megatron_lm(
@@ -299,10 +325,20 @@ def pretrain(
         )
         return
     values = {k: v for k, v in locals().items() if k not in _LAUNCH_KEYS}
+    check_output_dir(out_dir, "--out-dir")
+    if save is not None:
+        check_output_dir(save, "--save")
     job = pretrain_job_from_options(PretrainOptions(values=values))
     from megatron_tf.train.job import write_job
 
     job_file = write_job(job, Path(job.train.out_dir) / "job.json")
+    if load is not None:
+        said = (
+            f"resuming from {job.train.resume_from}"
+            if job.train.resume_from
+            else f"--load {load}: no checkpoint there yet, starting from scratch"
+        )
+        err_console.print(f"[dim]{escape(said)}[/]", highlight=False, soft_wrap=True)
     if job.prepared.corpus is not None and not dry_run:
         console.print(
             f"[dim]data: embedded corpus {job.prepared.prefix} "
@@ -324,6 +360,7 @@ _LAUNCH_KEYS = frozenset(
         "rdzv_endpoint",
         "launcher",
         "dry_run",
+        "collective_timeout",
         "options",
         "megatron_lm",
         "script",

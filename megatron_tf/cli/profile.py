@@ -14,6 +14,7 @@ import typer
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._launch import (
+    CollectiveTimeoutOption,
     DryRunOption,
     LauncherOption,
     LaunchOptions,
@@ -42,6 +43,8 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
+from megatron_tf.outputs import check_output_file
 
 _MODEL = "Model (measuring)"
 _MEASURE = "Measuring"
@@ -50,6 +53,7 @@ _MEASURE = "Measuring"
 @app.command("profile")
 @user_errors
 def profile(
+    ctx: typer.Context,
     output: Annotated[
         Path,
         typer.Option("-o", "--output", help="Where to write profile.json (atomically)."),
@@ -114,6 +118,7 @@ def profile(
     rdzv_endpoint: RdzvEndpointOption = None,
     launcher: LauncherOption = "local",
     dry_run: DryRunOption = False,
+    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
     # -- a user's Megatron-LM script instead of the built-in model
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
@@ -142,10 +147,18 @@ def profile(
         rdzv_endpoint=rdzv_endpoint,
         launcher=launcher,
         dry_run=dry_run,
+        collective_timeout=collective_timeout,
     )
     measure_flags = dict(
         iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
     )
+    if synthetic:
+        _refuse_given(
+            ctx, _MEASURING_ONLY, "they describe a measured run; --synthetic writes costs"
+        )
+    elif comm != 0.0:
+        raise ConfigError("--comm describes what-if costs: it needs --synthetic")
+    check_output_file(output, "-o/--output", suffixes=(".json",) if megatron_lm is None else ())
     if megatron_lm is not None or megatron_args:
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
@@ -190,8 +203,6 @@ def profile(
         return
     from megatron_tf.formats.profile import save_profile
 
-    if output.suffix.lower() != ".json":
-        raise ConfigError(f"-o/--output must end in .json, got {str(output)!r}")
     data = synthetic_from_flags(
         schedule=schedule,
         pp=pp,
@@ -256,3 +267,41 @@ def measure_profile(
             )
     if not launch.dry_run:
         console.print(f"wrote {output}: {summary_line(output)}", highlight=False, soft_wrap=True)
+
+
+_MEASURING_ONLY: tuple[str, ...] = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "ffn_hidden_size",
+    "seq_length",
+    "vocab_size",
+    "micro_batch_size",
+    "recompute",
+    "seed",
+    "tp",
+    "dp",
+    "iters",
+    "warmup_iters",
+    "linearity",
+    "phase_order",
+    "nnodes",
+    "nproc_per_node",
+    "rdzv_endpoint",
+    "launcher",
+    "dry_run",
+    "collective_timeout",
+)
+"""Flags `profile --synthetic` would ignore: giving one is refused rather than ignored."""
+
+
+def _refuse_given(ctx: typer.Context, names: tuple[str, ...], why: str) -> None:
+    """Refuse flags given on the command line (or by environment) that would be ignored."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in names:
+            source = ctx.get_parameter_source(param.name)
+            if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+                given.append(max(param.opts, key=len))
+    if given:
+        raise ConfigError(f"{', '.join(given)} cannot be used with --synthetic: {why}")

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, err_console, user_errors
+from megatron_tf.cli._progress import busy
 from megatron_tf.cli._schedule_opts import (
     CommOption,
     CostsOption,
@@ -23,6 +24,7 @@ from megatron_tf.cli._schedule_opts import (
     synthetic_from_flags,
 )
 from megatron_tf.errors import ConfigError
+from megatron_tf.outputs import check_output_file
 
 if TYPE_CHECKING:
     from megatron_tf.formats.profile import Profile
@@ -100,10 +102,10 @@ def simulate(
             "nothing to simulate: give --profile FILE, or --schedule, --pp, --microbatches "
             "and --costs F,B,W"
         )
-    if timeline is not None and timeline.suffix.lower() not in (".png", ".svg"):
-        raise ConfigError(f"--timeline must end in .png or .svg, got {str(timeline)!r}")
-    if trace is not None and trace.suffix.lower() != ".json":
-        raise ConfigError(f"--trace must end in .json, got {str(trace)!r}")
+    if timeline is not None:
+        check_output_file(timeline, "--timeline", suffixes=(".png", ".svg"))
+    if trace is not None:
+        check_output_file(trace, "--trace", suffixes=(".json",))
 
     if profile is not None:
         data = load_profile(profile)
@@ -138,8 +140,9 @@ def simulate(
     if comm_model is None:
         comm_model = "megatron"
 
-    result = simulate_profile(data, comm_model, ratios)
-    baseline = simulate_profile(data, comm_model) if ratios is not None else None
+    with busy(f"simulating {spec.describe()}", spec.actions):
+        result = simulate_profile(data, comm_model, ratios)
+        baseline = simulate_profile(data, comm_model) if ratios is not None else None
 
     if timeline is not None or trace is not None:
         panels = []

@@ -13,10 +13,13 @@ from rich.table import Table
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.outputs import check_output_file
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.progress import solve_status
 
 if TYPE_CHECKING:
+    from megatron_tf.formats.profile import Profile
+    from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import SolveOutcome
     from megatron_tf.solve.sweep import SweepPoint
 
@@ -76,12 +79,9 @@ def solve(
     With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints predicted
     gain against mean freeze ratio, next to uniform freezing at the same ratio.
     """
-    from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
-    from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
-    from megatron_tf.solve.sweep import sweep as run_sweep
+    from megatron_tf.solve.sweep import parse_ratio_list
 
     config = SolverConfig(
         max_freeze_ratio=max_freeze_ratio,
@@ -96,10 +96,27 @@ def solve(
     if plot is not None and ratios is None:
         raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
     if plot is not None:
-        _check_writable(plot, "--plot", suffixes=(".png", ".svg"))
+        check_output_file(plot, "--plot", suffixes=(".png", ".svg"))
     if output is not None:
-        _check_writable(output, "-o/--output")
+        check_output_file(output, "-o/--output")
     data = load_profile(profile)
+    # Long solves report their steps on stderr (solve_status); no second live display here.
+    _solve_and_report(data, config, ratios, output=output, plot=plot, as_json=as_json)
+
+
+def _solve_and_report(
+    data: Profile,
+    config: SolverConfig,
+    ratios: list[float] | None,
+    *,
+    output: Path | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
+    from megatron_tf.solve.sweep import plot_sweep
+    from megatron_tf.solve.sweep import sweep as run_sweep
 
     if ratios is not None:
         dag = profile_dag(data, config.comm_model)
@@ -125,17 +142,6 @@ def solve(
         typer.echo(json.dumps(outcome.summary()))
     elif not as_json:
         console.print(_plan_table(outcome, output))
-
-
-def _check_writable(path: Path, flag: str, *, suffixes: tuple[str, ...] = ()) -> None:
-    """Fail before solving (not after) when an output cannot be written where asked."""
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{flag}: folder {str(parent)!r} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"{flag}: {str(path)!r} is a folder, expected a file path")
 
 
 def _point_json(p: SweepPoint) -> dict[str, float | None]:

@@ -25,7 +25,8 @@ Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "1.0" or true where a number belongs is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PlanSchedule(_Strict):
@@ -111,7 +112,26 @@ class Plan(_Strict):
                         f"ratios[{rank}][{chunk}] has {len(values)} microbatches, "
                         f"schedule.microbatches is {s.microbatches}"
                     )
+        self._within_own_budget()
         return self
+
+    def _within_own_budget(self) -> None:
+        """The ratios obey the plan's own header: a hand-edited plan cannot exceed its cap."""
+        slack = 1e-6
+        for rank, chunks in enumerate(self.ratios):
+            for chunk, values in enumerate(chunks):
+                mean = sum(values) / len(values)
+                if mean > self.max_freeze_ratio + slack:
+                    raise ValueError(
+                        f"ratios[{rank}][{chunk}] has mean {mean:.6g}, above the plan's own "
+                        f"max_freeze_ratio {self.max_freeze_ratio:g}"
+                    )
+                trained = sum(1.0 - r for r in values)
+                if trained < min(self.min_trained_microbatches, len(values)) - slack:
+                    raise ValueError(
+                        f"ratios[{rank}][{chunk}] trains {trained:.6g} microbatches, below the "
+                        f"plan's own min_trained_microbatches {self.min_trained_microbatches}"
+                    )
 
     def schedule_spec(self) -> ScheduleSpec:
         return self.schedule.to_spec()
@@ -131,6 +151,10 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise FormatError(f"cannot read plan {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(
+            f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

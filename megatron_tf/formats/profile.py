@@ -45,9 +45,14 @@ the request's name in Megatron's p2p_communication.py, e.g. "wait:recv_prev"."""
 
 Seconds = float
 
+MAX_SECONDS = 1.0e5
+"""Largest duration a profile may hold for one action or message (about 28 hours): beyond it a
+value is a typo or garbage (1e308 overflowed the LP), not a measurement."""
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "1.0" or true where a number belongs is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ScheduleModel(_Strict):
@@ -83,10 +88,10 @@ class StageCost(_Strict):
 
     rank: int = Field(ge=0)
     chunk: int = Field(ge=0)
-    forward: Seconds = Field(ge=0)
-    backward: Seconds = Field(ge=0)
+    forward: Seconds = Field(ge=0, le=MAX_SECONDS)
+    backward: Seconds = Field(ge=0, le=MAX_SECONDS)
     """Full backward (input and weight gradients), nothing frozen."""
-    backward_frozen: Seconds = Field(ge=0)
+    backward_frozen: Seconds = Field(ge=0, le=MAX_SECONDS)
     """Backward with every freezable tensor of the chunk frozen (0 on the first virtual stage)."""
     units: list[UnitCost] | None = None
 
@@ -106,9 +111,9 @@ class MicrobatchCost(_Strict):
     rank: int = Field(ge=0)
     chunk: int = Field(ge=0)
     microbatch: int = Field(ge=0)
-    forward: Seconds | None = Field(default=None, ge=0)
-    backward: Seconds | None = Field(default=None, ge=0)
-    backward_frozen: Seconds | None = Field(default=None, ge=0)
+    forward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    backward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    backward_frozen: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 class CommLink(_Strict):
@@ -116,13 +121,13 @@ class CommLink(_Strict):
 
     rank: int = Field(ge=0)
     direction: Literal["forward", "backward"]
-    seconds: Seconds = Field(ge=0)
+    seconds: Seconds = Field(ge=0, le=MAX_SECONDS)
 
 
 class MeasuredAction(_Strict):
     """One action as a profiler saw it, times relative to the iteration start."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
     rank: int = Field(ge=0)
     kind: str
     """"F", "B", a P2P call name, or WAIT_PREFIX + the request waited on."""
@@ -135,7 +140,7 @@ class MeasuredAction(_Strict):
 class Measured(_Strict):
     """What a real run recorded; open for extension by the measuring profiler."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
     iteration_time: Seconds | None = Field(default=None, ge=0)
     iteration_times: list[Seconds] | None = None
     actions: list[MeasuredAction] | None = None
@@ -148,8 +153,8 @@ class Profile(_Strict):
     schedule: ScheduleModel
     stages: list[StageCost]
     microbatches: list[MicrobatchCost] | None = None
-    comm: Annotated[Seconds, Field(ge=0)] | list[CommLink] = 0.0
-    iteration_overhead: Annotated[Seconds, Field(ge=0)] | None = None
+    comm: Annotated[Seconds, Field(ge=0, le=MAX_SECONDS)] | list[CommLink] = 0.0
+    iteration_overhead: Annotated[Seconds, Field(ge=0, le=MAX_SECONDS)] | None = None
     """Seconds of each iteration outside the schedule's forward, backward and P2P calls, which
     no plan changes: the schedule's set-up and Megatron's gradient finalization (the
     data-parallel and tied-embedding all-reduces). Measured by the profiler; None counts as 0
@@ -185,6 +190,12 @@ class Profile(_Strict):
                     f"microbatches[{i}]: (rank {mb.rank}, chunk {mb.chunk}, microbatch "
                     f"{mb.microbatch}) outside the schedule"
                 )
+        work = [x for st in self.stages for x in (st.forward, st.backward)]
+        work += [
+            x for mb in self.microbatches or [] for x in (mb.forward, mb.backward) if x is not None
+        ]
+        if not any(work):
+            problems.append("every forward and backward cost is 0: nothing to schedule")
         if isinstance(self.comm, list):
             links = {(link.rank, link.direction) for link in self.comm}
             gaps = [
@@ -245,6 +256,10 @@ def _read_json(path: Path, what: str) -> object:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FormatError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     except OSError as exc:
         raise FormatError(f"cannot read {what} file {path}: {exc.strerror}") from None
     try:

@@ -28,7 +28,15 @@ class WorkerUserError(TimelyFreezeError):
 
 @contextlib.contextmanager
 def report_user_errors() -> Iterator[None]:
-    """Turn a TimelyFreezeError in this worker into one line, a note for the CLI, and exit 2."""
+    """Turn a TimelyFreezeError in this worker into one line, a note for the CLI, and exit 2.
+
+    Under torchrun the worker also asks to die with its torchrun (`lifeline.die_with_parent`),
+    so a killed launcher leaves no worker behind.
+    """
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from megatron_tf.launch.lifeline import die_with_parent
+
+        die_with_parent()
     try:
         yield
     except TimelyFreezeError as exc:

@@ -23,9 +23,13 @@ __all__ = ["destroy_distributed", "init_distributed"]
 
 
 def init_distributed(
-    parallel: ParallelConfig, *, seed: int = 1234, timeout_minutes: int = 10
+    parallel: ParallelConfig, *, seed: int = 1234, timeout_minutes: float | None = None
 ) -> None:
     """Initialise torch.distributed and Megatron's model-parallel groups for `parallel`.
+
+    `timeout_minutes` bounds every collective and P2P wait (a stuck rank fails the job instead
+    of hanging it); default: $TIMELYFREEZE_COLLECTIVE_TIMEOUT seconds, which the CLI's
+    `--collective-timeout` sets, else 10 minutes.
 
     Raises LaunchError when the process was not started by torchrun, or when the world size
     does not equal tp * pp * dp.
@@ -37,6 +41,8 @@ def init_distributed(
         raise LaunchError(
             f"not started by torchrun: environment variable(s) {', '.join(missing)} missing"
         )
+    if timeout_minutes is None:
+        timeout_minutes = float(os.environ.get("TIMELYFREEZE_COLLECTIVE_TIMEOUT", "600")) / 60
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != parallel.world_size:
         raise LaunchError(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.profile import (
+    MAX_SECONDS,
     PROFILE_FORMAT,
     Profile,
     ScheduleModel,
@@ -115,7 +116,14 @@ def parse_costs(text: str, pp: int) -> list[RankCosts]:
                 raise ConfigError(
                     f"--costs: {name} in triple {i + 1} must be a finite number >= 0, found {value}"
                 )
+            if value > MAX_SECONDS:
+                raise ConfigError(
+                    f"--costs: {name} in triple {i + 1} must be at most {MAX_SECONDS:g} seconds, "
+                    f"found {value}"
+                )
         triples.append((f, b, w))
+    if not any(f + b + w for f, b, w in triples):
+        raise ConfigError("--costs: every cost is 0, nothing to schedule (makespan 0)")
     return triples * pp if len(triples) == 1 else triples
 
 
@@ -132,6 +140,8 @@ def synthetic_profile(spec: ScheduleSpec, costs: list[RankCosts], comm: float = 
         raise ConfigError(f"--costs: expected 1 or {spec.pp} triples, found {len(costs)}")
     if not math.isfinite(comm) or comm < 0:
         raise ConfigError(f"--comm must be a finite number >= 0, found {comm}")
+    if comm > MAX_SECONDS:
+        raise ConfigError(f"--comm must be at most {MAX_SECONDS:g} seconds, found {comm}")
     v = spec.vpp
     stages = []
     for r, (f, b, w) in enumerate(costs):

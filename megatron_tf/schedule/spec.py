@@ -6,6 +6,7 @@ module accepts is one Megatron runs, and a rejected one carries Megatron's rule 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -13,6 +14,13 @@ from megatron_tf.errors import ConfigError
 
 ScheduleKind = Literal["1f1b", "interleaved"]
 SCHEDULE_KINDS: tuple[str, ...] = ("1f1b", "interleaved")
+
+DEFAULT_MAX_ACTIONS = 500_000
+"""Largest schedule (forward + backward actions, 2 * pp * vpp * microbatches) any command
+builds, unless `$TIMELYFREEZE_MAX_ACTIONS` raises it. The DAG and simulator take about 1.3 KB
+and 50 us per action on a CPU (pp 32, M 4096: 262,144 actions, 13.6 s, 390 MB), so the default
+bounds one command at about 0.7 GB and half a minute; the LP is several times that."""
+MAX_ACTIONS_ENV = "TIMELYFREEZE_MAX_ACTIONS"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +51,7 @@ class ScheduleSpec:
         _positive_int("vpp", self.vpp, "--vpp")
         if self.pp < 2:
             raise ConfigError(f"--pp must be at least 2 for a pipeline schedule, got {self.pp}")
+        _check_size(self)
         if self.kind == "1f1b":
             if self.vpp != 1:
                 raise ConfigError(
@@ -78,6 +87,12 @@ class ScheduleSpec:
                 f"Megatron requires M mod group size to be 0 or >= PP={p}: "
                 f"--microbatches {m} mod --group-size {g} = {remainder}"
             )
+
+    @property
+    def actions(self) -> int:
+        """Compute actions of one iteration (a forward and a backward per microbatch and chunk);
+        what the DAG, the simulator and the LP grow with."""
+        return 2 * self.pp * self.vpp * self.microbatches
 
     @property
     def stages(self) -> int:
@@ -118,3 +133,25 @@ class ScheduleSpec:
 def _positive_int(name: str, value: object, flag: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{flag} must be a positive integer, got {value!r} ({name})")
+
+
+def max_actions() -> int:
+    """The size bound in force: `$TIMELYFREEZE_MAX_ACTIONS`, else `DEFAULT_MAX_ACTIONS`."""
+    text = os.environ.get(MAX_ACTIONS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_ACTIONS
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{MAX_ACTIONS_ENV} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _check_size(spec: ScheduleSpec) -> None:
+    """Refuse, before anything is built, a schedule whose model would not fit a shared machine."""
+    limit = max_actions()
+    actions = 2 * spec.pp * spec.vpp * spec.microbatches
+    if actions > limit:
+        raise ConfigError(
+            f"the schedule --pp {spec.pp} --vpp {spec.vpp} --microbatches {spec.microbatches} has "
+            f"{actions:,} forward/backward actions, over the limit of {limit:,} (about "
+            f"{limit * 1.3e-6:.1f} GB to model); set {MAX_ACTIONS_ENV} to raise it"
+        )

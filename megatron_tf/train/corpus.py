@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_tf.errors import ConfigError
+
 CORPUS_FORMAT = "timelyfreeze.corpus/1"
 
 
@@ -46,7 +48,10 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.vocab_size < 3:
-            raise ValueError(f"corpus vocab_size must be >= 3, got {self.vocab_size}")
+            raise ConfigError(
+                f"--vocab-size must be >= 3 for the embedded corpus (an end-of-document token and "
+                f"at least two states), got {self.vocab_size}"
+            )
         if not 1 <= self.successors <= self.vocab_size - 1:
             raise ValueError(
                 f"corpus successors must lie in [1, {self.vocab_size - 1}], got {self.successors}"

@@ -78,8 +78,15 @@ def prepare_job(
     spec = parallel.schedule_spec()
     if train.freeze.enabled and not train.freeze.auto:
         load_plan_source(str(train.freeze.plan), spec)  # raises on a file for another layout
+    start = 0
+    train.resume_from = None
     if train.load:
-        ckpt.check_resume(train.load, model.to_dict(), parallel.to_dict())
+        point = ckpt.resolve_resume(train.load, model.to_dict(), parallel.to_dict())
+        if point is not None:
+            train.resume_from = str(point.path)
+            start = point.iteration
+    if train.save:
+        ckpt.check_save_target(train.save, start, overwrite=train.overwrite_checkpoints)
     return Job(
         model=model, parallel=parallel, data=data, train=train, prepared=prepare_data(data, model)
     )

@@ -7,6 +7,7 @@ naming the CLI flag, so `pretrain` rejects bad flags before any process starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ class FreezeOptions:
 
     plan: str | None = None
     """Path of a plan.json, `auto` (profile and solve in-job after the freeze warm-up), or None."""
+    no_freeze: bool = False
+    """`--no-freeze`: the baseline; on resume it also replaces the checkpoint's plan."""
     max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
     """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1]."""
     warmup_iters: int = 0
@@ -41,6 +44,12 @@ class FreezeOptions:
     """Seed of the runtime's choice of frozen tensors."""
 
     def __post_init__(self) -> None:
+        _finite(
+            ("--max-freeze-ratio", self.max_freeze_ratio),
+            ("--drift-threshold", self.drift_threshold),
+        )
+        if self.no_freeze:
+            self.plan = None
         if not 0.0 <= self.max_freeze_ratio <= 1.0:
             raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {self.max_freeze_ratio}")
         for flag, value in (
@@ -96,7 +105,12 @@ class TrainConfig:
     save_interval: int = 0
     """Iterations between checkpoints; 0: only at the end (when `save` is set)."""
     load: str | None = None
-    """Checkpoint folder to resume from (`--load`); its latest complete checkpoint is used."""
+    """Checkpoint folder to resume from (`--load`): a `--save` folder (its latest) or one
+    iteration folder."""
+    resume_from: str | None = None
+    """The iteration folder `load` resolved to before launch (None: start from scratch)."""
+    overwrite_checkpoints: bool = False
+    """Allow writing over a newer checkpoint in `save` and moving its `latest` back."""
     exit_after_iters: int = 0
     """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
@@ -104,6 +118,14 @@ class TrainConfig:
     freeze: FreezeOptions = field(default_factory=FreezeOptions)
 
     def __post_init__(self) -> None:
+        _finite(
+            ("--lr", self.lr),
+            ("--min-lr", self.min_lr),
+            ("--weight-decay", self.weight_decay),
+            ("--clip-grad", self.clip_grad),
+            ("--adam-beta1", self.adam_beta1),
+            ("--adam-beta2", self.adam_beta2),
+        )
         if self.iters < 1:
             raise ConfigError(f"--iters must be >= 1, got {self.iters}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -122,6 +144,16 @@ class TrainConfig:
                 f"--lr-decay-style must be one of {', '.join(LR_DECAY_STYLES)}, "
                 f"got {self.lr_decay_style!r}"
             )
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for flag, beta in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"{flag} must lie in [0, 1), got {beta}")
+        if self.freeze.enabled and self.freeze.warmup_iters >= self.iters:
+            raise ConfigError(
+                f"--freeze-warmup-iters {self.freeze.warmup_iters} >= --iters {self.iters}: "
+                "nothing would be frozen; lower the warm-up or drop --plan"
+            )
         if self.clip_grad < 0:
             raise ConfigError(f"--clip-grad must be >= 0, got {self.clip_grad}")
         if self.log_interval < 1:
@@ -139,3 +171,10 @@ class TrainConfig:
         data = dict(data)
         data["freeze"] = FreezeOptions(**data.get("freeze", {}))
         return cls(**data)
+
+
+def _finite(*flags: tuple[str, float]) -> None:
+    """NaN and infinity pass every `<`/`>` check, so they are refused first, by flag name."""
+    for flag, value in flags:
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")

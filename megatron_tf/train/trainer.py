@@ -76,8 +76,8 @@ class Trainer:
         )
         if self.cfg.freeze.enabled and not self.cfg.freeze.auto:
             self._set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
-        if self.cfg.load:
-            self.load_checkpoint(self.cfg.load)
+        if self.cfg.resume_from:
+            self.load_checkpoint(self.cfg.resume_from)
 
     # ------------------------------------------------------------------ loop
 
@@ -170,10 +170,12 @@ class Trainer:
         )
 
     def _phase(self) -> str:
-        if not self.cfg.freeze.enabled:
-            return "train"
-        f = self.cfg.freeze
-        if self.iteration < f.warmup_iters or self.freezer is None:
+        """What this iteration runs: decided by the installed freezer, not by the flags (a
+        resumed run may continue the checkpoint's plan without --plan)."""
+        if self.freezer is None:
+            return "warmup" if self.cfg.freeze.auto else "train"
+        f = self.freezer.config
+        if self.iteration < f.warmup_iters:
             return "warmup"
         if self.iteration < f.warmup_iters + f.ramp_iters:
             return "ramp"
@@ -287,10 +289,7 @@ class Trainer:
             chunk.load_state_dict(sd)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state["plan"] is not None:
-            self._set_plan(PlanSource.from_dict(state["plan"]))
-        if state["freezer"] is not None and self.freezer is not None:
-            self.freezer.load_state_dict(state["freezer"])
+        self._resume_plan(state)
         self.replans = int(state["replans"])
         self.drift_count = int(state["drift_count"])
         _set_rng_state(state["rng"])
@@ -311,17 +310,54 @@ class Trainer:
             meta,
             rank=self.rank,
             barrier=dist.barrier,
+            overwrite=self.cfg.overwrite_checkpoints,
         )
         self.metrics.note(f"saved checkpoint {path}")
 
-    def load_checkpoint(self, load: str) -> None:
-        meta = ckpt.check_resume(load, self.job.model.to_dict(), self.job.parallel.to_dict())
-        if meta is None:
-            self.metrics.note(f"--load {load}: no checkpoint yet, starting from scratch")
+    def _resume_plan(self, state: dict[str, Any]) -> None:
+        """Which plan a resumed run freezes by (docs/pretrain.md, "Resuming").
+
+        An explicit `--no-freeze` or `--plan FILE` wins over the checkpoint's plan, with a line
+        saying so; `--plan auto` continues an in-job plan the checkpoint holds and solves anew
+        over a plan file's; without either flag the checkpoint's plan continues.
+        """
+        saved = None if state["plan"] is None else PlanSource.from_dict(state["plan"])
+        f = self.cfg.freeze
+        if f.no_freeze:
+            if saved is not None:
+                self.metrics.note(
+                    f"--no-freeze replaces the checkpoint's plan ({saved.source}): "
+                    "this run freezes nothing"
+                )
             return
-        path = ckpt.latest_checkpoint(load)
-        assert path is not None
-        self.load_state_dict(ckpt.load_rank_state(path, self.rank))
+        if f.enabled and not f.auto:
+            assert self.plan is not None  # installed from --plan in __init__
+            mine = self.plan
+            if state["freezer"] is not None and self.freezer is not None:
+                self.freezer.load_state_dict(state["freezer"])  # balance counts carry over
+                self.freezer.set_ratios(mine.ratios)
+            if saved is not None and saved.ratios != mine.ratios:
+                self.metrics.note(
+                    f"--plan {mine.source} replaces the checkpoint's plan ({saved.source})"
+                )
+            return
+        if saved is None:
+            return
+        if f.auto and not saved.source.startswith("auto:"):
+            self.metrics.note(
+                f"--plan auto replaces the checkpoint's plan ({saved.source}): "
+                "profiling and solving in-job"
+            )
+            return
+        self._set_plan(saved)
+        if state["freezer"] is not None:
+            self.freezer.load_state_dict(state["freezer"])
+        if not f.enabled:
+            self.metrics.note(f"continuing the checkpoint's plan ({saved.source})")
+
+    def load_checkpoint(self, path: str) -> None:
+        """Resume from the iteration folder the launcher resolved and checked (`resume_from`)."""
+        self.load_state_dict(ckpt.load_rank_state(Path(path), self.rank))
         self.metrics.note(f"resumed from {path} at iteration {self.iteration}")
 
     def _should_save(self) -> bool:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 from pathlib import Path
 
 from megatron_tf.launch import TorchrunLaunch, run
+from megatron_tf.launch.lifeline import LAUNCHER_ENV
 
 WORKERS = Path(__file__).parent / "workers"
 
@@ -34,7 +36,11 @@ def test_single_node_ranks_get_env_and_argv(tmp_path: Path) -> None:
     assert [(s["rank"], s["world_size"], s["local_rank"]) for s in seen] == [(0, 2, 0), (1, 2, 1)]
     for s in seen:
         assert s["argv"] == ["--x", "a b"]
-        assert s["env"] == {"TIMELYFREEZE_PLAN": "/p/plan 1.json"}
+        # Plus the launcher's mark, by which a worker knows its torchrun is still the launcher's.
+        assert s["env"] == {
+            "TIMELYFREEZE_PLAN": "/p/plan 1.json",
+            LAUNCHER_ENV: str(os.getpid()),
+        }
 
 
 def test_a_dead_rank_fails_the_job(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from megatron_tf.cli._launch import (
     RdzvEndpointOption,
     launch_or_print,
 )
+from megatron_tf.launch.torchrun import JobResult
 from megatron_tf.launch.worker_errors import ERROR_DIR_ENV
 
 app = typer.Typer()
@@ -156,9 +157,9 @@ def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def fake_run(launch, entry_module, args, timeout=None):
         calls.append((launch, entry_module, list(args)))
-        return 0
+        return JobResult(code=0)
 
-    monkeypatch.setattr(_launch, "run", fake_run)
+    monkeypatch.setattr(_launch, "run_job", fake_run)
     result = invoke(["--nproc-per-node", "4"])
     assert result.exit_code == 0, result.output
     [(launch, entry, args)] = calls
@@ -169,7 +170,7 @@ def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_failed_job_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_launch, "run", lambda *a, **k: 1)
+    monkeypatch.setattr(_launch, "run_job", lambda *a, **k: JobResult(code=1))
     result = invoke([])
     assert result.exit_code == 1
     assert "the job failed (torchrun exit code 1)" in result.output
@@ -180,9 +181,9 @@ def test_a_worker_user_error_exits_2_with_its_line(monkeypatch: pytest.MonkeyPat
         folder = Path(launch.env[ERROR_DIR_ENV])
         (folder / "rank3.txt").write_text("the plan was solved for 1f1b pp=4 M=8\n")
         (folder / "rank1.txt").write_text("the plan was solved for 1f1b pp=2 M=8\n")
-        return 1
+        return JobResult(code=1)
 
-    monkeypatch.setattr(_launch, "run", fake_run)
+    monkeypatch.setattr(_launch, "run_job", fake_run)
     result = invoke([])
     assert result.exit_code == 2
     assert result.output == "error: the plan was solved for 1f1b pp=2 M=8\n"  # lowest rank
