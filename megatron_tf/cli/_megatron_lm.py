@@ -69,10 +69,15 @@ def megatron_lm_job(
 ) -> MegatronLMJob:
     """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
 
-    Raises LaunchError (not a checkout, missing script) or FormatError (a plan that is not
-    one); the plan's layout is checked by the workers against what Megatron-LM parses.
+    Raises LaunchError (not a checkout, missing script), UnsupportedMegatronError (the
+    megatron/core the ranks would import, the checkout's own when it has one, is of a version
+    the hooks do not support) or FormatError (a plan that is not one); the plan's layout is
+    checked by the workers against what Megatron-LM parses.
     """
+    from megatron_tf.megatron.guard import core_before_launch
+
     entry = resolve_checkout(megatron_lm, script)
+    core_before_launch(entry.parent)
     plan_path = None
     if plan is not None:
         from megatron_tf.formats.plan import load_plan
