@@ -23,9 +23,11 @@ from megatron_tf.cli._launch import (
     launch_or_print,
 )
 from megatron_tf.cli._megatron_lm import (
+    CpuTrialOption,
     MegatronArgsArgument,
     MegatronLMOption,
     ScriptOption,
+    check_cpu_trial,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -117,6 +119,7 @@ def profile(
     # -- a user's Megatron-LM script instead of the built-in model
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
+    cpu_trial: CpuTrialOption = False,
     megatron_args: MegatronArgsArgument = None,
 ) -> None:
     """Write a [bold]timelyfreeze.profile/1[/] file: per-stage forward/backward costs.
@@ -146,6 +149,7 @@ def profile(
     measure_flags = dict(
         iters=iters, warmup_iters=warmup_iters, linearity=linearity, phase_order=phase_order
     )
+    check_cpu_trial(cpu_trial, megatron_lm)
     if megatron_lm is not None or megatron_args:
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
@@ -160,6 +164,7 @@ def profile(
             mode="profile",
             profile_out=output,
             profile=measure_flags,
+            cpu_trial=cpu_trial,
         )
         launch_megatron_lm(job, launch, megatron_args)
         if not dry_run and job.profile_out is not None and job.profile_out.is_file():
