@@ -37,7 +37,7 @@ def require_snapshot(name: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def megatron_lm_snapshot() -> Callable[[str], Path]:
     """`megatron_lm_snapshot("main")` -> the read-only snapshot folder (see the module doc)."""
     return require_snapshot

@@ -6,6 +6,9 @@ with `--script record_losses.py`. Megatron-LM prints losses rounded to 6 digits;
 writes $REAL_RESULTS/rank<R>.json: [[iteration, {loss name: float}], ...] for the steps whose
 loss it saw (the last pipeline stage), and the megatron/core it imported. Nothing else changes:
 `pretrain_gpt.py` then runs as `__main__` with its own path as argv[0].
+
+Started by torchrun directly with REAL_STOCK=1 (not through `timelyfreeze`), it is the stock
+run without TimelyFreeze: only the CPU stand-in for torch.cuda is switched on.
 """
 
 import atexit
@@ -15,8 +18,13 @@ import runpy
 import sys
 from pathlib import Path
 
-import megatron.core
-import megatron.training.training as training
+if os.environ.get("REAL_STOCK") == "1":
+    from megatron_tf.megatron.cpu_trial import enable_cpu_trial
+
+    assert enable_cpu_trial(), "the stock run needs the CPU stand-in (a machine without CUDA)"
+
+import megatron.core  # noqa: E402 (after the stand-in, as the timelyfreeze entry does it)
+import megatron.training.training as training  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "pretrain_gpt.py"
 RESULTS = Path(os.environ["REAL_RESULTS"])
