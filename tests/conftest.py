@@ -41,3 +41,41 @@ def require_snapshot(name: str) -> Path:
 def megatron_lm_snapshot() -> Callable[[str], Path]:
     """`megatron_lm_snapshot("main")` -> the read-only snapshot folder (see the module doc)."""
     return require_snapshot
+
+
+@pytest.fixture(scope="session")
+def megatron_lm_checkout(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], Path]:
+    """`megatron_lm_checkout("main")` -> a writable copy of that snapshot, one per session.
+
+    Tests that import or run a snapshot use the copy: the snapshots stay untouched (no
+    __pycache__, no built helper), and the copy holds what a user's checkout has after its first
+    run: the dataset index helper, taken from the installed megatron-core wheel (helpers.cpp is
+    the same file in the wheel and both snapshots; the checkout would otherwise compile it with
+    pybind11). Run its scripts with MAKEFLAGS=LIBEXT=<this Python's EXT_SUFFIX>: Megatron-LM's
+    dataset Makefile otherwise names the module after `python3-config`, maybe another Python.
+    """
+    copies: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in copies:
+            copies[name] = _copy_checkout(require_snapshot(name), tmp_path_factory.mktemp(name))
+        return copies[name]
+
+    return get
+
+
+def _copy_checkout(snapshot: Path, parent: Path) -> Path:
+    import shutil
+
+    import megatron.core.datasets as installed
+
+    dest = parent / "Megatron-LM"
+    shutil.copytree(snapshot, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    built = sorted(Path(installed.__file__).parent.glob("helpers_cpp*.so"))
+    assert built, "the installed megatron-core wheel ships no built dataset helper"
+    target = dest / "megatron" / "core" / "datasets" / built[0].name
+    shutil.copy(built[0], target)
+    target.touch()  # newer than helpers.cpp: `make` has nothing to do
+    return dest

@@ -11,10 +11,10 @@ mode (`--cpu-trial`: gloo, a tiny pp 2 GPT, M 4):
    torchrun without TimelyFreeze at all (only the CPU stand-in).
 
 Runs 2 to 4 start `record_losses.py` (tests/dist/megatron_lm_real), which records each training
-step's exact losses and then runs `pretrain_gpt.py` unchanged. The copy only adds the dataset
-index helper built by the installed megatron-core wheel (helpers.cpp is the same file in all
-three; the checkout would otherwise compile it with pybind11), and MAKEFLAGS names that
-module's file so Megatron's `make` finds it up to date.
+step's exact losses and then runs `pretrain_gpt.py` unchanged. The copy
+(`megatron_lm_checkout`, tests/conftest.py) only adds the dataset index helper built by the
+installed megatron-core wheel, and MAKEFLAGS names that module's file so Megatron's `make` finds
+it up to date.
 
 Dropout is off in runs 2 and 3: in CPU trial mode dropout draws from the CPU generator, which the
 DataLoader also draws its seed from after a resume's checkpoint load (on a GPU dropout uses the
@@ -104,20 +104,6 @@ class Chain:
     stock: Run
 
 
-def make_checkout(snapshot: Path, dest: Path) -> Path:
-    """A copy of the snapshot, as a user's checkout would be after its first run."""
-    shutil.copytree(snapshot, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    import megatron.core.datasets as installed
-
-    built = sorted(Path(installed.__file__).parent.glob("helpers_cpp*.so"))
-    assert built, "the installed megatron-core wheel ships no built dataset helper"
-    target = dest / "megatron" / "core" / "datasets" / built[0].name
-    shutil.copy(built[0], target)
-    target.touch()  # newer than helpers.cpp: `make` has nothing to do
-    shutil.copy(RECORDER, dest / RECORDER.name)
-    return dest
-
-
 def environment(results: Path) -> dict[str, str]:
     return {
         "REAL_RESULTS": str(results),
@@ -165,11 +151,12 @@ def zero_plan(plan: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="module", params=SNAPSHOTS)
 def chain(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, megatron_lm_snapshot
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, megatron_lm_checkout
 ) -> Chain:
     name = request.param
     work = tmp_path_factory.mktemp(f"real-{name}")
-    checkout = make_checkout(megatron_lm_snapshot(name), work / "Megatron-LM")
+    checkout = megatron_lm_checkout(name)
+    shutil.copy(RECORDER, checkout / RECORDER.name)
     args = MEGATRON_ARGS
 
     cli = ["profile", "--megatron-lm", str(checkout), "--cpu-trial", "--nproc-per-node", "2"]

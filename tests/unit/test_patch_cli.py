@@ -109,7 +109,8 @@ def test_mismatched_tree_is_refused_and_left_alone(tree: Path) -> None:
     old = "def backward_step(input_tensor, output_tensor, output_tensor_grad, config):"
     assert old in path.read_text()
     text = path.read_text().replace(
-        old, "def backward_step(input_tensor, output_tensor, output_tensor_grad, config, extra=None):"
+        old,
+        "def backward_step(input_tensor, output_tensor, output_tensor_grad, config, extra=None):",
     )
     path.write_text(text)
     before = digest(path)
