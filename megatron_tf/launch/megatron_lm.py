@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from megatron_tf.megatron.cpu_trial import enable_cpu_trial
 
             if not enable_cpu_trial() and os.environ.get("RANK", "0") == "0":
-                print("timelyfreeze: CUDA is available, so the CPU trial mode stays off", flush=True)
+                print("timelyfreeze: CUDA is available: the CPU trial mode stays off", flush=True)
         from megatron_tf.megatron.megatron_lm import install
 
         if job.mode == "profile":

@@ -149,9 +149,10 @@ def _give_view(module: ModuleType) -> None:
     """Replace the real torch in one megatron module's globals by the trial view."""
     assert _VIEW is not None
     namespace = getattr(module, "__dict__", None)
-    if namespace is not None and isinstance(namespace.get("torch"), (ModuleType, compat._CpuTorch)):
-        if namespace["torch"] is torch or isinstance(namespace["torch"], compat._CpuTorch):
-            module.torch = _VIEW  # type: ignore[attr-defined]
+    seen = namespace.get("torch") if namespace is not None else None
+    # The real torch, or the narrower view compat.py gave a few megatron.core modules.
+    if seen is torch or (isinstance(seen, compat._CpuTorch) and seen is not _VIEW):
+        module.torch = _VIEW  # type: ignore[attr-defined]
 
 
 class _ViewLoader(importlib.abc.Loader):

@@ -81,7 +81,7 @@ HOOK_POINTS_ATTR = "TIMELYFREEZE_HOOK_POINTS"
 
 
 def series_of(version: str) -> str:
-    """"0.20.0rc1+abc" -> "0.20"."""
+    """ "0.20.0rc1+abc" -> "0.20"."""
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
