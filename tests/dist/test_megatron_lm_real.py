@@ -107,7 +107,7 @@ class Chain:
 def environment(results: Path) -> dict[str, str]:
     return {
         "REAL_RESULTS": str(results),
-        "TIMELYFREEZE_TIMEOUT": "300",
+        "TIMELYFREEZE_TIMEOUT": "600",  # per launch; a busy 2-core machine is slow
         "OMP_NUM_THREADS": "1",
         # Megatron's dataset Makefile names the module after `python3-config`, which may be
         # another Python than this one.
@@ -136,7 +136,7 @@ def stock(checkout: Path, args: list[str], results: Path) -> Run:
     env = {**environment(results), "REAL_STOCK": "1", "PYTHONPATH": str(REPO)}
     cmd = torchrun_command(str(checkout / RECORDER.name), 2, args)
     proc = subprocess.run(
-        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False
+        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False
     )
     output = proc.stdout + proc.stderr
     return Run(proc.returncode, output, read_ranks(results) if proc.returncode == 0 else [])
