@@ -20,9 +20,11 @@ from megatron_tf.errors import LaunchError
 from megatron_tf.launch.megatron_lm import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
 __all__ = [
+    "CpuTrialOption",
     "MegatronArgsArgument",
     "MegatronLMOption",
     "ScriptOption",
+    "check_cpu_trial",
     "launch_megatron_lm",
     "megatron_lm_job",
 ]
@@ -47,6 +49,16 @@ ScriptOption = Annotated[
         rich_help_panel=_PANEL,
     ),
 ]
+CpuTrialOption = Annotated[
+    bool,
+    typer.Option(
+        "--cpu-trial",
+        help="Try the exact Megatron-LM command on a machine without a GPU (a tiny model, "
+        "gloo): a CPU stand-in for torch.cuda on the ranks. Never active where CUDA is "
+        "available.",
+        rich_help_panel=_PANEL,
+    ),
+]
 MegatronArgsArgument = Annotated[
     list[str] | None,
     typer.Argument(
@@ -66,13 +78,19 @@ def megatron_lm_job(
     mode: Mode = "pretrain",
     profile_out: str | os.PathLike[str] | None = None,
     profile: Mapping[str, Any] | None = None,
+    cpu_trial: bool = False,
 ) -> MegatronLMJob:
     """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
 
-    Raises LaunchError (not a checkout, missing script) or FormatError (a plan that is not
-    one); the plan's layout is checked by the workers against what Megatron-LM parses.
+    Raises LaunchError (not a checkout, missing script), UnsupportedMegatronError (the
+    megatron/core the ranks would import, the checkout's own when it has one, is of a version
+    the hooks do not support) or FormatError (a plan that is not one); the plan's layout is
+    checked by the workers against what Megatron-LM parses.
     """
+    from megatron_tf.megatron.guard import core_before_launch
+
     entry = resolve_checkout(megatron_lm, script)
+    core_before_launch(entry.parent)
     plan_path = None
     if plan is not None:
         from megatron_tf.formats.plan import load_plan
@@ -97,7 +115,17 @@ def megatron_lm_job(
         freeze=dict(freeze or {}),
         profile_out=out,
         profile=dict(profile or {}),
+        cpu_trial=cpu_trial,
     )
+
+
+def check_cpu_trial(cpu_trial: bool, megatron_lm: Path | None) -> None:
+    """--cpu-trial belongs to the --megatron-lm route (the built-in trainer needs no stand-in)."""
+    if cpu_trial and megatron_lm is None:
+        raise LaunchError(
+            "--cpu-trial runs a Megatron-LM script on CPU: add --megatron-lm PATH (the built-in "
+            "trainer runs on CPU without it)"
+        )
 
 
 def launch_megatron_lm(

@@ -21,12 +21,16 @@ TargetOption = Annotated[
     typer.Option(
         "--target",
         help="Directory holding the `megatron` package: site-packages of megatron-core, or a "
-        "Megatron-LM checkout at core_r0.19.0. Default: the installed megatron-core.",
+        "Megatron-LM checkout (core_r0.19.0 or main). Default: the installed megatron-core.",
     ),
 ]
 PatchDirOption = Annotated[
     Path | None,
-    typer.Option("--patch-dir", help="Patch set to use (default: patches/megatron-core-0.19.2)."),
+    typer.Option(
+        "--patch-dir",
+        help="Patch set to use (default: the one for the tree's megatron-core version, "
+        "patches/megatron-core-0.19.2 or patches/megatron-core-0.20.0).",
+    ),
 ]
 
 _WORDS = {

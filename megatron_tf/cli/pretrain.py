@@ -28,9 +28,11 @@ from megatron_tf.cli._launch import (
     launch_or_print,
 )
 from megatron_tf.cli._megatron_lm import (
+    CpuTrialOption,
     MegatronArgsArgument,
     MegatronLMOption,
     ScriptOption,
+    check_cpu_trial,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -288,6 +290,7 @@ def pretrain(
     # -- a user's Megatron-LM script instead of the built-in trainer
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
+    cpu_trial: CpuTrialOption = False,
     megatron_args: MegatronArgsArgument = None,
 ) -> None:
     """Pretrain a GPT on Megatron-Core, freezing weight gradients by a plan.
@@ -310,10 +313,12 @@ def pretrain(
         dry_run=dry_run,
         collective_timeout=collective_timeout,
     )
+    check_cpu_trial(cpu_trial, megatron_lm)
     if megatron_lm is not None or megatron_args:
         _pretrain_megatron_lm(
             megatron_lm=megatron_lm,
             script=script,
+            cpu_trial=cpu_trial,
             megatron_args=megatron_args,
             plan=None if no_freeze else plan,
             freeze={
@@ -364,6 +369,7 @@ _LAUNCH_KEYS = frozenset(
         "options",
         "megatron_lm",
         "script",
+        "cpu_trial",
         "megatron_args",
     }
 )
@@ -373,6 +379,7 @@ def _pretrain_megatron_lm(
     *,
     megatron_lm: Path | None,
     script: str,
+    cpu_trial: bool,
     megatron_args: list[str] | None,
     plan: str | None,
     freeze: dict[str, Any],
@@ -389,5 +396,7 @@ def _pretrain_megatron_lm(
             "--plan auto needs the built-in trainer; with --megatron-lm pass a plan.json from "
             "`timelyfreeze solve`"
         )
-    job = megatron_lm_job(megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze)
+    job = megatron_lm_job(
+        megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
+    )
     launch_megatron_lm(job, options, megatron_args)

@@ -24,9 +24,11 @@ from megatron_tf.cli._launch import (
     launch_or_print,
 )
 from megatron_tf.cli._megatron_lm import (
+    CpuTrialOption,
     MegatronArgsArgument,
     MegatronLMOption,
     ScriptOption,
+    check_cpu_trial,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -122,6 +124,7 @@ def profile(
     # -- a user's Megatron-LM script instead of the built-in model
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
+    cpu_trial: CpuTrialOption = False,
     megatron_args: MegatronArgsArgument = None,
 ) -> None:
     """Write a [bold]timelyfreeze.profile/1[/] file: per-stage forward/backward costs.
@@ -159,6 +162,7 @@ def profile(
     elif comm != 0.0:
         raise ConfigError("--comm describes what-if costs: it needs --synthetic")
     check_output_file(output, "-o/--output", suffixes=(".json",) if megatron_lm is None else ())
+    check_cpu_trial(cpu_trial, megatron_lm)
     if megatron_lm is not None or megatron_args:
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
@@ -173,6 +177,7 @@ def profile(
             mode="profile",
             profile_out=output,
             profile=measure_flags,
+            cpu_trial=cpu_trial,
         )
         launch_megatron_lm(job, launch, megatron_args)
         if not dry_run and job.profile_out is not None and job.profile_out.is_file():

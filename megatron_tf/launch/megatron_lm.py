@@ -34,6 +34,7 @@ PLAN_ENV = "TIMELYFREEZE_PLAN"
 FREEZE_ENV = "TIMELYFREEZE_FREEZE_CONFIG"
 PROFILE_ENV = "TIMELYFREEZE_PROFILE_OUT"
 PROFILE_CONFIG_ENV = "TIMELYFREEZE_PROFILE_CONFIG"
+CPU_TRIAL_ENV = "TIMELYFREEZE_CPU_TRIAL"
 
 Mode = Literal["pretrain", "profile"]
 
@@ -62,6 +63,9 @@ class MegatronLMJob:
     """Where profile mode writes profile.json."""
     profile: dict[str, Any] = field(default_factory=dict)
     """ProfileConfig fields (iters, warmup_iters, linearity) for profile mode."""
+    cpu_trial: bool = False
+    """Run the script on CPU with a stand-in for torch.cuda (`megatron_tf.megatron.cpu_trial`);
+    ignored on a machine with CUDA."""
 
     @property
     def checkout(self) -> Path:
@@ -77,6 +81,8 @@ class MegatronLMJob:
             env[PROFILE_ENV] = str(self.profile_out)
         if self.profile:
             env[PROFILE_CONFIG_ENV] = json.dumps(self.profile, sort_keys=True)
+        if self.cpu_trial:
+            env[CPU_TRIAL_ENV] = "1"
         return env
 
     @classmethod
@@ -101,6 +107,7 @@ class MegatronLMJob:
             freeze=freeze,
             profile_out=Path(env[PROFILE_ENV]) if env.get(PROFILE_ENV) else None,
             profile=profile,
+            cpu_trial=env.get(CPU_TRIAL_ENV, "0") == "1",
         )
 
 
@@ -150,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # package wins over the installed megatron-core.
         sys.path.insert(0, str(job.checkout))
         sys.argv = [str(job.script), *args]
+        if job.cpu_trial:
+            from megatron_tf.megatron.cpu_trial import enable_cpu_trial
+
+            if not enable_cpu_trial() and os.environ.get("RANK", "0") == "0":
+                print("timelyfreeze: CUDA is available: the CPU trial mode stays off", flush=True)
         from megatron_tf.megatron.megatron_lm import install
 
         if job.mode == "profile":

@@ -1,22 +1,70 @@
-"""The one version guard: is the installed megatron-core one whose schedules our hooks understand?
+"""The one version guard: is this megatron-core one whose schedules our hooks understand?
 
-Everything in `megatron_tf.megatron` relies on facts about megatron-core 0.19.x
+Every version-specific fact lives here, in `SUPPORTED_VERSIONS`: one entry per megatron-core
+release series the hooks were proven against (schedules.py call for call, the gradient tests),
+with its patch set and the Megatron-LM branch that carries it. Adding the next version means one
+new entry plus its tests. The facts the hooks rely on are the same in every entry
 (`pipeline_parallel/schedules.py`): the schedules call the module-level `forward_step` and
 `backward_step` by name, `forward_step` receives `current_microbatch` and `vp_stage`, and
 `backward_step(input_tensor, output_tensor, output_tensor_grad, config)` receives no ids.
-This module checks those facts once and refuses, in one sentence, what would break them.
+`check_schedules` checks those facts once and refuses, in one sentence, what would break them.
+
+The version checks that run before any process starts (`core_before_launch`) read
+`megatron/core/package_info.py` as text: this module imports neither torch nor megatron.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import inspect
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from megatron_tf.errors import UnsupportedMegatronError
 
-SUPPORTED_SERIES = "0.19"
-"""megatron-core release series whose schedules the hooks were written against."""
+
+@dataclass(frozen=True, slots=True)
+class SupportedVersion:
+    """One megatron-core release series the hooks, the order proof and the patch set cover."""
+
+    series: str
+    """`MAJOR.MINOR`, e.g. "0.19"; every patch release and pre-release of it is accepted."""
+    patch_set: str
+    """Folder under `patches/` with the hook-point patch set for this series."""
+    megatron_lm: str
+    """The Megatron-LM branch or tag whose `megatron/core` is this series."""
+    pip: str
+    """What to install for the installed-package route ("" when not on PyPI yet)."""
+    tested: str
+    """What the test suite runs it against (docs/cluster.md lists the same)."""
+
+
+SUPPORTED_VERSIONS: tuple[SupportedVersion, ...] = (
+    SupportedVersion(
+        series="0.19",
+        patch_set="megatron-core-0.19.2",
+        megatron_lm="core_r0.19.0",
+        pip="megatron-core==0.19.2",
+        tested="megatron-core 0.19.2 (PyPI); Megatron-LM core_r0.19.0 at f8837c04ef6c (0.19.1)",
+    ),
+    SupportedVersion(
+        series="0.20",
+        patch_set="megatron-core-0.20.0",
+        megatron_lm="main",
+        pip="",
+        tested="Megatron-LM main at d98e8a64ddf3 (0.20.0)",
+    ),
+)
+"""The supported megatron-core series, oldest first."""
+
+SUPPORTED_SERIES = ", ".join(f"{v.series}.x" for v in SUPPORTED_VERSIONS)
+"""For messages: "0.19.x, 0.20.x"."""
 
 SCHEDULE_ENTRIES: tuple[str, ...] = (
     "forward_backward_no_pipelining",
@@ -29,30 +77,142 @@ _FORWARD_KWARGS = ("current_microbatch", "vp_stage")
 _BACKWARD_PARAMS = ("input_tensor", "output_tensor", "output_tensor_grad", "config")
 
 HOOK_POINTS_ATTR = "TIMELYFREEZE_HOOK_POINTS"
-"""Set in schedules.py by `patches/megatron-core-0.19.2/*.patch`: explicit hook points exist."""
+"""Set in schedules.py by `patches/megatron-core-*/*.patch`: explicit hook points exist."""
+
+
+def series_of(version: str) -> str:
+    """ "0.20.0rc1+abc" -> "0.20"."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def supported(version: str) -> SupportedVersion | None:
+    """The table entry for `version`, or None when no entry covers it."""
+    series = series_of(version)
+    return next((v for v in SUPPORTED_VERSIONS if v.series == series), None)
+
+
+def _is_installed_package(core_dir: Path) -> bool:
+    """True for a megatron-core installed by pip (under site-packages), False for a checkout."""
+    return bool({"site-packages", "dist-packages"} & set(core_dir.resolve().parts))
+
+
+def _fix(core_dir: Path | None) -> str:
+    """A fix that works for where this megatron/core came from."""
+    if core_dir is not None and not _is_installed_package(core_dir):
+        checkout = core_dir.parents[1]
+        return (
+            f"check out a supported branch or tag of Megatron-LM there, e.g. "
+            f"`git -C {checkout} checkout {SUPPORTED_VERSIONS[0].megatron_lm}`"
+        )
+    releases = [v for v in SUPPORTED_VERSIONS if v.pip]
+    return f"install a supported one: pip install {releases[-1].pip}"
+
+
+def unsupported_message(version: str, core_dir: Path | None) -> str:
+    """One line: the version found, where it came from, what is supported, a fix that works."""
+    where = f" at {core_dir}" if core_dir is not None else ""
+    table = ", ".join(f"{v.series}.x (Megatron-LM {v.megatron_lm})" for v in SUPPORTED_VERSIONS)
+    return (
+        f"megatron-core {version}{where} is not supported: TimelyFreeze's schedule hooks "
+        f"support {table}; {_fix(core_dir)}"
+    )
 
 
 def megatron_version() -> str:
-    """The installed megatron-core version string, e.g. '0.19.2'."""
+    """The imported megatron-core version string, e.g. '0.19.2'."""
     try:
         from megatron.core import package_info
     except ImportError as exc:  # pragma: no cover - the package is a hard dependency
         raise UnsupportedMegatronError(
-            f"megatron-core is not importable ({exc}); install megatron-core {SUPPORTED_SERIES}.x"
+            f"megatron-core is not importable ({exc}); install one of {SUPPORTED_SERIES}"
         ) from None
     return str(package_info.__version__)
 
 
-def check_version(version: str | None = None) -> str:
-    """Raise unless `version` (default: the installed one) is in the supported series."""
-    found = megatron_version() if version is None else version
-    parts = found.split(".")
-    if ".".join(parts[:2]) != SUPPORTED_SERIES:
+def check_version(version: str | None = None) -> SupportedVersion:
+    """Raise unless `version` (default: the imported one) is in a supported series."""
+    core_dir = None
+    if version is None:
+        version = megatron_version()
+        import megatron.core
+
+        core_dir = Path(megatron.core.__file__).parent
+    entry = supported(version)
+    if entry is None:
+        raise UnsupportedMegatronError(unsupported_message(version, core_dir))
+    return entry
+
+
+# --- before launch: which megatron/core will the ranks import, and which version is it? -----
+
+
+def read_core_version(core_dir: Path) -> str:
+    """The version in `core_dir/package_info.py`, read as text (nothing is imported).
+
+    megatron-core writes it as MAJOR, MINOR, PATCH and PRE_RELEASE constants.
+    """
+    info = core_dir / "package_info.py"
+    try:
+        tree = ast.parse(info.read_text(encoding="utf-8"), filename=str(info))
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UnsupportedMegatronError(
-            f"TimelyFreeze's schedule hooks support megatron-core {SUPPORTED_SERIES}.x, "
-            f"found {found}; install megatron-core=={SUPPORTED_SERIES}.2"
-        )
-    return found
+            f"cannot read the megatron-core version from {info}: {exc}"
+        ) from None
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = node.value.value
+    try:
+        base = f"{int(found['MAJOR'])}.{int(found['MINOR'])}.{int(found['PATCH'])}"
+    except (KeyError, TypeError, ValueError):
+        raise UnsupportedMegatronError(
+            f"cannot read the megatron-core version from {info}: no MAJOR/MINOR/PATCH constants"
+        ) from None
+    return base + str(found.get("PRE_RELEASE") or "")
+
+
+def locate_core(search_path: Sequence[str]) -> Path | None:
+    """The `megatron/core` folder Python would import with `search_path` as sys.path.
+
+    `megatron` is a namespace package in both Megatron-LM and the megatron-core wheel, so the
+    first entry holding `megatron/core/__init__.py` wins, unless some entry holds a regular
+    `megatron/__init__.py`, which then wins for every submodule.
+    """
+    entries = [Path(e or os.getcwd()) for e in search_path]
+    for entry in entries:
+        if (entry / "megatron" / "__init__.py").is_file():
+            core = entry / "megatron" / "core"
+            return core if (core / "__init__.py").is_file() else None
+    for entry in entries:
+        if (entry / "megatron" / "core" / "__init__.py").is_file():
+            return entry / "megatron" / "core"
+    return None
+
+
+def core_before_launch(checkout: Path | None = None) -> tuple[str, Path]:
+    """Check the megatron-core the ranks will import, before any of them starts.
+
+    `checkout`: the `--megatron-lm` folder, which goes first on the ranks' sys.path (its own
+    megatron/core shadows the installed package); None for the built-in trainer.
+    Returns (version, core folder); raises `UnsupportedMegatronError` in one line.
+    """
+    search = ([str(checkout)] if checkout is not None else []) + list(sys.path)
+    core_dir = locate_core(search)
+    if core_dir is None:
+        spec = importlib.util.find_spec("megatron")
+        where = f" or in {checkout}" if checkout is not None else ""
+        if spec is None or not spec.submodule_search_locations:
+            raise UnsupportedMegatronError(
+                f"no megatron/core found on the Python path{where}; install one of "
+                f"{SUPPORTED_SERIES}"
+            )
+        core_dir = Path(next(iter(spec.submodule_search_locations))) / "core"
+    version = read_core_version(core_dir)
+    if supported(version) is None:
+        raise UnsupportedMegatronError(unsupported_message(version, core_dir))
+    return version, core_dir
 
 
 def has_hook_points(schedules: ModuleType) -> bool:
@@ -70,20 +230,20 @@ def check_schedules(schedules: ModuleType) -> None:
     if missing:
         raise UnsupportedMegatronError(
             f"megatron.core.pipeline_parallel.schedules lacks {', '.join(missing)}; "
-            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}.x"
+            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}"
         )
     fwd = inspect.signature(schedules.forward_step).parameters
     absent = [k for k in _FORWARD_KWARGS if k not in fwd]
     if absent:
         raise UnsupportedMegatronError(
             f"schedules.forward_step has no {', '.join(absent)} argument; "
-            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}.x"
+            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}"
         )
     bwd = tuple(inspect.signature(schedules.backward_step).parameters)
     if bwd[: len(_BACKWARD_PARAMS)] != _BACKWARD_PARAMS:
         raise UnsupportedMegatronError(
             f"schedules.backward_step takes {bwd}, expected {_BACKWARD_PARAMS} first; "
-            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}.x"
+            f"TimelyFreeze needs megatron-core {SUPPORTED_SERIES}"
         )
     if has_hook_points(schedules) and not {"vp_stage", "microbatch_id"} <= set(bwd):
         raise UnsupportedMegatronError(

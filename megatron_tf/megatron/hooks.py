@@ -2,13 +2,14 @@
 
 Two routes, same observer calls:
 
-* runtime wrap (stock megatron-core 0.19.x): the schedules look the module-level
-  `forward_step`, `backward_step` and the schedule entry points up by name at call time
-  (`megatron/core/pipeline_parallel/schedules.py`), so replacing those module attributes is
-  enough. `backward_step` gets no ids in 0.19.2: the forward wrapper tags the forward output
-  tensor with (chunk, microbatch) as a Python attribute, which survives Megatron's
-  `deallocate_output_tensor` (it only swaps `.data`), and the backward wrapper reads it.
-* patched tree (`patches/megatron-core-0.19.2/*.patch`): schedules.py calls the objects in its
+* runtime wrap (stock megatron-core 0.19.x and 0.20.x, see `guard.SUPPORTED_VERSIONS`): the
+  schedules look the module-level `forward_step`, `backward_step` and the schedule entry points
+  up by name at call time (`megatron/core/pipeline_parallel/schedules.py`), so replacing those
+  module attributes is enough. `backward_step` gets no ids (0.19.2, 0.20.0): the forward
+  wrapper tags the forward output tensor with (chunk, microbatch) as a Python attribute, which
+  survives Megatron's `deallocate_output_tensor` (it only swaps `.data`), and the backward
+  wrapper reads it.
+* patched tree (`patches/megatron-core-<version>/*.patch`): schedules.py calls the objects in its
   `schedule_hooks` list around forward and backward with explicit ids; we register one
   dispatcher there instead of wrapping.
 

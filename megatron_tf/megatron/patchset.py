@@ -2,8 +2,11 @@
 
 `patches/megatron-core-<version>/*.patch` are unified diffs with paths `megatron/core/...`, so
 they apply with `patch -p1` in the directory that holds the `megatron` package: the
-installed wheel's site-packages, or a Megatron-LM checkout at `core_r0.19.0`. With the hook
-points present, `megatron_tf.megatron.hooks` registers on them instead of wrapping functions.
+installed wheel's site-packages, or a Megatron-LM checkout. The set is chosen by the version the
+tree's `megatron/core/package_info.py` reports, through the guard's table of supported versions
+(`guard.SUPPORTED_VERSIONS`: 0.19.x -> megatron-core-0.19.2, 0.20.x -> megatron-core-0.20.0).
+With the hook points present, `megatron_tf.megatron.hooks` registers on them instead of
+wrapping functions.
 
 Imports neither torch nor megatron: checking a tree must work on any machine.
 """
@@ -18,17 +21,19 @@ from pathlib import Path
 from typing import Literal
 
 from megatron_tf.errors import ConfigError, UnsupportedMegatronError
+from megatron_tf.megatron import guard
 
 __all__ = [
-    "DEFAULT_PATCH_DIR",
+    "PATCHES_ROOT",
     "PatchStatus",
     "apply_patches",
     "check_patches",
     "installed_megatron_root",
+    "patch_dir_for",
 ]
 
-DEFAULT_PATCH_DIR = Path(__file__).resolve().parents[2] / "patches" / "megatron-core-0.19.2"
-"""The patch set shipped in the repository (next to the package in a checkout)."""
+PATCHES_ROOT = Path(__file__).resolve().parents[2] / "patches"
+"""The patch sets shipped in the repository (next to the package in a checkout)."""
 
 State = Literal["applied", "applies", "mismatch"]
 
@@ -66,6 +71,16 @@ def _tree_root(target: Path) -> Path:
     )
 
 
+def patch_dir_for(root: Path) -> Path:
+    """The patch set for the megatron-core version of the tree at `root` (holding megatron/)."""
+    core = root / "megatron" / "core"
+    version = guard.read_core_version(core)
+    entry = guard.supported(version)
+    if entry is None:
+        raise UnsupportedMegatronError(guard.unsupported_message(version, core))
+    return PATCHES_ROOT / entry.patch_set
+
+
 def _patch_files(patch_dir: Path) -> list[Path]:
     files = sorted(patch_dir.glob("*.patch"))
     if not files:
@@ -95,20 +110,21 @@ def _status(root: Path, patch: Path) -> PatchStatus:
 def check_patches(target: Path | None = None, patch_dir: Path | None = None) -> list[PatchStatus]:
     """The state of every patch of the set against `target` (default: installed megatron)."""
     root = _tree_root(target) if target is not None else installed_megatron_root()
-    return [_status(root, p) for p in _patch_files(patch_dir or DEFAULT_PATCH_DIR)]
+    return [_status(root, p) for p in _patch_files(patch_dir or patch_dir_for(root))]
 
 
 def apply_patches(target: Path | None = None, patch_dir: Path | None = None) -> list[PatchStatus]:
     """Apply what is not applied yet; idempotent; refuses (changing nothing) a tree that does
     not match any patch."""
     root = _tree_root(target) if target is not None else installed_megatron_root()
-    files = _patch_files(patch_dir or DEFAULT_PATCH_DIR)
+    chosen = patch_dir or patch_dir_for(root)
+    files = _patch_files(chosen)
     before = [_status(root, p) for p in files]
     bad = [s for s in before if s.state == "mismatch"]
     if bad:
         raise UnsupportedMegatronError(
-            f"{bad[0].patch} does not apply to {root} (is it megatron-core 0.19.2 or a "
-            f"Megatron-LM checkout at core_r0.19.0?): {bad[0].detail}"
+            f"{bad[0].patch} of {chosen.name} does not apply to {root} (a locally modified "
+            f"schedules.py?): {bad[0].detail}"
         )
     for status, patch in zip(before, files, strict=True):
         if status.state == "applies":

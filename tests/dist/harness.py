@@ -54,11 +54,14 @@ def run_torchrun(
     args: Sequence[str] = (),
     timeout: float = 240.0,
     env: dict[str, str] | None = None,
+    megatron: Path | None = None,
 ) -> list[Any]:
     """Run `nproc` ranks of a worker; return the object each rank saved, indexed by rank.
 
     `script_or_module` is a worker name (`tests/dist/workers/<name>.py`), a path to a script,
-    or a dotted module name.
+    or a dotted module name. `megatron`: a folder holding another `megatron/core` (a
+    Megatron-LM snapshot) to run against instead of the installed package; it goes first on
+    the ranks' PYTHONPATH, and the run fails unless every rank imported that one.
     """
     if "/" not in script_or_module and "." not in script_or_module:
         script_or_module = worker_path(script_or_module)
@@ -75,6 +78,8 @@ def run_torchrun(
             }
         )
         run_env.update(env or {})
+        if megatron is not None:
+            run_env["PYTHONPATH"] = os.pathsep.join([str(megatron), run_env["PYTHONPATH"]])
         proc = subprocess.Popen(
             torchrun_command(script_or_module, nproc, args),
             cwd=REPO,
@@ -98,6 +103,9 @@ def run_torchrun(
             if not path.is_file():
                 pytest.fail(f"rank {rank} saved no result:\n{_tail(output)}")
             results.append(torch.load(path, weights_only=False))
+            if megatron is not None:
+                core = Path((Path(out) / f"rank{rank}.megatron").read_text())
+                assert core == megatron / "megatron" / "core" / "__init__.py", (rank, core)
         return results
 
 

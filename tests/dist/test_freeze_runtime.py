@@ -3,6 +3,9 @@
 Each launch groups several cases (tests/dist/workers/freeze_grads.py); every case compares the
 gradients the optimizer would see with an independent per-microbatch reference (1e-6
 relative; in practice they are exactly equal) and checks that frozen work was really skipped.
+The pp 2 launches (1F1B with every case, interleaved, the patched route) run on both supported
+megatron-core versions: the installed 0.19.2 and Megatron-LM main's 0.20.0 (a copy of the
+snapshot, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -89,13 +92,31 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def pp2_1f1b() -> list[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["installed", "main"])
+def megatron(request: pytest.FixtureRequest, megatron_lm_checkout) -> Path | None:
+    """None: the installed megatron-core 0.19.2; else the folder holding Megatron-LM main."""
+    return None if request.param == "installed" else megatron_lm_checkout(request.param)
+
+
+_LAUNCHES: dict[tuple[str, Path | None], list[dict[str, Any]]] = {}
+
+
+def launch_once(name: str, args: list[str], megatron: Path | None) -> list[dict[str, Any]]:
+    """One torchrun per (launch, megatron-core) for the whole module, whatever order pytest
+    runs the tests that share it in."""
+    key = (name, megatron)
+    if key not in _LAUNCHES:
+        _LAUNCHES[key] = run_torchrun("freeze_grads", 2, args, timeout=400, megatron=megatron)
+    return _LAUNCHES[key]
+
+
+@pytest.fixture
+def pp2_1f1b(megatron: Path | None) -> list[dict[str, Any]]:
     cases = (
         "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak,"
         "recompute_no_leaf,recompute_deep"
     )
-    return run_torchrun("freeze_grads", 2, ["--pp", "2", "--cases", cases], timeout=400)
+    return launch_once("pp2_1f1b", ["--pp", "2", "--cases", cases], megatron)
 
 
 def test_1f1b_pp2_all_semantics(pp2_1f1b: list[dict[str, Any]]) -> None:
@@ -189,10 +210,10 @@ def test_1f1b_pp4() -> None:
 INTERLEAVED_PP2 = ["--pp", "2", "--vpp", "2", "--overlap-p2p-comm"]
 
 
-@pytest.fixture(scope="module")
-def pp2_interleaved() -> list[dict[str, Any]]:
+@pytest.fixture
+def pp2_interleaved(megatron: Path | None) -> list[dict[str, Any]]:
     args = [*INTERLEAVED_PP2, "--cases", "base,overlap,recompute"]
-    return run_torchrun("freeze_grads", 2, args, timeout=400)
+    return launch_once("pp2_interleaved", args, megatron)
 
 
 def test_interleaved_pp2_overlap_p2p(pp2_interleaved: list[dict[str, Any]]) -> None:
@@ -200,26 +221,34 @@ def test_interleaved_pp2_overlap_p2p(pp2_interleaved: list[dict[str, Any]]) -> N
 
 
 @pytest.fixture(scope="module")
-def patched_megatron(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the installed megatron package with the hook-point patch applied."""
+def patched_megatron(tmp_path_factory: pytest.TempPathFactory, megatron: Path | None) -> Path:
+    """A copy of the megatron package under test with its version's hook-point patch set
+    applied (patches/megatron-core-0.19.2 or -0.20.0, chosen by version)."""
     root = tmp_path_factory.mktemp("patched-megatron")
-    shutil.copytree(installed_megatron_root() / "megatron", root / "megatron")
+    source = installed_megatron_root() if megatron is None else megatron
+    shutil.copytree(
+        source / "megatron", root / "megatron", ignore=shutil.ignore_patterns("__pycache__")
+    )
     assert {s.state for s in apply_patches(root)} == {"applied"}
     return root
 
 
-@pytest.mark.parametrize("layout", ["1f1b", "interleaved"])
+# On 0.20 one patched launch: interleaved, whose hooks carry vp_stage and microbatch ids.
+@pytest.mark.parametrize(
+    ("megatron", "layout"),
+    [("installed", "1f1b"), ("installed", "interleaved"), ("main", "interleaved")],
+    indirect=["megatron"],
+)
 def test_patched_tree_route_gives_the_same_gradients(
-    layout: str,
-    patched_megatron: Path,
-    pp2_1f1b: list[dict[str, Any]],
-    pp2_interleaved: list[dict[str, Any]],
+    layout: str, patched_megatron: Path, request: pytest.FixtureRequest
 ) -> None:
-    args, runtime = (
-        (["--pp", "2"], pp2_1f1b) if layout == "1f1b" else (INTERLEAVED_PP2, pp2_interleaved)
+    fixture = "pp2_1f1b" if layout == "1f1b" else "pp2_interleaved"
+    runtime = request.getfixturevalue(fixture)
+    args = ["--pp", "2"] if layout == "1f1b" else INTERLEAVED_PP2
+    env = {"PYTHONPATH": f"{REPO}:{WORKERS}"}
+    patched = run_torchrun(
+        "freeze_grads", 2, [*args, "--cases", "base"], 400, env=env, megatron=patched_megatron
     )
-    env = {"PYTHONPATH": f"{patched_megatron}:{REPO}:{WORKERS}"}
-    patched = run_torchrun("freeze_grads", 2, [*args, "--cases", "base"], 400, env=env)
     check_all(patched, ["base"])
     for got, want in zip(patched, runtime, strict=True):
         assert got["base"]["route"] == "patched" and want["base"]["route"] == "runtime"

@@ -1,14 +1,18 @@
 """Issue 2, part 3: the schedule model's compute order equals what megatron-core really runs.
 
-Each launch runs megatron-core 0.19.2's real schedule (a tiny GPT, gloo on CPU) for several
-(microbatches, group size) cases and records, per rank, the sequence of forward_step and
-backward_step calls twice: through TimelyFreeze's hook observers and through an independent
-recorder in the test's forward_step_func. Both must equal `compute_order(spec)` exactly.
-The P2P calls that issue requests, interleaved with the compute, must equal
-`rank_programs(spec)` call for call (Megatron's method names; waits on handles excluded).
+Each launch runs megatron-core's real schedule (0.19.2, installed; three of the layouts also on
+Megatron-LM main's megatron/core 0.20.0, from the snapshot copy of tests/conftest.py) with a
+tiny GPT, gloo on CPU, for several (microbatches, group size) cases and records, per rank, the
+sequence of forward_step and backward_step calls twice: through TimelyFreeze's hook observers
+and through an independent recorder in the test's forward_step_func. Both must equal
+`compute_order(spec)` exactly. The P2P calls that issue requests, interleaved with the compute,
+must equal `rank_programs(spec)` call for call (Megatron's method names; waits on handles
+excluded).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from harness import run_torchrun
@@ -34,14 +38,32 @@ CONFIGS = [
 ]
 
 
+# On megatron-core 0.20 (Megatron-LM main): 1F1B, and interleaved with and without overlapped
+# P2P; the layouts that run on 2 ranks, plus one on 4, to keep the suite's time in bounds.
+CONFIGS_MAIN = [CONFIGS[0], CONFIGS[2], CONFIGS[3]]
+
+
 @pytest.mark.parametrize(("pp", "vpp", "overlap", "cases"), CONFIGS)
 def test_megatron_order_matches_model(
     pp: int, vpp: int, overlap: bool, cases: list[tuple[int, int]]
 ) -> None:
+    check_order(pp, vpp, overlap, cases)
+
+
+@pytest.mark.parametrize(("pp", "vpp", "overlap", "cases"), CONFIGS_MAIN)
+def test_megatron_main_order_matches_model(
+    pp: int, vpp: int, overlap: bool, cases: list[tuple[int, int]], megatron_lm_checkout
+) -> None:
+    check_order(pp, vpp, overlap, cases, megatron=megatron_lm_checkout("main"))
+
+
+def check_order(
+    pp: int, vpp: int, overlap: bool, cases: list[tuple[int, int]], megatron: Path | None = None
+) -> None:
     args = ["--pp", pp, "--vpp", vpp, "--cases", ",".join(f"{m}:{g}" for m, g in cases)]
     if overlap:
         args.append("--overlap-p2p-comm")
-    results = run_torchrun("order", pp, args, timeout=420)
+    results = run_torchrun("order", pp, args, timeout=420, megatron=megatron)
     for m, g in cases:
         spec = ScheduleSpec(
             kind="1f1b" if vpp == 1 else "interleaved",

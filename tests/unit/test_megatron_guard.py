@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,20 +10,91 @@ import pytest
 from megatron_tf.errors import UnsupportedMegatronError
 from megatron_tf.megatron import guard
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_installed_megatron_is_supported() -> None:
-    assert guard.check_version().startswith("0.19.")
+    import megatron.core
     from megatron.core.pipeline_parallel import schedules
 
+    assert guard.check_version().series == "0.19"
     guard.check_schedules(schedules)
+    # Read as text before launch, it is the version the import reports.
+    version, core = guard.core_before_launch()
+    assert version == megatron.core.__version__.split("+")[0]  # without the git hash
+    assert core == Path(megatron.core.__file__).parent
 
 
-@pytest.mark.parametrize("version", ["0.18.1", "0.20.0", "1.0.0rc1"])
+@pytest.mark.parametrize(
+    ("version", "series"),
+    [("0.19.0", "0.19"), ("0.19.2", "0.19"), ("0.20.0", "0.20"), ("0.20.1rc0+a1b2c3", "0.20")],
+)
+def test_table_covers_both_series(version: str, series: str) -> None:
+    assert guard.check_version(version).series == series
+    entry = guard.supported(version)
+    assert entry is not None
+    # Every entry has its own patch set in the repository.
+    assert (REPO / "patches" / entry.patch_set).is_dir()
+
+
+@pytest.mark.parametrize("version", ["0.18.1", "0.21.0", "1.0.0rc1"])
 def test_other_versions_are_refused(version: str) -> None:
-    with pytest.raises(
-        UnsupportedMegatronError, match=rf"support megatron-core 0\.19\.x, found {version}"
-    ):
+    with pytest.raises(UnsupportedMegatronError) as info:
         guard.check_version(version)
+    message = str(info.value)
+    assert message.startswith(f"megatron-core {version} is not supported: ")
+    assert "0.19.x (Megatron-LM core_r0.19.0), 0.20.x (Megatron-LM main)" in message
+    assert "\n" not in message
+
+
+def fake_core(root: Path, minor: int, pre: str = "") -> Path:
+    """A megatron/core whose package_info.py says 0.<minor>.0<pre>, written as megatron-core
+    writes it (MAJOR/MINOR/PATCH/PRE_RELEASE constants, then derived strings)."""
+    core = root / "megatron" / "core"
+    core.mkdir(parents=True)
+    (core / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (core / "package_info.py").write_text(
+        f"MAJOR = 0\nMINOR = {minor}\nPATCH = 0\nPRE_RELEASE = {pre!r}\n"
+        "VERSION = (MAJOR, MINOR, PATCH, PRE_RELEASE)\n"
+        "__version__ = '.'.join(map(str, VERSION[:3])) + ''.join(VERSION[3:])\n"
+    )
+    return core
+
+
+def test_a_checkout_shadows_the_installed_package(tmp_path: Path) -> None:
+    core = fake_core(tmp_path, 20, "rc1")
+    assert guard.core_before_launch(tmp_path) == ("0.20.0rc1", core)
+
+
+def test_unsupported_checkout_is_refused_with_a_fix_that_works(tmp_path: Path) -> None:
+    core = fake_core(tmp_path, 21)
+    with pytest.raises(UnsupportedMegatronError) as info:
+        guard.core_before_launch(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"megatron-core 0.21.0 at {core} is not supported")
+    # Installing a wheel cannot fix a checkout that shadows it: check out a supported ref.
+    assert f"`git -C {tmp_path} checkout core_r0.19.0`" in message
+    assert "pip install" not in message
+
+
+def test_unsupported_installed_package_says_pip(tmp_path: Path) -> None:
+    core = fake_core(tmp_path / "lib" / "site-packages", 18)
+    assert "pip install megatron-core==0.19.2" in guard.unsupported_message("0.18.0", core)
+
+
+def test_unreadable_version_is_refused(tmp_path: Path) -> None:
+    core = fake_core(tmp_path, 20)
+    (core / "package_info.py").write_text("__version__ = get()\n")
+    with pytest.raises(UnsupportedMegatronError, match="no MAJOR/MINOR/PATCH constants"):
+        guard.core_before_launch(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "version"), [("core_r0.19.0", "0.19.1"), ("main", "0.20.0")])
+def test_megatron_lm_snapshots_are_read_right(
+    name: str, version: str, megatron_lm_snapshot
+) -> None:
+    root = megatron_lm_snapshot(name)
+    assert guard.core_before_launch(root) == (version, root / "megatron" / "core")
 
 
 @pytest.mark.parametrize(

@@ -273,3 +273,79 @@ def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch
     assert freezer._wrap_load(load_checkpoint)("m", "o", "s", strict=True) == (7, 123.0)
     assert freezer.runtime.loaded == [{"next_iteration": 7}]  # handed to the running runtime
     assert calls == [("save", 7, {"non_persistent_ckpt": False}), ("load", {"strict": True})]
+
+
+# --- the megatron/core the ranks will import: its version is checked before launch ---------------
+
+
+def checkout_with_core(root: Path, package_info: Path, minor: int) -> Path:
+    """A Megatron-LM checkout whose megatron/core reports 0.<minor>.x: a copy of a real
+    package_info.py with MINOR edited, as the acceptance test of issue 12 asks."""
+    core = root / "megatron" / "core"
+    core.mkdir(parents=True)
+    (core / "__init__.py").write_text("")
+    text = package_info.read_text()
+    assert "MINOR = " in text
+    lines = [f"MINOR = {minor}" if ln.startswith("MINOR = ") else ln for ln in text.splitlines()]
+    (core / "package_info.py").write_text("\n".join(lines) + "\n")
+    (root / "pretrain_gpt.py").write_text("raise SystemExit('must not run')\n")
+    return root
+
+
+def test_unsupported_checkout_is_refused_before_torchrun(tmp_path: Path, megatron_lm_snapshot):
+    """A checkout whose megatron/core says 0.21.0, shadowing the supported installed 0.19.2:
+    pretrain, profile and --dry-run refuse it in one line, exit 2, in well under 10 seconds,
+    and no torchrun starts (the CLI is timed as a user runs it, in a fresh process)."""
+    import subprocess
+    import sys
+    import time
+
+    main = megatron_lm_snapshot("main")
+    checkout = checkout_with_core(
+        tmp_path / "Megatron-LM", main / "megatron" / "core" / "package_info.py", 21
+    )
+    core = checkout / "megatron" / "core"
+    runs = {
+        "pretrain": ["pretrain", "--nproc-per-node", "2"],
+        "profile": ["profile", "--nproc-per-node", "2", "-o", str(tmp_path / "p.json")],
+        "dry-run": ["pretrain", "--nproc-per-node", "2", "--dry-run"],
+    }
+    for name, args in runs.items():
+        cli = [sys.executable, "-m", "megatron_tf", *args, "--megatron-lm", str(checkout)]
+        start = time.monotonic()
+        proc = subprocess.run(
+            [*cli, "--", "--num-layers", "2"], capture_output=True, text=True, check=False
+        )
+        seconds = time.monotonic() - start
+        assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
+        assert seconds < 10, (name, seconds)
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        assert len(lines) == 1, (name, lines)
+        assert lines[0] == (
+            f"error: megatron-core 0.21.0 at {core} is not supported: TimelyFreeze's schedule "
+            "hooks support 0.19.x (Megatron-LM core_r0.19.0), 0.20.x (Megatron-LM main); check "
+            f"out a supported branch or tag of Megatron-LM there, e.g. `git -C {checkout} "
+            "checkout core_r0.19.0`"
+        ), name
+        assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("name", ["core_r0.19.0", "main"])
+def test_supported_checkouts_pass_the_check(name: str, megatron_lm_snapshot) -> None:
+    checkout = megatron_lm_snapshot(name)
+    result = _cli(
+        ["pretrain", "--megatron-lm", str(checkout), "--nproc-per-node", "2", "--cpu-trial"]
+        + ["--dry-run", "--", "--num-layers", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "export TIMELYFREEZE_CPU_TRIAL=1" in result.output.splitlines()
+
+
+def test_cpu_trial_belongs_to_the_megatron_lm_route(tmp_path: Path) -> None:
+    for command in (["pretrain"], ["profile", "-o", str(tmp_path / "p.json")]):
+        result = _cli([*command, "--cpu-trial", "--dry-run"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            "error: --cpu-trial runs a Megatron-LM script on CPU: add --megatron-lm PATH (the "
+            "built-in trainer runs on CPU without it)"
+        )

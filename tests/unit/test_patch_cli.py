@@ -1,4 +1,6 @@
-"""`timelyfreeze patch check|apply` on copies of the installed megatron-core schedules."""
+"""`timelyfreeze patch check|apply` on copies of megatron-core's schedules: the installed
+0.19.2 wheel and the two Megatron-LM snapshots (core_r0.19.0, main at 0.20.0); the patch set is
+chosen by the version the tree's package_info.py reports."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from megatron_tf.cli import app
 from megatron_tf.megatron.patchset import check_patches, installed_megatron_root
 
 SCHEDULES = Path("megatron/core/pipeline_parallel/schedules.py")
+PACKAGE_INFO = Path("megatron/core/package_info.py")
 runner = CliRunner()
 
 
@@ -20,14 +23,48 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    """A minimal tree holding a copy of the installed (stock) schedules.py."""
-    src = installed_megatron_root() / SCHEDULES
-    dst = tmp_path / "site" / SCHEDULES
-    dst.parent.mkdir(parents=True)
-    shutil.copy(src, dst)
-    return tmp_path / "site"
+def copy_tree(source: Path, dest: Path) -> Path:
+    """A minimal tree: a copy of `source`'s stock schedules.py and package_info.py."""
+    for rel in (SCHEDULES, PACKAGE_INFO):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(params=["installed", "core_r0.19.0", "main"])
+def tree(request: pytest.FixtureRequest, tmp_path: Path, megatron_lm_snapshot) -> Path:
+    """The installed wheel's tree, or one of the Megatron-LM snapshots."""
+    if request.param == "installed":
+        source = installed_megatron_root()
+    else:
+        source = megatron_lm_snapshot(request.param)
+    return copy_tree(source, tmp_path / "site")
+
+
+def test_each_version_gets_its_own_patch_set(tmp_path: Path, megatron_lm_snapshot) -> None:
+    """0.19's set does not fit main's schedules.py (and the reverse): the choice matters."""
+    from megatron_tf.megatron.patchset import PATCHES_ROOT, patch_dir_for
+
+    for name, other, mine in [
+        ("core_r0.19.0", "megatron-core-0.20.0", "megatron-core-0.19.2"),
+        ("main", "megatron-core-0.19.2", "megatron-core-0.20.0"),
+    ]:
+        root = copy_tree(megatron_lm_snapshot(name), tmp_path / name)
+        assert patch_dir_for(root) == PATCHES_ROOT / mine
+        assert [s.state for s in check_patches(root)] == ["applies"]
+        assert [s.state for s in check_patches(root, PATCHES_ROOT / other)] == ["mismatch"]
+
+
+def test_unsupported_version_is_refused_by_name(tmp_path: Path) -> None:
+    root = copy_tree(installed_megatron_root(), tmp_path / "site")
+    info = root / PACKAGE_INFO
+    info.write_text(info.read_text().replace("MINOR = 19", "MINOR = 21"))
+    before = digest(root / SCHEDULES)
+    for command in ("check", "apply"):
+        result = runner.invoke(app, ["patch", command, "--target", str(root)])
+        assert result.exit_code == 2, result.output
+        assert "megatron-core 0.21." in result.output and "is not supported" in result.output
+    assert digest(root / SCHEDULES) == before
 
 
 @pytest.fixture(autouse=True)
@@ -69,8 +106,10 @@ def test_the_package_dir_itself_is_accepted(tree: Path) -> None:
 
 def test_mismatched_tree_is_refused_and_left_alone(tree: Path) -> None:
     path = tree / SCHEDULES
+    old = "def backward_step(input_tensor, output_tensor, output_tensor_grad, config):"
+    assert old in path.read_text()
     text = path.read_text().replace(
-        "def backward_step(input_tensor, output_tensor, output_tensor_grad, config):",
+        old,
         "def backward_step(input_tensor, output_tensor, output_tensor_grad, config, extra=None):",
     )
     path.write_text(text)
@@ -80,7 +119,7 @@ def test_mismatched_tree_is_refused_and_left_alone(tree: Path) -> None:
     assert "does not match this tree" in result.output
     result = runner.invoke(app, ["patch", "apply", "--target", str(tree)])
     assert result.exit_code == 2
-    assert "does not apply to" in result.output and "core_r0.19.0" in result.output
+    assert "does not apply to" in result.output and "megatron-core-0." in result.output
     assert digest(path) == before
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,3 +18,6 @@ def save_result(obj: Any) -> None:
     tmp = out / f".rank{rank}.pt.tmp"
     torch.save(obj, tmp)
     os.replace(tmp, out / f"rank{rank}.pt")
+    core = sys.modules.get("megatron.core")
+    if core is not None:  # which megatron-core ran: the harness checks it was the one asked for
+        (out / f"rank{rank}.megatron").write_text(str(core.__file__))
