@@ -238,9 +238,8 @@ def test_plan_trains_from_the_first_iteration(chain: Chain) -> None:
             f"timelyfreeze[rank {rank}]: freeze runtime installed before iteration 0: plan "
         ) in chain.planned.output
     assert [it for it, _ in chain.planned.losses()] == [0, 1, 2, 3]
-    for root in (chain.work / "ck-planned",):
-        for iteration in (2, 4):
-            assert (root / f"iter_{iteration:07d}" / "timelyfreeze").is_dir()
+    for iteration in (2, 4):  # Megatron's checkpoints, each with the freezer's state beside it
+        assert (chain.work / "ck-planned" / f"iter_{iteration:07d}" / "timelyfreeze").is_dir()
 
 
 def test_resume_restores_the_freezer_and_continues_bit_for_bit(chain: Chain) -> None:
