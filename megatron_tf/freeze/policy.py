@@ -1,6 +1,6 @@
 """Which units to freeze for each (chunk, microbatch) of an iteration on one pipeline rank.
 
-Rules (ARCHITECTURE.md, runtime semantics):
+Rules (docs/runtime.md, "What is frozen, and what is skipped"):
 - ratio r on (chunk, microbatch) freezes units whose cost adds up to about r of the chunk's
   total (a unit is taken when it brings the frozen cost closer to the target);
 - the choice depends only on (seed, iteration, rank, chunk, microbatch) and the policy's

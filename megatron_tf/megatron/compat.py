@@ -1,8 +1,9 @@
 """Make megatron-core 0.19.2 run on CPU processes with gloo (tests, demo, CPU profiling).
 
-megatron-core assumes CUDA in a handful of places (MEGATRON_NOTES.md, "Running on CPU"). Rather
-than patching `torch.cuda` for the whole process, each affected megatron module gets its own
-view of torch (`module.torch = _CpuTorch()`), which maps `device="cuda"` and
+megatron-core assumes CUDA in a handful of places (docs/megatron-notes.md, "Running
+megatron-core on CPU"). Rather than patching `torch.cuda` for the whole process, each affected
+megatron module gets its own view of torch (`module.torch = _CpuTorch()`), which maps
+`device="cuda"` and
 `torch.cuda.current_device()` to the CPU and turns stream/synchronize calls into no-ops. Code
 outside those modules (ours, the user's, torch itself) sees the real torch.
 

@@ -1,6 +1,6 @@
 """Apply the freeze policy inside megatron-core's schedules.
 
-Mechanism (MEGATRON_NOTES.md, "Skipping the weight gradient"): for microbatch m of chunk c,
+Mechanism (docs/megatron-notes.md, "Skipping a weight gradient"): for microbatch m of chunk c,
 the frozen weights get `requires_grad=False` for that microbatch's forward AND its backward
 (activation recompute reruns the forward inside backward). Megatron's Column/RowParallelLinear
 then take `linear_with_frozen_weight` (tensor_parallel/layers.py, `_forward_impl`), which

@@ -253,7 +253,7 @@ def check_schedules(schedules: ModuleType) -> None:
 
 
 # (config attribute, why it is refused). Each path bypasses forward_step/backward_step or
-# computes weight gradients outside the backward our hooks bracket (MEGATRON_NOTES.md).
+# computes weight gradients outside the backward our hooks bracket (docs/megatron-notes.md).
 _REFUSED_FLAGS: tuple[tuple[str, str], ...] = (
     (
         "overlap_moe_expert_parallel_comm",

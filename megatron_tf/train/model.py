@@ -50,7 +50,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         params_dtype=torch.float32,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        # CPU: the fused kernels and CUDA initialisation are unavailable (MEGATRON_NOTES.md).
+        # CPU: the fused kernels and CUDA initialisation are unavailable (docs/megatron-notes.md).
         use_cpu_initialization=on_cpu,
         gradient_accumulation_fusion=False,
         masked_softmax_fusion=not on_cpu,
