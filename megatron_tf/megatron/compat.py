@@ -3,9 +3,8 @@
 megatron-core assumes CUDA in a handful of places (docs/megatron-notes.md, "Running
 megatron-core on CPU"). Rather than patching `torch.cuda` for the whole process, each affected
 megatron module gets its own view of torch (`module.torch = _CpuTorch()`), which maps
-`device="cuda"` and
-`torch.cuda.current_device()` to the CPU and turns stream/synchronize calls into no-ops. Code
-outside those modules (ours, the user's, torch itself) sees the real torch.
+`device="cuda"` and `torch.cuda.current_device()` to the CPU and turns stream/synchronize calls
+into no-ops. Code outside those modules (ours, the user's, torch itself) sees the real torch.
 
 `enable_cpu_compat()` is idempotent and does nothing when CUDA is available.
 """
