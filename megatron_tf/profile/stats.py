@@ -26,6 +26,7 @@ from megatron_tf.formats.profile import (
     ScheduleModel,
     StageCost,
 )
+from megatron_tf.linefit import fit_line
 from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
@@ -69,20 +70,6 @@ def _quantile(samples: Sequence[float], q: float) -> float:
         return 0.0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
-    """Least-squares line y = intercept + slope * x and its R^2 (1 when y is constant)."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    slope = sxy / sxx if sxx else 0.0
-    intercept = my - slope * mx
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return {"slope": slope, "intercept": intercept, "r2": r2}
 
 
 def _with_gaps(actions: list[RawAction]) -> list[float]:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from layers import LLAMA_8B, SMALL, TINY, LayerShape, Stack, frozen, frozen_share, pick_share
 
+from megatron_tf.linefit import fit_line
+
 BF16_TOLERANCE = 2e-2
 """max |a - b| / max |b| per tensor for bf16: about five bf16 ulps (2^-8) of the largest entry,
 room for the rounding of accumulating a few microbatches' gradients in bf16."""
@@ -285,7 +287,7 @@ def _linearity_row(
         )
     xs = [p["share"] for p in points]
     ys = [p["backward_s"] for p in points]
-    slope, intercept, r2 = _fit(xs, ys)
+    fit = fit_line(xs, ys)
     full = next(p["backward_s"] for p in points if p["share"] == 0.0)
     dgrad_only = next(p["backward_s"] for p in points if p["share"] == 1.0)
     # The LP's line: backward(r) = B + (1 - r) W, through the two end points.
@@ -298,9 +300,9 @@ def _linearity_row(
         "dtype": str(dtype).removeprefix("torch."),
         "reps": reps,
         "points": points,
-        "fit_slope_s": slope,
-        "fit_intercept_s": intercept,
-        "r2": r2,
+        "fit_slope_s": fit["slope"],
+        "fit_intercept_s": fit["intercept"],
+        "r2": fit["r2"],
         "max_gap_to_lp_line_rel": gap / full if full > 0 else 0.0,
         "costs": {
             "F": forward,
@@ -309,19 +311,6 @@ def _linearity_row(
             "line": _costs_line(forward, dgrad_only, wgrad),
         },
     }
-
-
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least squares y = a x + b, and R^2."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    slope = sxy / sxx if sxx else 0.0
-    intercept = my - slope * mx
-    ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys, strict=True))
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    return slope, intercept, 1 - ss_res / ss_tot if ss_tot else 1.0
 
 
 def _costs_line(forward: float, dgrad: float, wgrad: float) -> str:
