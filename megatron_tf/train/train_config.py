@@ -101,6 +101,16 @@ class TrainConfig:
     """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
     """Write TensorBoard events when `torch.utils.tensorboard` works."""
+    eval_interval: int = 0
+    """Iterations between validation losses on the held-out set (and at the last iteration);
+    0: no validation. The training-batch loss sees other batches in every run, so comparisons
+    of runs read this instead."""
+    eval_samples: int = 128
+    """Held-out samples of the validation set (rounded down to whole iterations' batches)."""
+    noise_probe_at: int | None = None
+    """Iteration (before its step) at which to measure the gradient noise scale; None: never."""
+    noise_probe_rounds: int = 8
+    """Independent small-batch / full-batch gradient pairs averaged by the noise probe."""
     freeze: FreezeOptions = field(default_factory=FreezeOptions)
 
     def __post_init__(self) -> None:
@@ -128,6 +138,16 @@ class TrainConfig:
             raise ConfigError(f"--log-interval must be >= 1, got {self.log_interval}")
         if self.save_interval < 0:
             raise ConfigError(f"--save-interval must be >= 0, got {self.save_interval}")
+        if self.eval_interval < 0:
+            raise ConfigError(f"--eval-interval must be >= 0, got {self.eval_interval}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"--eval-samples must be >= 1, got {self.eval_samples}")
+        if self.noise_probe_at is not None and not 0 <= self.noise_probe_at < self.iters:
+            raise ConfigError(
+                f"--noise-probe-at must lie in [0, --iters {self.iters}), got {self.noise_probe_at}"
+            )
+        if self.noise_probe_rounds < 2:
+            raise ConfigError(f"--noise-probe-rounds must be >= 2, got {self.noise_probe_rounds}")
         if self.exit_after_iters < 0:
             raise ConfigError(f"--exit-after-iters must be >= 0, got {self.exit_after_iters}")
 
