@@ -78,7 +78,7 @@ def prepare_job(
     spec = parallel.schedule_spec()
     if train.freeze.enabled and not train.freeze.auto:
         load_plan_source(str(train.freeze.plan), spec)  # raises on a file for another layout
-    if (train.eval_interval or train.noise_probe_at is not None) and data.source != "synthetic":
+    if (train.eval_interval or train.noise_probe_at) and data.source != "synthetic":
         flag = "--eval-interval" if train.eval_interval else "--noise-probe-at"
         raise ConfigError(f"{flag} needs the embedded corpus's held-out set (no --data-path)")
     batch = model.micro_batch_size * parallel.microbatches
@@ -87,7 +87,7 @@ def prepare_job(
             f"--eval-samples {train.eval_samples} must be at least one iteration's batch "
             f"(--micro-batch-size x --microbatches = {batch})"
         )
-    if train.noise_probe_at is not None and train.freeze.enabled and not train.freeze.auto:
+    if train.noise_probe_at and train.freeze.enabled and not train.freeze.auto:
         raise ConfigError("--noise-probe-at measures an unfrozen model: use it with --no-freeze")
     if train.load:
         ckpt.check_resume(train.load, model.to_dict(), parallel.to_dict())

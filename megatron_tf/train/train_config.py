@@ -107,8 +107,8 @@ class TrainConfig:
     of runs read this instead."""
     eval_samples: int = 128
     """Held-out samples of the validation set (rounded down to whole iterations' batches)."""
-    noise_probe_at: int | None = None
-    """Iteration (before its step) at which to measure the gradient noise scale; None: never."""
+    noise_probe_at: tuple[int, ...] = ()
+    """Iterations (before their step) at which to measure the gradient noise scale."""
     noise_probe_rounds: int = 8
     """Independent small-batch / full-batch gradient pairs averaged by the noise probe."""
     freeze: FreezeOptions = field(default_factory=FreezeOptions)
@@ -142,10 +142,12 @@ class TrainConfig:
             raise ConfigError(f"--eval-interval must be >= 0, got {self.eval_interval}")
         if self.eval_samples < 1:
             raise ConfigError(f"--eval-samples must be >= 1, got {self.eval_samples}")
-        if self.noise_probe_at is not None and not 0 <= self.noise_probe_at < self.iters:
-            raise ConfigError(
-                f"--noise-probe-at must lie in [0, --iters {self.iters}), got {self.noise_probe_at}"
-            )
+        self.noise_probe_at = tuple(self.noise_probe_at)
+        for at in self.noise_probe_at:
+            if not 0 <= at < self.iters:
+                raise ConfigError(
+                    f"--noise-probe-at must lie in [0, --iters {self.iters}), got {at}"
+                )
         if self.noise_probe_rounds < 2:
             raise ConfigError(f"--noise-probe-rounds must be >= 2, got {self.noise_probe_rounds}")
         if self.exit_after_iters < 0:

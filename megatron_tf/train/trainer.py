@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.solve.budget import noise_scale_estimate
+from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.data import (
     BatchPlan,
     build_train_dataset,
@@ -74,6 +74,7 @@ class Trainer:
                 heldout_microbatches(job.prepared, job.model, self.cfg.eval_samples, "validation"),
                 job.parallel.microbatches,
             )
+        self.noise_estimates: list[dict[str, float]] = []
         self.iteration = 0  # optimizer steps done
         self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
         self.plan: PlanSource | None = None
@@ -104,7 +105,7 @@ class Trainer:
                 self.iteration - start_iteration >= self.cfg.exit_after_iters
             ):
                 break
-            if self.iteration == self.cfg.noise_probe_at:
+            if self.iteration in self.cfg.noise_probe_at:
                 self._noise_probe()
             self._maybe_auto_plan()
             metrics = self.train_step()
@@ -216,7 +217,7 @@ class Trainer:
         Small batch: the fewest microbatches the schedule accepts; big: one iteration's. Both
         estimators are unbiased; their means over rounds are divided (the paper's advice). Held-
         out samples and no dropout: the probe changes neither the weights nor any RNG, so a
-        run with the probe trains exactly like one without. Written to noise_scale.json."""
+        run with the probe trains exactly like one without. noise_scale.json lists every probe."""
         import json
 
         par = self.job.parallel
@@ -239,9 +240,10 @@ class Trainer:
             g_big.append(self._grad_sq_norm(chunk[small:]))
         estimate = noise_scale_estimate(b_small, b_big, g_small, g_big)
         estimate["iteration"] = self.iteration
+        self.noise_estimates.append(estimate)
         if self.rank == 0:
             out = Path(self.cfg.out_dir) / "noise_scale.json"
-            out.write_text(json.dumps(estimate, indent=2) + "\n")
+            out.write_text(json.dumps(self.noise_estimates, indent=2) + "\n")
         self.metrics.note(
             f"gradient noise scale at iteration {self.iteration}: B_noise "
             f"{estimate['noise_scale']:.1f} samples (batch {b_big}, |G|^2 "
