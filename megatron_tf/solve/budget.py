@@ -62,7 +62,8 @@ def noise_scale_estimate(
     |G|^2 = (b_big |G_big|^2 - b_small |G_small|^2) / (b_big - b_small) and
     tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / b_small - 1 / b_big); the ratio of their means
     over rounds is the estimate (McCandlish et al., appendix A). inf when |G|^2 <= 0 (noise
-    dominates the measurement: the batch is far below the noise scale).
+    dominates the measurement: the batch is far below the noise scale); 0 when the tr(Sigma)
+    estimate is negative (no noise measurable at these batch sizes).
     """
     if not 0 < b_small < b_big:
         raise ValueError(f"need 0 < b_small < b_big, got {b_small}, {b_big}")
@@ -71,7 +72,10 @@ def noise_scale_estimate(
     gs, gb = float(np.mean(g_small)), float(np.mean(g_big))
     true_sq = (b_big * gb - b_small * gs) / (b_big - b_small)
     trace = (gs - gb) / (1.0 / b_small - 1.0 / b_big)
-    noise = trace / true_sq if true_sq > 0 else math.inf
+    if true_sq <= 0:
+        noise = math.inf
+    else:
+        noise = max(0.0, trace) / true_sq  # a negative trace estimate: no measurable noise
     return {
         "noise_scale": noise,
         "true_grad_sq": true_sq,
