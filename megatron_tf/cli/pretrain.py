@@ -77,7 +77,8 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         vocab_file=v["vocab_file"],
         merge_file=v["merge_file"],
         cache_dir=v["cache_dir"],
-        corpus_seed=v["seed"],
+        corpus_seed=v["corpus_seed"],
+        data_seed=v["data_seed"],
     )
     freeze = FreezeOptions(
         plan=None if v["no_freeze"] else v["plan"],
@@ -103,6 +104,9 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         save_interval=v["save_interval"],
         load=v["load"],
         exit_after_iters=v["exit_after_iters"],
+        eval_interval=v["eval_interval"],
+        eval_samples=v["eval_samples"],
+        noise_probe_at=tuple(v["noise_probe_at"] or ()),
         freeze=freeze,
     )
     return prepare_job(model, parallel, data, train)
@@ -123,7 +127,10 @@ def pretrain(
     micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2,
     recompute: Annotated[str, model_option("recompute", _MODEL)] = "none",
     seed: Annotated[
-        int, model_option("seed", _MODEL, help_text="Seed of weights, data and freezing.")
+        int,
+        model_option(
+            "seed", _MODEL, help_text="Seed of weights and freezing (and data order by default)."
+        ),
     ] = 1234,
     # -- layout
     tp: Annotated[int, model_option("tp", _LAYOUT)] = 1,
@@ -179,6 +186,17 @@ def pretrain(
             help="Corpus and index cache (default ~/.cache/timelyfreeze).", rich_help_panel=_DATA
         ),
     ] = None,
+    data_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the sample order (default: --seed).", rich_help_panel=_DATA),
+    ] = None,
+    corpus_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the embedded corpus: the task itself, apart from --seed.",
+            rich_help_panel=_DATA,
+        ),
+    ] = 1234,
     # -- training
     iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel=_TRAIN)] = 100,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)] = 3e-3,
@@ -219,6 +237,23 @@ def pretrain(
     exit_after_iters: Annotated[
         int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
     ] = 0,
+    eval_interval: Annotated[
+        int,
+        typer.Option(
+            help="Iterations between validation losses on the corpus's held-out set (0 = off).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = 0,
+    eval_samples: Annotated[
+        int, typer.Option(help="Held-out samples in the validation set.", rich_help_panel=_TRAIN)
+    ] = 128,
+    noise_probe_at: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Measure the gradient noise scale before this iteration (repeatable).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
     # -- freezing
     plan: Annotated[
         str | None,

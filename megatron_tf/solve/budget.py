@@ -72,10 +72,8 @@ def noise_scale_estimate(
     gs, gb = float(np.mean(g_small)), float(np.mean(g_big))
     true_sq = (b_big * gb - b_small * gs) / (b_big - b_small)
     trace = (gs - gb) / (1.0 / b_small - 1.0 / b_big)
-    if true_sq <= 0:
-        noise = math.inf
-    else:
-        noise = max(0.0, trace) / true_sq  # a negative trace estimate: no measurable noise
+    # A negative tr(Sigma) estimate: no noise measurable at these sizes (0).
+    noise = math.inf if true_sq <= 0 else max(0.0, trace) / true_sq
     return {
         "noise_scale": noise,
         "true_grad_sq": true_sq,
