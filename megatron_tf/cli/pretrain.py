@@ -107,6 +107,7 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         eval_interval=v["eval_interval"],
         eval_samples=v["eval_samples"],
         noise_probe_at=tuple(v["noise_probe_at"] or ()),
+        noise_probe_rounds=v["noise_probe_rounds"],
         freeze=freeze,
     )
     return prepare_job(model, parallel, data, train)
@@ -254,6 +255,10 @@ def pretrain(
             rich_help_panel=_TRAIN,
         ),
     ] = None,
+    noise_probe_rounds: Annotated[
+        int,
+        typer.Option(help="Gradient pairs averaged per noise probe.", rich_help_panel=_TRAIN),
+    ] = 8,
     # -- freezing
     plan: Annotated[
         str | None,
