@@ -271,8 +271,13 @@ def pretrain(
         bool, typer.Option(help="Ignore --plan: the baseline run.", rich_help_panel=_FREEZE)
     ] = False,
     max_freeze_ratio: Annotated[
-        float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
-    ] = DEFAULT_MAX_FREEZE_RATIO,
+        str,
+        typer.Option(
+            help="Budget for --plan auto and re-planning, in [0, 1], or `auto` (probe the "
+            "gradient noise scale after the warm-up; least predicted time to a target loss).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = str(DEFAULT_MAX_FREEZE_RATIO),
     freeze_warmup_iters: Annotated[
         int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
     ] = 0,

@@ -87,6 +87,10 @@ def prepare_job(
             f"--eval-samples {train.eval_samples} must be at least one iteration's batch "
             f"(--micro-batch-size x --microbatches = {batch})"
         )
+    if train.freeze.auto_budget and data.source != "synthetic":
+        raise ConfigError("--max-freeze-ratio auto probes on the embedded corpus's held-out set")
+    if train.freeze.auto_budget and not train.freeze.auto and train.freeze.enabled:
+        raise ConfigError("--max-freeze-ratio auto chooses the cap in-job: use it with --plan auto")
     if train.noise_probe_at and train.freeze.enabled and not train.freeze.auto:
         raise ConfigError("--noise-probe-at measures an unfrozen model: use it with --no-freeze")
     if train.load:

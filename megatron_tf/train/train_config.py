@@ -22,8 +22,10 @@ class FreezeOptions:
 
     plan: str | None = None
     """Path of a plan.json, `auto` (profile and solve in-job after the freeze warm-up), or None."""
-    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
-    """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1]."""
+    max_freeze_ratio: float | str = DEFAULT_MAX_FREEZE_RATIO
+    """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1], or
+    `auto`: the noise scale is probed at the end of the freeze warm-up and the cap with the
+    least predicted time to a target loss is chosen (`solve/budget.py`)."""
     warmup_iters: int = 0
     """Iterations without freezing at the start (typically the LR warm-up)."""
     ramp_iters: int = 0
@@ -41,8 +43,16 @@ class FreezeOptions:
     """Seed of the runtime's choice of frozen tensors."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_freeze_ratio <= 1.0:
-            raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {self.max_freeze_ratio}")
+        r = self.max_freeze_ratio
+        if isinstance(r, str) and r.strip() != "auto":
+            try:
+                r = self.max_freeze_ratio = float(r)
+            except ValueError:
+                raise ConfigError(
+                    f"--max-freeze-ratio must be a number in [0, 1] or `auto`, got {r!r}"
+                ) from None
+        if not isinstance(r, str) and not 0.0 <= r <= 1.0:
+            raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {r}")
         for flag, value in (
             ("--freeze-warmup-iters", self.warmup_iters),
             ("--freeze-ramp-iters", self.ramp_iters),
@@ -65,6 +75,11 @@ class FreezeOptions:
     @property
     def auto(self) -> bool:
         return self.plan == "auto"
+
+    @property
+    def auto_budget(self) -> bool:
+        """`--max-freeze-ratio auto`: the cap comes from the measured loss cost."""
+        return self.max_freeze_ratio == "auto"
 
 
 @dataclass(kw_only=True, slots=True)

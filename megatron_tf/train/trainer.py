@@ -298,6 +298,8 @@ class Trainer:
             and self.plan is None
             and (self.iteration >= self.cfg.freeze.warmup_iters)
         ):
+            if self.cfg.freeze.auto_budget and not self.noise_estimates:
+                self._noise_probe()  # the loss cost of freezing, before anything is frozen
             self._replan(reason="auto plan")
 
     def _check_drift(self, m: StepMetrics) -> None:
@@ -323,7 +325,11 @@ class Trainer:
         from megatron_tf.train.injob import profile_and_solve
 
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
-        plan = profile_and_solve(self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}")
+        plan, why = profile_and_solve(
+            self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}"
+        )
+        if why:
+            self.metrics.note(f"budget: {why}")
         self.replans += 1
         self._set_plan(plan)
         self.metrics.note(

@@ -186,3 +186,23 @@ def test_validation_and_noise_probe_leave_training_untouched(tmp_path: Path) -> 
     assert all(p["small_batch_grad_sq"] > 0 and p["big_batch_grad_sq"] > 0 for p in probes)
     _ok(_pretrain(tmp_path, *common, "--data-seed", "99", out="order"))
     assert _losses(tmp_path, "order") != _losses(tmp_path, "plain")
+
+
+def test_plan_auto_with_the_auto_budget(tmp_path: Path) -> None:
+    """`--plan auto --max-freeze-ratio auto`: the noise probe runs at the end of the freeze
+    warm-up, and the plan's cap is the budget choice for that noise scale on the in-job profile."""
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.budget import LossCost, choose_budget
+
+    args = ["--iters", "4", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    args += ["--profile-iters", "2", "--plan", "auto", "--max-freeze-ratio", "auto"]
+    _ok(_pretrain(tmp_path, *args, "--noise-probe-rounds", "2", out="auto"))
+    probes = json.loads((tmp_path / "auto" / "noise_scale.json").read_text())
+    assert [p["iteration"] for p in probes] == [2]
+    replan = tmp_path / "auto" / "replan_0"
+    plan = json.loads((replan / "plan.json").read_text())
+    choice = choose_budget(
+        load_profile(replan / "profile.json"),
+        LossCost(noise_scale=probes[0]["noise_scale"], batch=8),
+    )
+    assert plan["max_freeze_ratio"] == choice.max_freeze_ratio
