@@ -444,15 +444,17 @@ def plot_curves(result: CompareResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from megatron_tf.solve.sweep import save_figure_atomic
 
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     budgets = list(result.by_budget())
+    bases: list[Curve] = []
+    gaps: list[tuple[list[float], list[float], float]] = []
     for si, seed in enumerate(result.config.seeds):
         base = result.curves[f"seed{seed}/baseline"]
+        bases.append(base)
         style = ["-", "--", ":", "-."][si % 4]
         ax.plot(base.times, base.losses, style, color="black", lw=1, label=f"baseline s{seed}")
         for bi, budget in enumerate(budgets):
@@ -464,6 +466,7 @@ def plot_curves(result: CompareResult, path: Path) -> None:
             ts = [t for t in cur.times if base.loss_at(t) is not None]
             rel = [100 * (cur.loss_at(t) / base.loss_at(t) - 1) for t in ts]  # type: ignore[operator]
             gap.plot(ts, rel, style, color=color, lw=1, label=f"{budget} s{seed}")
+            gaps.append((ts, rel, base.total_time))
         ax.axhline(base.final_loss, color="0.7", lw=0.6)
     gap.axhline(0, color="black", lw=0.8)
     unit = "simulated" if result.config.time == "simulated" else "measured"
@@ -471,10 +474,14 @@ def plot_curves(result: CompareResult, path: Path) -> None:
         a.set_xlabel(f"{unit} training time (s)" if unit == "measured" else "simulated time")
         a.grid(True, alpha=0.3)
     ax.set_ylabel("validation loss (nats/token)")
+    # Zoom where the runs differ: the last three quarters of the baseline's time.
     lows = [min(c.losses) for c in result.curves.values()]
-    ax.set_ylim(
-        min(lows) - 0.01, float(np.percentile([max(c.losses) for c in result.curves.values()], 50))
-    )
+    tops = [b.loss_at(b.total_time / 4) or b.losses[0] for b in bases]
+    ax.set_ylim(min(lows) - 0.005, max(tops))
+    late = [g for xs, ys, end in gaps for x, g in zip(xs, ys, strict=True) if x >= end / 4]
+    if late:
+        pad = 0.1 * (max(late) - min(late) + 0.1)
+        gap.set_ylim(min(min(late), 0) - pad, max(max(late), 0) + pad)
     gap.set_ylabel("val loss vs baseline at equal time (%)")
     ax.set_title(f"{result.config.parallel.schedule_spec().describe()} ({unit} time)", fontsize=9)
     gap.set_title("gap to the baseline (< 0: ahead)", fontsize=9)
