@@ -418,7 +418,7 @@ def format_table(result: CompareResult) -> list[str]:
         )
     lines += [
         "",
-        "| budget | time to the baseline's final val loss, mean (+-sd; range) | "
+        "| budget | time to the baseline's final val loss, mean (sd; range) | "
         "val loss gap at the baseline's time |",
         "|---|---|---|",
     ]
@@ -450,35 +450,52 @@ def plot_curves(result: CompareResult, path: Path) -> None:
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     budgets = list(result.by_budget())
-    bases: list[Curve] = []
-    gaps: list[tuple[list[float], list[float], float]] = []
+    lows, tops, late = [], [], []
+    # Time as a share of each seed's baseline time: where a curve crosses the baseline's final
+    # loss (grey line) is the reported "time to it"; 1.0 is the baseline's end.
     for si, seed in enumerate(result.config.seeds):
         base = result.curves[f"seed{seed}/baseline"]
-        bases.append(base)
+        end = base.total_time
         style = ["-", "--", ":", "-."][si % 4]
-        ax.plot(base.times, base.losses, style, color="black", lw=1, label=f"baseline s{seed}")
+        ax.plot(
+            [t / end for t in base.times],
+            base.losses,
+            style,
+            color="black",
+            lw=1,
+            label=f"baseline s{seed}",
+        )
+        tops.append(base.loss_at(end / 4) or base.losses[0])
+        lows.append(min(base.losses))
         for bi, budget in enumerate(budgets):
             cur = result.curves.get(f"seed{seed}/{budget}")
             if cur is None:
                 continue
-            color = colors[bi % len(colors)]
-            ax.plot(cur.times, cur.losses, style, color=color, lw=1, label=f"{budget} s{seed}")
+            color = colors[(bi + 1) % len(colors)] if len(budgets) > 1 else colors[0]
+            ax.plot(
+                [t / end for t in cur.times],
+                cur.losses,
+                style,
+                color=color,
+                lw=1,
+                label=f"{budget} s{seed}",
+            )
+            lows.append(min(cur.losses))
             ts = [t for t in cur.times if base.loss_at(t) is not None]
             rel = [100 * (cur.loss_at(t) / base.loss_at(t) - 1) for t in ts]  # type: ignore[operator]
-            gap.plot(ts, rel, style, color=color, lw=1, label=f"{budget} s{seed}")
-            gaps.append((ts, rel, base.total_time))
+            gap.plot(
+                [t / end for t in ts], rel, style, color=color, lw=1, label=f"{budget} s{seed}"
+            )
+            late += [g for t, g in zip(ts, rel, strict=True) if t >= end / 4]
         ax.axhline(base.final_loss, color="0.7", lw=0.6)
     gap.axhline(0, color="black", lw=0.8)
     unit = "simulated" if result.config.time == "simulated" else "measured"
     for a in (ax, gap):
-        a.set_xlabel(f"{unit} training time (s)" if unit == "measured" else "simulated time")
+        a.set_xlabel(f"{unit} time / the baseline's {unit} time")
+        a.set_xlim(0.2, None)
         a.grid(True, alpha=0.3)
     ax.set_ylabel("validation loss (nats/token)")
-    # Zoom where the runs differ: the last three quarters of the baseline's time.
-    lows = [min(c.losses) for c in result.curves.values()]
-    tops = [b.loss_at(b.total_time / 4) or b.losses[0] for b in bases]
-    ax.set_ylim(min(lows) - 0.005, max(tops))
-    late = [g for xs, ys, end in gaps for x, g in zip(xs, ys, strict=True) if x >= end / 4]
+    ax.set_ylim(min(lows) - 0.005, max(tops))  # where the runs differ: after a quarter
     if late:
         pad = 0.1 * (max(late) - min(late) + 0.1)
         gap.set_ylim(min(min(late), 0) - pad, max(max(late), 0) + pad)

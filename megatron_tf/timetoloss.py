@@ -144,6 +144,6 @@ class Spread:
     def format(self, fmt: str = "{:.3f}") -> str:
         if self.mean is None:
             return "not reached"
-        text = f"{fmt.format(self.mean)} (+-{fmt.format(self.std)}; "
-        text += f"{fmt.format(self.low)}-{fmt.format(self.high)})"
+        text = f"{fmt.format(self.mean)} (sd {fmt.replace('+', '').format(self.std)}; "
+        text += f"{fmt.format(self.low)} to {fmt.format(self.high)})"
         return text + (f", {self.missing} not reached" if self.missing else "")
