@@ -65,3 +65,49 @@ def test_spread_over_seeds() -> None:
     assert s.mean == pytest.approx(0.95) and s.low == 0.9 and s.high == 1.0 and s.missing == 1
     assert s.std == pytest.approx(0.0707106781)
     assert Spread.of([None]).format() == "not reached"
+
+
+def test_compare_report_labels_simulated_time(tmp_path) -> None:
+    """The report's tables and plot come from the curves, and say which time they show."""
+    from megatron_tf.compare import (
+        CompareConfig,
+        CompareResult,
+        RunResult,
+        _equal_time_iters,
+        format_table,
+        write_report,
+    )
+
+    cfg = CompareConfig(out_dir=tmp_path, iters=100, warmup_iters=10, seeds=(1, 2))
+    # The warm-up at the baseline's speed, the rest at the plan's: 10 + ceil(90 * 1.25).
+    assert _equal_time_iters(cfg, 1.25) == 123
+    assert _equal_time_iters(cfg, 1.0) == 100
+    base = Curve(iterations=(50, 100), times=(50.0, 100.0), losses=(1.2, 1.0))
+    runs, curves = [], {}
+    for seed, end_loss in ((1, 0.98), (2, 1.01)):
+        run = Curve(iterations=(60, 123), times=(50.0, 100.0), losses=(1.1, end_loss))
+        curves[f"seed{seed}/baseline"] = base
+        curves[f"seed{seed}/auto"] = run
+        runs.append(
+            RunResult(
+                seed=seed,
+                budget="auto",
+                max_freeze_ratio=0.2,
+                predicted_speedup=1.25,
+                iters=123,
+                comparison=compare(base, run),
+                reason="auto: test",
+            )
+        )
+    result = CompareResult(config=cfg, time_label="simulated time (test)", runs=runs, curves=curves)
+    table = "\n".join(format_table(result))
+    assert "simulated time" in table
+    assert "| auto | 1 | 0.2 | 1.250 | 123 | 1.0000 | " in table
+    # Seed 1 reaches 1.0 between 1.1 at t=50 and 0.98 at t=100: t = 50 + 50 * 0.1 / 0.12.
+    assert f"{(50 + 50 * 0.1 / 0.12) / 100:.3f}" in table
+    assert "1 not reached" in table  # seed 2 ends above the target
+    write_report(result, tmp_path)
+    assert (tmp_path / "loss_vs_time.png").stat().st_size > 0
+    assert "simulated time" in (tmp_path / "report.md").read_text()
+    summary = result.summary()
+    assert summary["budgets"]["auto"]["reach_fraction"]["missing"] == 1
