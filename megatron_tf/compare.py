@@ -233,11 +233,8 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
                 )
             )
             frac = comp.reach_fraction
-            say(
-                f"seed {seed}: budget {budget}: reaches the baseline's {comp.target:.4f} at "
-                + ("never" if frac is None else f"{frac:.3f}x")
-                + " of its time"
-            )
+            reach = "is not reached" if frac is None else f"is reached at {frac:.3f}x its time"
+            say(f"seed {seed}: budget {budget}: the baseline's {comp.target:.4f} {reach}")
     result = CompareResult(config=cfg, time_label=time_label, runs=runs, curves=curves)
     (out / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
     write_report(result, out)
