@@ -262,15 +262,18 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
             )
         return cfg.profile
     if cfg.time == "measured":
-        from megatron_tf.demo import DemoConfig, profile_model
+        from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+        from megatron_tf.profile.launch import prepare_profile_job
 
         say(f"profiling {spec.describe()} on this machine")
-        return profile_model(
-            DemoConfig(
-                out_dir=out, model=cfg.model, parallel=cfg.parallel, cache_dir=cfg.cache_dir
-            ),
-            out,
+        path = out / "profile.json"
+        job = prepare_profile_job(
+            cfg.model, cfg.parallel, ProfileConfig(iters=20, warmup_iters=2), path
         )
+        job.save(out / "profile_job.json")
+        env = {JOB_ENV: str(out / "profile_job.json")}
+        _launch("megatron_tf.profile.worker", [], out / "profile.log", cfg, env)
+        return path
     path = out / "profile.json"
     save_profile(synthetic_profile(spec, parse_costs(cfg.costs, spec.pp)), path)
     return path
@@ -368,12 +371,14 @@ def _complete(run_dir: Path, job: dict[str, Any], iters: int) -> bool:
     return same and len(lines) == iters
 
 
-def _launch(module: str, args: list[str], log: Path, cfg: CompareConfig) -> None:
+def _launch(
+    module: str, args: list[str], log: Path, cfg: CompareConfig, env: dict[str, str] | None = None
+) -> None:
     from megatron_tf.launch.torchrun import TorchrunLaunch, run
 
     launch = TorchrunLaunch(
         nproc_per_node=cfg.parallel.world_size,
-        env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"},
+        env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})},
     )
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
