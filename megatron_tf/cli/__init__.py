@@ -13,5 +13,6 @@ from megatron_tf.cli import profile  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import pretrain  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import demo  # noqa: E402,F401  isort: skip
 from megatron_tf.cli import patch  # noqa: E402,F401  isort: skip
+from megatron_tf.cli import compare  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "main"]

@@ -83,7 +83,8 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         vocab_file=v["vocab_file"],
         merge_file=v["merge_file"],
         cache_dir=v["cache_dir"],
-        corpus_seed=v["seed"],
+        corpus_seed=v["corpus_seed"],
+        data_seed=v["data_seed"],
     )
     freeze = FreezeOptions(
         plan=v["plan"],
@@ -111,6 +112,10 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         load=v["load"],
         overwrite_checkpoints=v["overwrite_checkpoints"],
         exit_after_iters=v["exit_after_iters"],
+        eval_interval=v["eval_interval"],
+        eval_samples=v["eval_samples"],
+        noise_probe_at=tuple(v["noise_probe_at"] or ()),
+        noise_probe_rounds=v["noise_probe_rounds"],
         freeze=freeze,
     )
     return prepare_job(model, parallel, data, train)
@@ -131,7 +136,10 @@ def pretrain(
     micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2,
     recompute: Annotated[str, model_option("recompute", _MODEL)] = "none",
     seed: Annotated[
-        int, model_option("seed", _MODEL, help_text="Seed of weights, data and freezing.")
+        int,
+        model_option(
+            "seed", _MODEL, help_text="Seed of weights and freezing (and data order by default)."
+        ),
     ] = 1234,
     # -- layout
     tp: Annotated[int, model_option("tp", _LAYOUT)] = 1,
@@ -187,6 +195,17 @@ def pretrain(
             help="Corpus and index cache (default ~/.cache/timelyfreeze).", rich_help_panel=_DATA
         ),
     ] = None,
+    data_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the sample order (default: --seed).", rich_help_panel=_DATA),
+    ] = None,
+    corpus_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the embedded corpus: the task itself, apart from --seed.",
+            rich_help_panel=_DATA,
+        ),
+    ] = 1234,
     # -- training
     iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel=_TRAIN)] = 100,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)] = 3e-3,
@@ -241,6 +260,27 @@ def pretrain(
     exit_after_iters: Annotated[
         int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
     ] = 0,
+    eval_interval: Annotated[
+        int,
+        typer.Option(
+            help="Iterations between validation losses on the corpus's held-out set (0 = off).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = 0,
+    eval_samples: Annotated[
+        int, typer.Option(help="Held-out samples in the validation set.", rich_help_panel=_TRAIN)
+    ] = 128,
+    noise_probe_at: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Measure the gradient noise scale before this iteration (repeatable).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
+    noise_probe_rounds: Annotated[
+        int,
+        typer.Option(help="Gradient pairs averaged per noise probe.", rich_help_panel=_TRAIN),
+    ] = 8,
     # -- freezing
     plan: Annotated[
         str | None,
@@ -257,8 +297,13 @@ def pretrain(
         ),
     ] = False,
     max_freeze_ratio: Annotated[
-        float, typer.Option(help="Budget for --plan auto and re-planning.", rich_help_panel=_FREEZE)
-    ] = DEFAULT_MAX_FREEZE_RATIO,
+        str,
+        typer.Option(
+            help="Budget for --plan auto and re-planning, in [0, 1], or `auto` (probe the "
+            "gradient noise scale after the warm-up; least predicted time to a target loss).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = str(DEFAULT_MAX_FREEZE_RATIO),
     freeze_warmup_iters: Annotated[
         int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
     ] = 0,

@@ -35,9 +35,20 @@ def solve(
         typer.Option("-o", "--output", help="Write the plan here (atomically).", metavar="PLAN"),
     ] = None,
     max_freeze_ratio: Annotated[
-        float,
-        typer.Option(help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1]."),
-    ] = DEFAULT_MAX_FREEZE_RATIO,
+        str,
+        typer.Option(
+            help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1], or `auto`: the cap "
+            "with the least predicted time to a target loss (needs --noise-scale, --batch-samples)."
+        ),
+    ] = str(DEFAULT_MAX_FREEZE_RATIO),
+    noise_scale: Annotated[
+        float | None,
+        typer.Option(help="For auto: gradient noise scale B_noise in samples (pretrain's probe)."),
+    ] = None,
+    batch_samples: Annotated[
+        int | None,
+        typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
+    ] = None,
     tolerance: Annotated[
         float,
         typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
@@ -83,8 +94,9 @@ def solve(
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.sweep import parse_ratio_list
 
+    auto = max_freeze_ratio.strip() == "auto"
     config = SolverConfig(
-        max_freeze_ratio=max_freeze_ratio,
+        max_freeze_ratio=0.0 if auto else _ratio(max_freeze_ratio),
         tolerance=tolerance,
         min_trained_microbatches=min_trained_microbatches,
         comm_model=comm_model,
@@ -101,7 +113,17 @@ def solve(
         check_output_file(output, "-o/--output")
     data = load_profile(profile)
     # Long solves report their steps on stderr (solve_status); no second live display here.
-    _solve_and_report(data, config, ratios, output=output, plot=plot, as_json=as_json)
+    _solve_and_report(
+        data,
+        config,
+        ratios,
+        output=output,
+        plot=plot,
+        as_json=as_json,
+        auto=auto,
+        noise_scale=noise_scale,
+        batch_samples=batch_samples,
+    )
 
 
 def _solve_and_report(
@@ -112,6 +134,9 @@ def _solve_and_report(
     output: Path | None,
     plot: Path | None,
     as_json: bool,
+    auto: bool,
+    noise_scale: float | None,
+    batch_samples: int | None,
 ) -> None:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
@@ -134,14 +159,64 @@ def _solve_and_report(
         if output is None:
             return
 
-    with solve_status() as progress:
-        outcome = solve_profile(data, config, progress=progress)
+    if auto:
+        outcome = _auto(data, config, noise_scale, batch_samples, as_json)
+        if outcome is None:  # no freezing pays: say why, write no plan
+            return
+    else:
+        with solve_status() as progress:
+            outcome = solve_profile(data, config, progress=progress)
     if output is not None:
         save_plan(outcome.plan, output)
-    if as_json and ratios is None:
+    if as_json and ratios is None and not auto:
         typer.echo(json.dumps(outcome.summary()))
     elif not as_json:
         console.print(_plan_table(outcome, output))
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--max-freeze-ratio must be a number in [0, 1] or `auto`, got {text!r}"
+        ) from None
+
+
+def _auto(
+    data: object, config: object, noise: float | None, batch: int | None, as_json: bool
+) -> SolveOutcome | None:
+    """`--max-freeze-ratio auto`: the cap from the loss-cost model (solve/budget.py)."""
+    from megatron_tf.solve.budget import LossCost, choose_budget
+
+    if noise is None:
+        raise ConfigError("--max-freeze-ratio auto needs --noise-scale (pretrain --noise-probe-at)")
+    if batch is None or batch < 1:
+        raise ConfigError("--max-freeze-ratio auto needs --batch-samples >= 1")
+    choice = choose_budget(data, LossCost(noise_scale=noise, batch=batch), config)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "max_freeze_ratio": choice.max_freeze_ratio,
+                    "reason": choice.reason,
+                    "candidates": [
+                        {
+                            "max_freeze_ratio": p.max_freeze_ratio,
+                            "speedup": p.speedup,
+                            "iteration_factor": p.iteration_factor,
+                            "time_factor": p.time_factor,
+                        }
+                        for p in choice.points
+                    ],
+                }
+            )
+        )
+    else:
+        console.print(f"auto budget: {choice.reason}", highlight=False, soft_wrap=True)
+    if choice.outcome is None:
+        console.print("no plan written: train without freezing", highlight=False)
+    return choice.outcome
 
 
 def _point_json(p: SweepPoint) -> dict[str, float | None]:

@@ -121,19 +121,42 @@ def sample_tokens(chain: MarkovChain, cfg: CorpusConfig) -> np.ndarray:
     Each document is its own walker started from the stationary distribution, so every document
     is a stationary segment of the chain; the walkers step together, which vectorises the loop.
     """
-    rng = np.random.default_rng(cfg.seed + 1)
+    return _walk(chain, cfg.documents, cfg.doc_length, np.random.default_rng(cfg.seed + 1))
+
+
+def _walk(chain: MarkovChain, walkers: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """`walkers` stationary chains of `length` tokens stepping together (vectorised)."""
+    states = chain.transition.shape[0]
     # Sparse view of the rows: (states, k) successor ids and their cumulative probabilities.
     k = int((chain.transition > 0).sum(axis=1).max())
     succ = np.argsort(-chain.transition, axis=1, kind="stable")[:, :k]
     cdf = np.cumsum(np.take_along_axis(chain.transition, succ, axis=1), axis=1)
     cdf[:, -1] = 1.0  # guard against rounding: every uniform draw must find a successor
-    out = np.empty((cfg.documents, cfg.doc_length), dtype=np.int64)
-    out[:, 0] = rng.choice(cfg.states, size=cfg.documents, p=chain.stationary)
-    for t in range(1, cfg.doc_length):
+    out = np.empty((walkers, length), dtype=np.int64)
+    out[:, 0] = rng.choice(states, size=walkers, p=chain.stationary)
+    for t in range(1, length):
         prev = out[:, t - 1]
-        col = (cdf[prev] < rng.random(cfg.documents)[:, None]).sum(axis=1)
+        col = (cdf[prev] < rng.random(walkers)[:, None]).sum(axis=1)
         out[:, t] = succ[prev, col]
     return out
+
+
+VALIDATION_STREAMS: dict[str, int] = {"validation": 7_919, "noise_probe": 104_729}
+"""Seed offsets of the held-out sample streams drawn from a corpus's chain."""
+
+
+def heldout_samples(cfg: CorpusConfig, samples: int, length: int, stream: str) -> np.ndarray:
+    """`samples` fresh stationary segments of `length` tokens from the corpus's chain.
+
+    Held out by construction: the text is drawn with its own seed, never written to the
+    training files, so a validation loss on it measures the task (the chain), not memory of
+    training batches. The same (corpus, stream) always gives the same array, so every run of a
+    comparison is evaluated on identical tokens (paired differences, no batch-difficulty noise).
+    """
+    if samples < 1 or length < 2:
+        raise ValueError("held-out samples need samples >= 1 and length >= 2")
+    rng = np.random.default_rng([cfg.seed, VALIDATION_STREAMS[stream]])
+    return _walk(make_chain(cfg), samples, length, rng)
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)

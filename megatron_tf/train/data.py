@@ -68,7 +68,10 @@ class DataConfig:
     corpus_documents: int = 512
     """Documents in the embedded corpus (each 2048 tokens)."""
     corpus_seed: int = 1234
-    """Seed of the embedded corpus (chain and text)."""
+    """Seed of the embedded corpus (chain and text): the task itself (`--corpus-seed`)."""
+    data_seed: int | None = None
+    """Seed of the sample order (Megatron's dataset shuffle, `--data-seed`); None: the model's
+    seed. Kept apart from the corpus seed so a seed study varies the order, not the task."""
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "path", "mock"):
@@ -240,7 +243,7 @@ def build_train_dataset(
     cache = data.resolved_cache_dir() / "megatron_index"
     cache.mkdir(parents=True, exist_ok=True)
     config = GPTDatasetConfig(
-        random_seed=model.seed,
+        random_seed=model.seed if data.data_seed is None else data.data_seed,
         sequence_length=model.seq_length,
         blend=None if prepared.prefix is None else ([prepared.prefix], None),
         split="100,0,0",
@@ -305,6 +308,37 @@ def iteration_iterators(
     microbatches keeps every chunk's microbatch ids aligned with the data.
     """
     return [_microbatches(dataset, plan, iteration) for _ in range(chunks)]
+
+
+def heldout_microbatches(
+    prepared: PreparedData, model: ModelConfig, samples: int, stream: str
+) -> list[dict[str, torch.Tensor]]:
+    """Microbatches of `samples` held-out samples of the embedded corpus (`corpus.py`), the same
+    on every rank and in every run; the validation set and the noise probe read these."""
+    import torch
+
+    from megatron_tf.train.corpus import heldout_samples
+
+    if prepared.corpus is None:
+        raise ConfigError("a validation set needs the embedded corpus (no --data-path/--mock-data)")
+    tokens = torch.from_numpy(
+        heldout_samples(prepared.corpus.config, samples, model.seq_length + 1, stream)
+    )
+    mbs = model.micro_batch_size
+    positions = torch.arange(model.seq_length).unsqueeze(0).expand(mbs, -1).contiguous()
+    out = []
+    for first in range(0, samples - mbs + 1, mbs):
+        chunk = tokens[first : first + mbs]
+        out.append(
+            {
+                "tokens": chunk[:, :-1].contiguous(),
+                "labels": chunk[:, 1:].contiguous(),
+                "loss_mask": torch.ones(mbs, model.seq_length),
+                "position_ids": positions,
+                "attention_mask": None,
+            }
+        )
+    return out
 
 
 def _microbatches(

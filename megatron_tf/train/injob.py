@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from megatron_tf.train.trainer import Trainer
 
 
-def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> PlanSource:
-    """Measure the current model on the current layout and return the optimal plan for it."""
+def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, str]:
+    """Measure the current model on the current layout and return the optimal plan for it,
+    with the auto budget's reason (empty for a fixed cap)."""
     from megatron_tf.profile.config import ProfileConfig
     from megatron_tf.profile.runner import gather_profile, measure_phases
 
@@ -47,25 +48,37 @@ def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> PlanSource:
     profile = gather_profile(timings, job.parallel.schedule_spec(), config, lambda: provenance)
     box: list[Any] = [None]
     if profile is not None:
-        box[0] = _solve_on_rank0(trainer, profile, out_dir).to_dict()
+        plan, why = _solve_on_rank0(trainer, profile, out_dir)
+        box[0] = (plan.to_dict(), why)
     dist.broadcast_object_list(box, src=0)
-    return PlanSource.from_dict(box[0])
+    return PlanSource.from_dict(box[0][0]), box[0][1]
 
 
-def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> PlanSource:
+def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[PlanSource, str]:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
+    from megatron_tf.solve.budget import LossCost, choose_budget
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
     from megatron_tf.solve.progress import solve_status
 
+    cap = trainer.cfg.freeze.max_freeze_ratio
+    why = ""
     with solve_status() as progress:  # --solver auto; a long solve says what it is doing
-        outcome = solve_profile(
-            profile,
-            SolverConfig(max_freeze_ratio=trainer.cfg.freeze.max_freeze_ratio),
-            progress=progress,
-        )
+        if cap == "auto":
+            noise = trainer.noise_estimates[-1]["noise_scale"]
+            batch = trainer.batches.samples_per_iteration
+            choice = choose_budget(profile, LossCost(noise_scale=noise, batch=batch))
+            why = choice.reason
+            # Cap 0 when freezing cannot pay: an all-zero plan, nothing frozen.
+            outcome = choice.outcome or solve_profile(
+                profile, SolverConfig(max_freeze_ratio=0.0), progress=progress
+            )
+        else:
+            outcome = solve_profile(
+                profile, SolverConfig(max_freeze_ratio=float(cap)), progress=progress
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out_dir / "profile.json")
     save_plan(outcome.plan, out_dir / "plan.json")
-    return from_plan(outcome.plan, source=f"auto:{trainer.replans}")
+    return from_plan(outcome.plan, source=f"auto:{trainer.replans}"), why

@@ -78,6 +78,21 @@ def prepare_job(
     spec = parallel.schedule_spec()
     if train.freeze.enabled and not train.freeze.auto:
         load_plan_source(str(train.freeze.plan), spec)  # raises on a file for another layout
+    if (train.eval_interval or train.noise_probe_at) and data.source != "synthetic":
+        flag = "--eval-interval" if train.eval_interval else "--noise-probe-at"
+        raise ConfigError(f"{flag} needs the embedded corpus's held-out set (no --data-path)")
+    batch = model.micro_batch_size * parallel.microbatches
+    if train.eval_interval and train.eval_samples < batch:
+        raise ConfigError(
+            f"--eval-samples {train.eval_samples} must be at least one iteration's batch "
+            f"(--micro-batch-size x --microbatches = {batch})"
+        )
+    if train.freeze.auto_budget and data.source != "synthetic":
+        raise ConfigError("--max-freeze-ratio auto probes on the embedded corpus's held-out set")
+    if train.freeze.auto_budget and not train.freeze.auto and train.freeze.enabled:
+        raise ConfigError("--max-freeze-ratio auto chooses the cap in-job: use it with --plan auto")
+    if train.noise_probe_at and train.freeze.enabled and not train.freeze.auto:
+        raise ConfigError("--noise-probe-at measures an unfrozen model: use it with --no-freeze")
     start = 0
     train.resume_from = None
     if train.load:

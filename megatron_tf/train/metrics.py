@@ -42,6 +42,9 @@ class StepMetrics:
     """`warmup`, `ramp`, `freeze`, `train` (no plan), or `profile`."""
     elapsed: float = 0.0
     """Wall seconds since the run started (training iterations only)."""
+    val_loss: float | None = None
+    """Mean LM loss on the held-out validation set after this iteration's step, when evaluated
+    (`--eval-interval`); evaluation time is not in `seconds` or `elapsed`."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -83,6 +86,8 @@ class MetricsLogger:
             self._tb.add_scalar("grad_norm", m.grad_norm, m.iteration)
             self._tb.add_scalar("tokens_per_second", m.tokens_per_second, m.iteration)
             self._tb.add_scalar("iteration_seconds", m.seconds, m.iteration)
+            if m.val_loss is not None:
+                self._tb.add_scalar("val_loss", m.val_loss, m.iteration)
             for stage, ratio in enumerate(m.freeze_ratio):
                 self._tb.add_scalar(f"freeze_ratio/stage{stage}", ratio, m.iteration)
         if m.iteration % self.log_interval == 0 or m.phase == "profile":
@@ -111,8 +116,9 @@ def format_line(m: StepMetrics) -> str:
     ratios = ""
     if m.freeze_ratio:
         ratios = " frz " + "/".join(f"{r:.2f}" for r in m.freeze_ratio)
+    val = "" if m.val_loss is None else f" val {m.val_loss:.4f}"
     return (
-        f"[bold]it {m.iteration:>5d}[/] [cyan]{m.phase:<7s}[/] loss [bold]{m.loss:.4f}[/] "
+        f"[bold]it {m.iteration:>5d}[/] [cyan]{m.phase:<7s}[/] loss [bold]{m.loss:.4f}[/]{val} "
         f"{m.tokens_per_second:,.0f} tok/s {m.seconds * 1e3:.0f} ms{predicted}{ratios} "
         f"lr {m.lr:.2e} gnorm {m.grad_norm:.3f}"
     )

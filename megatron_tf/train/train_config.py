@@ -25,8 +25,10 @@ class FreezeOptions:
     """Path of a plan.json, `auto` (profile and solve in-job after the freeze warm-up), or None."""
     no_freeze: bool = False
     """`--no-freeze`: the baseline; on resume it also replaces the checkpoint's plan."""
-    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
-    """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1]."""
+    max_freeze_ratio: float | str = DEFAULT_MAX_FREEZE_RATIO
+    """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1], or
+    `auto`: the noise scale is probed at the end of the freeze warm-up and the cap with the
+    least predicted time to a target loss is chosen (`solve/budget.py`)."""
     warmup_iters: int = 0
     """Iterations without freezing at the start (typically the LR warm-up)."""
     ramp_iters: int = 0
@@ -44,14 +46,21 @@ class FreezeOptions:
     """Seed of the runtime's choice of frozen tensors."""
 
     def __post_init__(self) -> None:
-        _finite(
-            ("--max-freeze-ratio", self.max_freeze_ratio),
-            ("--drift-threshold", self.drift_threshold),
-        )
+        r = self.max_freeze_ratio
+        if isinstance(r, str) and r.strip() != "auto":
+            try:
+                r = self.max_freeze_ratio = float(r)
+            except ValueError:
+                raise ConfigError(
+                    f"--max-freeze-ratio must be a number in [0, 1] or `auto`, got {r!r}"
+                ) from None
+        _finite(("--drift-threshold", self.drift_threshold))
+        if not isinstance(r, str):
+            _finite(("--max-freeze-ratio", r))
+            if not 0.0 <= r <= 1.0:
+                raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {r}")
         if self.no_freeze:
             self.plan = None
-        if not 0.0 <= self.max_freeze_ratio <= 1.0:
-            raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {self.max_freeze_ratio}")
         for flag, value in (
             ("--freeze-warmup-iters", self.warmup_iters),
             ("--freeze-ramp-iters", self.ramp_iters),
@@ -74,6 +83,11 @@ class FreezeOptions:
     @property
     def auto(self) -> bool:
         return self.plan == "auto"
+
+    @property
+    def auto_budget(self) -> bool:
+        """`--max-freeze-ratio auto`: the cap comes from the measured loss cost."""
+        return self.max_freeze_ratio == "auto"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -115,6 +129,16 @@ class TrainConfig:
     """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
     """Write TensorBoard events when `torch.utils.tensorboard` works."""
+    eval_interval: int = 0
+    """Iterations between validation losses on the held-out set (and at the last iteration);
+    0: no validation. The training-batch loss sees other batches in every run, so comparisons
+    of runs read this instead."""
+    eval_samples: int = 128
+    """Held-out samples of the validation set (rounded down to whole iterations' batches)."""
+    noise_probe_at: tuple[int, ...] = ()
+    """Iterations (before their step) at which to measure the gradient noise scale."""
+    noise_probe_rounds: int = 8
+    """Independent small-batch / full-batch gradient pairs averaged by the noise probe."""
     freeze: FreezeOptions = field(default_factory=FreezeOptions)
 
     def __post_init__(self) -> None:
@@ -160,6 +184,18 @@ class TrainConfig:
             raise ConfigError(f"--log-interval must be >= 1, got {self.log_interval}")
         if self.save_interval < 0:
             raise ConfigError(f"--save-interval must be >= 0, got {self.save_interval}")
+        if self.eval_interval < 0:
+            raise ConfigError(f"--eval-interval must be >= 0, got {self.eval_interval}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"--eval-samples must be >= 1, got {self.eval_samples}")
+        self.noise_probe_at = tuple(self.noise_probe_at)
+        for at in self.noise_probe_at:
+            if not 0 <= at < self.iters:
+                raise ConfigError(
+                    f"--noise-probe-at must lie in [0, --iters {self.iters}), got {at}"
+                )
+        if self.noise_probe_rounds < 2:
+            raise ConfigError(f"--noise-probe-rounds must be >= 2, got {self.noise_probe_rounds}")
         if self.exit_after_iters < 0:
             raise ConfigError(f"--exit-after-iters must be >= 0, got {self.exit_after_iters}")
 

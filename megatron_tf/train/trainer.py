@@ -24,8 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tf.solve.budget import noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
-from megatron_tf.train.data import BatchPlan, build_train_dataset, iteration_iterators
+from megatron_tf.train.data import (
+    BatchPlan,
+    build_train_dataset,
+    heldout_microbatches,
+    iteration_iterators,
+)
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
 from megatron_tf.train.model import build_training_model
@@ -62,6 +68,13 @@ class Trainer:
         self.dataset = build_train_dataset(
             job.data, job.prepared, job.model, self.cfg.iters * self.batches.samples_per_iteration
         )
+        self.validation: list[dict[str, torch.Tensor]] = []
+        if self.cfg.eval_interval:
+            self.validation = _whole_iterations(
+                heldout_microbatches(job.prepared, job.model, self.cfg.eval_samples, "validation"),
+                job.parallel.microbatches,
+            )
+        self.noise_estimates: list[dict[str, float]] = []
         self.iteration = 0  # optimizer steps done
         self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
         self.plan: PlanSource | None = None
@@ -92,8 +105,12 @@ class Trainer:
                 self.iteration - start_iteration >= self.cfg.exit_after_iters
             ):
                 break
+            if self.iteration in self.cfg.noise_probe_at:
+                self._noise_probe()
             self._maybe_auto_plan()
             metrics = self.train_step()
+            if self._should_evaluate():
+                metrics.val_loss = self.evaluate()
             self.metrics.log(metrics)
             self._check_drift(metrics)
             if self._should_save():
@@ -147,6 +164,92 @@ class Trainer:
             elapsed=self.elapsed,
         )
 
+    # ------------------------------------------------------------------ validation, noise
+
+    def _should_evaluate(self) -> bool:
+        every = self.cfg.eval_interval
+        return bool(every) and (self.iteration % every == 0 or self.iteration == self.cfg.iters)
+
+    def evaluate(self) -> float:
+        """Mean loss on the held-out set: forward-only passes of the real pipeline schedule
+        (the freeze hooks ignore forward-only runs), in batches of one iteration's microbatches."""
+        m = self.job.parallel.microbatches
+        losses = []
+        with torch.no_grad():
+            for first in range(0, len(self.validation), m):
+                batch = self.validation[first : first + m]
+                losses.append(self._reduce_loss(self._schedule(batch, forward_only=True)))
+        return float(np.mean(losses))
+
+    def _schedule(self, batch: list[dict[str, torch.Tensor]], *, forward_only: bool) -> Any:
+        """One call of Megatron's schedule over `batch` (a list of microbatches)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        its = [iter(batch) for _ in self.chunks]
+        return get_forward_backward_func()(
+            forward_step_func=_forward_step,
+            data_iterator=its if len(its) > 1 else its[0],
+            model=self.chunks,
+            num_microbatches=len(batch),
+            seq_length=self.job.model.seq_length,
+            micro_batch_size=self.job.model.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def _grad_sq_norm(self, batch: list[dict[str, torch.Tensor]]) -> float:
+        """|G_B|^2 of the mean gradient over `batch` at the current weights (no step taken)."""
+        for chunk in self.chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        self._schedule(batch, forward_only=False)
+        with torch.no_grad():
+            self.optimizer.prepare_grads()
+            norm = float(self.optimizer.get_grad_norm())  # across pipeline ranks, shared once
+        for chunk in self.chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        return norm * norm
+
+    def _noise_probe(self) -> None:
+        """Measure the gradient noise scale B_noise = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
+        appendix A) from |G|^2 at two batch sizes on held-out samples, at the current weights.
+
+        Small batch: the fewest microbatches the schedule accepts; big: one iteration's. Both
+        estimators are unbiased; their means over rounds are divided (the paper's advice). Held-
+        out samples and no dropout: the probe changes neither the weights nor any RNG, so a
+        run with the probe trains exactly like one without. noise_scale.json lists every probe."""
+        import json
+
+        par = self.job.parallel
+        small = _smallest_valid_microbatches(par)
+        big = par.microbatches
+        rounds = self.cfg.noise_probe_rounds
+        per_round = small + big
+        pool = heldout_microbatches(
+            self.job.prepared,
+            self.job.model,
+            rounds * per_round * self.job.model.micro_batch_size,
+            "noise_probe",
+        )
+        b_small = small * self.batches.micro_batch_size * self.batches.dp_size
+        b_big = big * self.batches.micro_batch_size * self.batches.dp_size
+        g_small, g_big = [], []
+        for r in range(rounds):
+            chunk = pool[r * per_round : (r + 1) * per_round]
+            g_small.append(self._grad_sq_norm(chunk[:small]))
+            g_big.append(self._grad_sq_norm(chunk[small:]))
+        estimate = noise_scale_estimate(b_small, b_big, g_small, g_big)
+        estimate["iteration"] = self.iteration
+        self.noise_estimates.append(estimate)
+        if self.rank == 0:
+            out = Path(self.cfg.out_dir) / "noise_scale.json"
+            out.write_text(json.dumps(self.noise_estimates, indent=2) + "\n")
+        self.metrics.note(
+            f"gradient noise scale at iteration {self.iteration}: B_noise "
+            f"{estimate['noise_scale']:.1f} samples (batch {b_big}, |G|^2 "
+            f"{estimate['true_grad_sq']:.3g}, tr(Sigma) {estimate['trace_sigma']:.3g})"
+        )
+
     # ------------------------------------------------------------------ freezing
 
     def _set_plan(self, plan: PlanSource) -> None:
@@ -197,6 +300,8 @@ class Trainer:
             and self.plan is None
             and (self.iteration >= self.cfg.freeze.warmup_iters)
         ):
+            if self.cfg.freeze.auto_budget and not self.noise_estimates:
+                self._noise_probe()  # the loss cost of freezing, before anything is frozen
             self._replan(reason="auto plan")
 
     def _check_drift(self, m: StepMetrics) -> None:
@@ -222,7 +327,11 @@ class Trainer:
         from megatron_tf.train.injob import profile_and_solve
 
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
-        plan = profile_and_solve(self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}")
+        plan, why = profile_and_solve(
+            self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}"
+        )
+        if why:
+            self.metrics.note(f"budget: {why}")
         self.replans += 1
         self._set_plan(plan)
         self.metrics.note(
@@ -377,6 +486,29 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- construction helpers
+
+
+def _whole_iterations(batches: list[Any], microbatches: int) -> list[Any]:
+    """Keep whole groups of `microbatches` (each forward-only call runs one group)."""
+    return batches[: len(batches) // microbatches * microbatches]
+
+
+def _smallest_valid_microbatches(parallel: Any) -> int:
+    """The fewest microbatches Megatron's schedule for this layout accepts (1 for 1F1B)."""
+    from dataclasses import replace
+
+    from megatron_tf.errors import ConfigError
+
+    for m in range(1, parallel.microbatches):
+        try:
+            replace(parallel, microbatches=m)
+        except ConfigError:
+            continue
+        return m
+    raise ConfigError(
+        f"--noise-probe-at needs a schedule that accepts fewer than --microbatches "
+        f"{parallel.microbatches} microbatches"
+    )
 
 
 def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:

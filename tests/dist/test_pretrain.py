@@ -163,3 +163,46 @@ def test_drift_triggers_reprofiling_when_forced(tmp_path: Path) -> None:
     assert replans == ["replan_0", "replan_1"]
     assert "re-planning (drift" in proc.stdout
     assert sorted(_losses(tmp_path)) == list(range(1, 7))
+
+
+def test_validation_and_noise_probe_leave_training_untouched(tmp_path: Path) -> None:
+    """`--eval-interval` and `--noise-probe-at` run forward(-backward) passes on held-out samples
+    without a step: the training losses equal a plain run's exactly, validation losses appear
+    at the interval and the last iteration, and each probe reports a finite noise scale; the
+    data seed alone changes the sample order (other losses), not the task."""
+    common = ["--iters", "6", "--lr-warmup-iters", "1"]
+    probe = ["--eval-interval", "4", "--eval-samples", "16"]
+    probe += ["--noise-probe-at", "1", "--noise-probe-at", "5", "--noise-probe-rounds", "2"]
+    _ok(_pretrain(tmp_path, *common, *probe, out="probed"))
+    _ok(_pretrain(tmp_path, *common, out="plain"))
+    assert _losses(tmp_path, "probed") == _losses(tmp_path, "plain")
+    lines = (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()
+    val = {r["iteration"]: r["val_loss"] for r in map(json.loads, lines)}
+    assert [i for i, v in val.items() if v is not None] == [4, 6]
+    assert 0.0 < val[6] < val[4] < 7.0  # below ln(512) and falling
+    probes = json.loads((tmp_path / "probed" / "noise_scale.json").read_text())
+    assert [p["iteration"] for p in probes] == [1, 5]
+    assert all(p["b_small"] == 2 and p["b_big"] == 8 for p in probes)  # 1 and 4 microbatches
+    assert all(p["small_batch_grad_sq"] > 0 and p["big_batch_grad_sq"] > 0 for p in probes)
+    _ok(_pretrain(tmp_path, *common, "--data-seed", "99", out="order"))
+    assert _losses(tmp_path, "order") != _losses(tmp_path, "plain")
+
+
+def test_plan_auto_with_the_auto_budget(tmp_path: Path) -> None:
+    """`--plan auto --max-freeze-ratio auto`: the noise probe runs at the end of the freeze
+    warm-up, and the plan's cap is the budget choice for that noise scale on the in-job profile."""
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.budget import LossCost, choose_budget
+
+    args = ["--iters", "4", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    args += ["--profile-iters", "2", "--plan", "auto", "--max-freeze-ratio", "auto"]
+    _ok(_pretrain(tmp_path, *args, "--noise-probe-rounds", "2", out="auto"))
+    probes = json.loads((tmp_path / "auto" / "noise_scale.json").read_text())
+    assert [p["iteration"] for p in probes] == [2]
+    replan = tmp_path / "auto" / "replan_0"
+    plan = json.loads((replan / "plan.json").read_text())
+    choice = choose_budget(
+        load_profile(replan / "profile.json"),
+        LossCost(noise_scale=probes[0]["noise_scale"], batch=8),
+    )
+    assert plan["max_freeze_ratio"] == choice.max_freeze_ratio

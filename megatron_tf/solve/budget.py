@@ -1,0 +1,215 @@
+"""The freeze budget from a measured loss cost: minimise predicted time to a target loss.
+
+The LP maximises iteration speed under a cap on each stage's mean freeze ratio; it knows nothing
+of what freezing costs in loss. This module prices that cost with the gradient noise scale
+(McCandlish et al. 2018, "An Empirical Model of Large-Batch Training") and picks the cap:
+
+- A step on a batch of B samples makes, in expectation, a share 1 / (1 + B_noise / B) of the
+  loss progress of a step on the exact gradient (their eq. 2.7-2.8 with the optimal step size).
+- A tensor frozen for a share r of an iteration's microbatches learns from B (1 - r) samples,
+  so its block of parameters progresses at 1 / (1 + B_noise / (B (1 - r))).
+- Summing blocks weighted by their parameter counts (each block's share of |G|^2 taken
+  proportional to its size, for want of a per-block measurement), one iteration with the plan
+  makes `1 / iteration_factor` of a baseline iteration's progress: the target needs
+  `iteration_factor` times the iterations.
+- Predicted time to the target, relative to the baseline: iteration_factor / speedup.
+
+The cap with the smallest predicted time wins; 0 (no freezing) when no cap predicts less than
+the baseline's time, with the reason. A larger noise scale makes every lost sample dearer, so it
+can only lower (never raise) the chosen cap; a larger batch makes them cheaper.
+
+Torch-free: the trainer's noise probe (`train/trainer.py`) calls `noise_scale_estimate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from megatron_tf.errors import ConfigError
+from megatron_tf.formats.profile import Profile
+from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.planner import SolveOutcome, make_plan, profile_dag, stage_param_weights
+from megatron_tf.solve.reduce import reduce_dag
+
+DEFAULT_CANDIDATES: tuple[float, ...] = (
+    0.0,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+)
+"""Caps tried by `choose_budget` (a grid: the time model is not linear in the cap)."""
+
+
+def noise_scale_estimate(
+    b_small: int, b_big: int, g_small: Sequence[float], g_big: Sequence[float]
+) -> dict[str, float]:
+    """B_noise = tr(Sigma) / |G|^2 from squared gradient norms at two batch sizes.
+
+    With E|G_B|^2 = |G|^2 + tr(Sigma) / B, the two sizes give unbiased estimates
+    |G|^2 = (b_big |G_big|^2 - b_small |G_small|^2) / (b_big - b_small) and
+    tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / b_small - 1 / b_big); the ratio of their means
+    over rounds is the estimate (McCandlish et al., appendix A). inf when |G|^2 <= 0 (noise
+    dominates the measurement: the batch is far below the noise scale); 0 when the tr(Sigma)
+    estimate is negative (no noise measurable at these batch sizes).
+    """
+    if not 0 < b_small < b_big:
+        raise ValueError(f"need 0 < b_small < b_big, got {b_small}, {b_big}")
+    if not g_small or len(g_small) != len(g_big):
+        raise ValueError("need equally many small- and big-batch measurements")
+    gs, gb = float(np.mean(g_small)), float(np.mean(g_big))
+    true_sq = (b_big * gb - b_small * gs) / (b_big - b_small)
+    trace = (gs - gb) / (1.0 / b_small - 1.0 / b_big)
+    # A negative tr(Sigma) estimate: no noise measurable at these sizes (0).
+    noise = math.inf if true_sq <= 0 else max(0.0, trace) / true_sq
+    return {
+        "noise_scale": noise,
+        "true_grad_sq": true_sq,
+        "trace_sigma": trace,
+        "b_small": float(b_small),
+        "b_big": float(b_big),
+        "rounds": float(len(g_small)),
+        "small_batch_grad_sq": gs,
+        "big_batch_grad_sq": gb,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LossCost:
+    """The loss-cost model: the measured noise scale against the batch each tensor learns from."""
+
+    noise_scale: float
+    """B_noise in samples (sequences), measured during the warm-up."""
+    batch: float
+    """Samples per iteration (micro batch x microbatches x data-parallel replicas)."""
+
+    def __post_init__(self) -> None:
+        if not (self.noise_scale >= 0):  # also rejects NaN
+            raise ConfigError(f"--noise-scale must be >= 0, got {self.noise_scale}")
+        if not self.batch > 0:
+            raise ConfigError(f"batch size must be > 0, got {self.batch}")
+
+    def progress(self, share: float) -> float:
+        """Loss progress per step of a block learning from `share` of the batch (1 = exact
+        gradient): 1 / (1 + B_noise / (B share)); 0 for a block that never learns."""
+        if share <= 0:
+            return 0.0
+        if math.isinf(self.noise_scale):
+            return share  # the noise-dominated limit: progress proportional to samples
+        return 1.0 / (1.0 + self.noise_scale / (self.batch * share))
+
+    def iteration_factor(self, shares: Sequence[float], weights: Sequence[float]) -> float:
+        """Iterations needed relative to the baseline: baseline progress / planned progress."""
+        full = self.progress(1.0)
+        if full == 0.0:
+            return 1.0
+        planned = sum(w * self.progress(s) / full for s, w in zip(shares, weights, strict=True))
+        total = sum(weights)
+        return math.inf if planned <= 0 else total / planned
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPoint:
+    """One cap: its predicted speed, iterations and time to the target."""
+
+    max_freeze_ratio: float
+    speedup: float
+    """Baseline iteration time / planned iteration time (the simulator's)."""
+    iteration_factor: float
+    """Iterations to the target relative to the baseline (the loss-cost model)."""
+
+    @property
+    def time_factor(self) -> float:
+        """Predicted time to the target relative to the baseline's."""
+        return self.iteration_factor / self.speedup
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChoice:
+    """The chosen cap, every cap tried, and why."""
+
+    max_freeze_ratio: float
+    points: tuple[BudgetPoint, ...]
+    reason: str
+    cost: LossCost
+    outcome: SolveOutcome | None
+    """The plan at the chosen cap (None when the choice is 0: nothing to freeze)."""
+
+    @property
+    def chosen(self) -> BudgetPoint:
+        return next(p for p in self.points if p.max_freeze_ratio == self.max_freeze_ratio)
+
+
+def stage_shares(ratios: np.ndarray) -> list[float]:
+    """Share of the batch each (rank, chunk) learns from: 1 - its mean ratio, rank-major."""
+    return [1.0 - float(x) for x in ratios.reshape(-1, ratios.shape[-1]).mean(axis=1)]
+
+
+def choose_budget(
+    profile: Profile,
+    cost: LossCost,
+    base: SolverConfig | None = None,
+    candidates: Sequence[float] = DEFAULT_CANDIDATES,
+) -> BudgetChoice:
+    """The cap in `candidates` minimising predicted time to a target loss (0 if none beats 1)."""
+    base = base or SolverConfig()
+    dag = profile_dag(profile, base.comm_model)
+    precedence = reduce_dag(dag)
+    param_weights = stage_param_weights(profile)
+    spec = profile.spec
+    keys = [(r, c) for r in range(spec.pp) for c in range(spec.vpp)]
+    weights = [1.0 if param_weights is None else param_weights[k] for k in keys]
+    points = [BudgetPoint(max_freeze_ratio=0.0, speedup=1.0, iteration_factor=1.0)]
+    results: dict[float, LpResult] = {}
+    for cap in sorted({float(c) for c in candidates} - {0.0}):
+        config = dataclasses.replace(base, max_freeze_ratio=cap)
+        result = solve_lp(dag, config, stage_weights=None, precedence=precedence)
+        results[cap] = result
+        factor = cost.iteration_factor(stage_shares(result.ratios), weights)
+        points.append(
+            BudgetPoint(max_freeze_ratio=cap, speedup=result.speedup, iteration_factor=factor)
+        )
+    best = points[0]
+    for p in points[1:]:
+        if p.time_factor < best.time_factor - 1e-9:  # ties keep the smaller cap
+            best = p
+    b_noise = f"B_noise {cost.noise_scale:.1f} samples vs batch {cost.batch:g}"
+    if best.max_freeze_ratio == 0.0:
+        runner = min(points[1:], key=lambda p: p.time_factor, default=None)
+        detail = (
+            ""
+            if runner is None
+            else f"; best cap {runner.max_freeze_ratio:g} predicts {runner.speedup:.3f}x speed "
+            f"but {runner.iteration_factor:.3f}x iterations = {runner.time_factor:.3f}x time"
+        )
+        reason = f"freezing cannot pay ({b_noise}){detail}"
+        return BudgetChoice(
+            max_freeze_ratio=0.0, points=tuple(points), reason=reason, cost=cost, outcome=None
+        )
+    result = results[best.max_freeze_ratio]
+    config = dataclasses.replace(base, max_freeze_ratio=best.max_freeze_ratio)
+    outcome = SolveOutcome(plan=make_plan(result, profile, config), result=result, dag=dag)
+    reason = (
+        f"cap {best.max_freeze_ratio:g}: {best.speedup:.3f}x iteration speed, "
+        f"{best.iteration_factor:.3f}x iterations ({b_noise}) -> "
+        f"{best.time_factor:.3f}x predicted time to the target loss"
+    )
+    return BudgetChoice(
+        max_freeze_ratio=best.max_freeze_ratio,
+        points=tuple(points),
+        reason=reason,
+        cost=cost,
+        outcome=outcome,
+    )

@@ -1,0 +1,107 @@
+"""The issue-11 CLI surface: `solve --max-freeze-ratio auto`, `compare`'s refusals, and the
+seed/validation flags of `pretrain`, through the real CLI (CliRunner, nothing launched)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from megatron_tf.cli import app
+from megatron_tf.formats.plan import load_plan
+from megatron_tf.schedule.costs import synthetic_profile
+from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.solve.budget import LossCost, choose_budget
+from megatron_tf.train.corpus import CorpusConfig, heldout_samples, make_chain
+
+runner = CliRunner()
+PP4 = ["--schedule", "1f1b", "--pp", "4", "--microbatches", "8", "--costs", "1,1,1"]
+
+
+def _profile(tmp_path: Path) -> Path:
+    path = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", "--synthetic", *PP4, "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _one_error(result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+
+
+def test_solve_auto_writes_the_budget_choice_plan(tmp_path: Path) -> None:
+    profile = _profile(tmp_path)
+    plan = tmp_path / "plan.json"
+    args = ["solve", str(profile), "--max-freeze-ratio", "auto", "--noise-scale", "40"]
+    result = runner.invoke(app, [*args, "--batch-samples", "16", "-o", str(plan)])
+    assert result.exit_code == 0, result.output
+    spec = ScheduleSpec(kind="1f1b", pp=4, microbatches=8)
+    expected = choose_budget(
+        synthetic_profile(spec, [(1.0, 1.0, 1.0)]), LossCost(noise_scale=40.0, batch=16)
+    )
+    assert load_plan(plan).max_freeze_ratio == expected.max_freeze_ratio > 0
+    assert "predicted time to the target loss" in result.output
+    # JSON: every candidate with its time factor; the chosen one is the least.
+    out = runner.invoke(app, [*args, "--batch-samples", "16", "--json"])
+    data = json.loads(out.stdout.splitlines()[0])
+    best = min(data["candidates"], key=lambda c: c["time_factor"])
+    assert best["max_freeze_ratio"] == data["max_freeze_ratio"]
+
+
+def test_solve_auto_writes_nothing_when_freezing_cannot_pay(tmp_path: Path) -> None:
+    path = tmp_path / "pp2.json"
+    args = ["--schedule", "1f1b", "--pp", "2", "--microbatches", "8", "--costs", "1,1,1"]
+    assert runner.invoke(app, ["profile", "--synthetic", *args, "-o", str(path)]).exit_code == 0
+    plan = tmp_path / "plan.json"
+    result = runner.invoke(
+        app,
+        ["solve", str(path), "--max-freeze-ratio", "auto", "--noise-scale", "1e9"]
+        + ["--batch-samples", "16", "-o", str(plan)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cannot pay" in result.output and not plan.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-freeze-ratio", "auto"], "--noise-scale"),
+        (["--max-freeze-ratio", "auto", "--noise-scale", "4"], "--batch-samples"),
+        (["--max-freeze-ratio", "lots"], "--max-freeze-ratio"),
+        (["--max-freeze-ratio", "auto", "--noise-scale", "-1", "--batch-samples", "4"], "--noise"),
+    ],
+)
+def test_solve_auto_refusals(tmp_path: Path, args: list[str], needle: str) -> None:
+    _one_error(runner.invoke(app, ["solve", str(_profile(tmp_path)), *args]), needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--budgets", "1.5"], "--budgets"),
+        (["--budgets", "some"], "--budgets"),
+        (["--time", "guessed"], "--time"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--warmup-iters", "300"], "--warmup-iters"),
+        (["--noise-from", "middle"], "--noise-from"),
+        (["--pp", "3"], "--num-layers"),
+    ],
+)
+def test_compare_refusals(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = runner.invoke(app, ["compare", "--out-dir", str(tmp_path / "c"), *args])
+    _one_error(result, needle)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_heldout_samples_are_fixed_and_apart_from_the_training_text() -> None:
+    cfg = CorpusConfig(vocab_size=64, documents=8, doc_length=128)
+    a = heldout_samples(cfg, 16, 65, "validation")
+    assert (a == heldout_samples(cfg, 16, 65, "validation")).all()  # same in every run
+    assert not (a == heldout_samples(cfg, 16, 65, "noise_probe")).all()
+    chain = make_chain(cfg)
+    # Every step is a transition of the corpus's chain: the same task as the training text.
+    assert (chain.transition[a[:, :-1], a[:, 1:]] > 0).all()
