@@ -451,7 +451,7 @@ def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     plan = Plan(
         schedule=PlanSchedule.from_spec(other),
         profile_sha256="0" * 64,
-        max_freeze_ratio=0.5,
+        max_freeze_ratio=1.0,  # the header must admit its own ratios
         tolerance=0.0,
         min_trained_microbatches=1,
         comm_model="megatron",
