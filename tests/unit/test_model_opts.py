@@ -23,10 +23,11 @@ from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
-# pretrain's seed also seeds the freezing, and its vocabulary sits next to the tokenizer's.
+# pretrain's seed also seeds the freezing (data order and corpus have flags of their own), and
+# its vocabulary sits next to the tokenizer's.
 PRETRAIN_HELP = {
     "vocab_size": "Vocabulary size of the model.",
-    "seed": "Seed of weights, data and freezing.",
+    "seed": "Seed of weights and freezing (and data order by default).",
 }
 PANELS = {"pretrain": ("Model", "Parallel layout"), "profile": ("Model (measuring)",) * 2}
 
