@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from megatron_tf.demo import demo_model
 from megatron_tf.errors import ConfigError, LaunchError
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
 from megatron_tf.train.config import ModelConfig, ParallelConfig
@@ -37,14 +38,7 @@ TIME_MODES = ("simulated", "measured")
 
 def compare_model() -> ModelConfig:
     """The demo's GPT family with 8 layers (divisible by pp 2, 4, 8 and by pp 4 x vpp 2)."""
-    return ModelConfig(
-        num_layers=8,
-        hidden_size=128,
-        num_attention_heads=4,
-        seq_length=64,
-        vocab_size=256,
-        micro_batch_size=2,
-    )
+    return replace(demo_model(), num_layers=8)
 
 
 @dataclass(kw_only=True, slots=True)

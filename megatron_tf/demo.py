@@ -29,7 +29,7 @@ from megatron_tf.train.config import ModelConfig, ParallelConfig
 Say = Callable[[str], None]
 
 
-def _demo_model() -> ModelConfig:
+def demo_model() -> ModelConfig:
     # Big enough that compute (not Python or gloo overhead) dominates an iteration on a CPU,
     # small enough that a few hundred iterations take a couple of minutes on two cores.
     return ModelConfig(
@@ -60,7 +60,7 @@ class DemoConfig:
     """Iterations of each kind in the side-by-side timing job (baseline and plan alternating)."""
     cache_dir: str | None = None
     """Corpus cache (default ~/.cache/timelyfreeze)."""
-    model: ModelConfig = field(default_factory=_demo_model)
+    model: ModelConfig = field(default_factory=demo_model)
     parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(pp=2, microbatches=8))
 
 
