@@ -114,3 +114,26 @@ def _tail(text: str, lines: int = 60) -> str:
     all_lines = text.splitlines()
     rank_errors = [line for line in all_lines if line.startswith("[rank")][-lines:]
     return "\n".join([*rank_errors, "----", *all_lines[-20:]])
+
+
+def uniform_plan(path: Path, *, pp: int, vpp: int, microbatches: int, ratio: float) -> Path:
+    """A uniform plan for the layout (the solver's output format; ratios are what matter)."""
+    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
+    from megatron_tf.train.config import ParallelConfig
+
+    spec = ParallelConfig(
+        pp=pp, vpp=vpp, microbatches=microbatches, overlap_p2p_comm=vpp > 1
+    ).schedule_spec()
+    plan = Plan(
+        schedule=PlanSchedule.from_spec(spec),
+        profile_sha256="0" * 64,
+        max_freeze_ratio=ratio,
+        tolerance=0.0,
+        min_trained_microbatches=1,
+        comm_model="megatron",
+        ratios=[[[ratio] * microbatches for _ in range(vpp)] for _ in range(pp)],
+        predicted={"baseline_makespan": 0.04, "makespan": 0.03, "speedup": 4 / 3},
+        solver={"name": "GLOP", "status": "OPTIMAL", "seconds": 0.0},
+    )
+    save_plan(plan, path)
+    return path

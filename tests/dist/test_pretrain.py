@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import uniform_plan
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
@@ -42,29 +43,6 @@ def _losses(tmp: Path, out: str = "run") -> dict[int, float]:
     return {r["iteration"]: r["loss"] for r in map(json.loads, lines)}
 
 
-def _plan(path: Path, *, pp: int, vpp: int, microbatches: int, ratio: float) -> Path:
-    """A uniform plan for the layout (the solver's output format; ratios are what matter)."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.train.config import ParallelConfig
-
-    spec = ParallelConfig(
-        pp=pp, vpp=vpp, microbatches=microbatches, overlap_p2p_comm=vpp > 1
-    ).schedule_spec()
-    plan = Plan(
-        schedule=PlanSchedule.from_spec(spec),
-        profile_sha256="0" * 64,
-        max_freeze_ratio=ratio,
-        tolerance=0.0,
-        min_trained_microbatches=1,
-        comm_model="megatron",
-        ratios=[[[ratio] * microbatches for _ in range(vpp)] for _ in range(pp)],
-        predicted={"baseline_makespan": 0.04, "makespan": 0.03, "speedup": 4 / 3},
-        solver={"name": "GLOP", "status": "OPTIMAL", "seconds": 0.0},
-    )
-    save_plan(plan, path)
-    return path
-
-
 @pytest.mark.parametrize("vpp", [1, 2], ids=["1f1b", "interleaved"])
 @pytest.mark.parametrize("with_plan", [False, True], ids=["baseline", "plan"])
 def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> None:
@@ -72,7 +50,7 @@ def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> N
     if vpp > 1:
         args.append("--overlap-p2p-comm")
     if with_plan:
-        plan = _plan(tmp_path / "plan.json", pp=2, vpp=vpp, microbatches=4, ratio=0.5)
+        plan = uniform_plan(tmp_path / "plan.json", pp=2, vpp=vpp, microbatches=4, ratio=0.5)
         args += ["--plan", str(plan)]
     proc = _pretrain(tmp_path, *args)
     _ok(proc)
@@ -97,7 +75,7 @@ def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> N
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     """N iterations straight vs N/2, stop, resume: identical losses and weights at N."""
-    plan = _plan(tmp_path / "plan.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
+    plan = uniform_plan(tmp_path / "plan.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
     common = ["--iters", "8", "--lr-warmup-iters", "2", "--plan", str(plan), "--save-interval", "4"]
     _ok(_pretrain(tmp_path, *common, "--save", str(tmp_path / "ckA"), out="straight"))
     _ok(

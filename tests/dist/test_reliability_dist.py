@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness import uniform_plan
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
 
@@ -70,31 +72,21 @@ def _records(tmp: Path, out: str) -> list[dict]:
     return [json.loads(x) for x in lines]
 
 
-def _plan(path: Path, ratio: float) -> Path:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.train.config import ParallelConfig
-
-    spec = ParallelConfig(pp=2, microbatches=4).schedule_spec()
-    plan = Plan(
-        schedule=PlanSchedule.from_spec(spec),
-        profile_sha256="0" * 64,
-        max_freeze_ratio=ratio,
-        tolerance=0.0,
-        min_trained_microbatches=1,
-        comm_model="megatron",
-        ratios=[[[ratio] * 4] for _ in range(2)],
-        predicted={"baseline_makespan": 0.04, "makespan": 0.03, "speedup": 4 / 3},
-        solver={"name": "GLOP", "status": "OPTIMAL", "seconds": 0.0},
-    )
-    save_plan(plan, path)
-    return path
-
-
 def test_resume_flags_win_and_the_phase_matches_what_runs(tmp_path: Path) -> None:
-    plan = _plan(tmp_path / "half.json", 0.5)
-    zeros = _plan(tmp_path / "zeros.json", 0.0)
+    plan = uniform_plan(tmp_path / "half.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
+    zeros = uniform_plan(tmp_path / "zeros.json", pp=2, vpp=1, microbatches=4, ratio=0.0)
     common = ["--iters", "4"]
-    _run(tmp_path, "a", *common, "--plan", str(plan), "--save", str(tmp_path / "ck"), "--exit-after-iters", "2")
+    _run(
+        tmp_path,
+        "a",
+        *common,
+        "--plan",
+        str(plan),
+        "--save",
+        str(tmp_path / "ck"),
+        "--exit-after-iters",
+        "2",
+    )
     load = ["--load", str(tmp_path / "ck")]
 
     baseline = _run(tmp_path, "b", *common, *load, "--no-freeze")
