@@ -56,7 +56,9 @@ class CompareConfig:
     """Seeds of weights and data order (one baseline and one run per budget each)."""
     corpus_seed: int = 1234
     budgets: tuple[str, ...] = ("auto",)
-    """Caps in [0, 1] or `auto`."""
+    """Caps in [0, 1], `auto`, or `auto+reprice` (auto, re-priced every `reprice_every`)."""
+    reprice_every: int = 30
+    """Iterations between re-pricings of an `auto+reprice` run (its own noise probes)."""
     time: str = "simulated"
     costs: str = "1,1,1"
     """Synthetic F,B,W per rank for simulated time (ignored with `profile`)."""
@@ -84,6 +86,8 @@ class CompareConfig:
             )
         if self.eval_interval < 1:
             raise ConfigError(f"--eval-interval must be >= 1, got {self.eval_interval}")
+        if self.reprice_every < 1:
+            raise ConfigError(f"--reprice-every must be >= 1, got {self.reprice_every}")
         if self.noise_from not in ("warmup", "final"):
             raise ConfigError(f"--noise-from must be warmup or final, got {self.noise_from!r}")
         for b in self.budgets:
@@ -91,14 +95,20 @@ class CompareConfig:
         self.parallel.check_model(self.model)
 
 
+REPRICE = "auto+reprice"
+
+
 def parse_budget(text: str) -> float | None:
-    """`auto` -> None; a cap in [0, 1] -> float; anything else names `--budgets`."""
-    if text.strip() == "auto":
+    """`auto` or `auto+reprice` -> None; a cap in [0, 1] -> float; else an error naming
+    `--budgets`."""
+    if text.strip() in ("auto", REPRICE):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--budgets expects caps in [0, 1] or `auto`, found {text!r}") from None
+        raise ConfigError(
+            f"--budgets expects caps in [0, 1], `auto` or `{REPRICE}`, found {text!r}"
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"--budgets caps must lie in [0, 1], found {value}")
     return value
@@ -194,12 +204,25 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
             planned = plan0 / speed
             iters = _equal_time_iters(cfg, speed)
             run_dir = out / f"seed{seed}" / f"budget_{budget}"
-            if plan_path is None:
+            reprice = budget.strip() == REPRICE
+            if reprice:
+                iters = _reprice_iters(cfg, profile, probes, batch)
+            if plan_path is None and not reprice:
                 records = base_records  # no freezing: the run is the baseline
             else:
                 say(f"seed {seed}: budget {budget}: {iters} iterations (equal time)")
-                _train(cfg, seed, run_dir, iters, plan=plan_path, probe=False)
+                _train(
+                    cfg,
+                    seed,
+                    run_dir,
+                    iters,
+                    plan=plan_path or _zero_plan(profile, out / f"seed{seed}"),
+                    probe=False,
+                    reprice_profile=profile_path if reprice else None,
+                )
                 records = read_metrics(run_dir / "metrics.jsonl")
+                if reprice:
+                    reason += "; re-priced: " + _reprice_trail(run_dir)
             curve = _curve(cfg, records, plan0, planned)
             curves[f"seed{seed}/{budget}"] = curve
             eq_loss = None
@@ -219,7 +242,7 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
                     budget=budget,
                     max_freeze_ratio=cap,
                     predicted_speedup=speed,
-                    iters=iters if plan_path is not None else cfg.iters,
+                    iters=iters if plan_path is not None or reprice else cfg.iters,
                     comparison=comp,
                     reason=reason,
                     noise_scale=noise["noise_scale"],
@@ -307,6 +330,49 @@ def _plan_for(
     return outcome.plan.max_freeze_ratio, path, outcome.result.speedup, reason
 
 
+def _reprice_iters(cfg: CompareConfig, profile: Any, probes: list[dict], batch: int) -> int:
+    """Equal-time iterations of an `auto+reprice` run: its plan changes every `reprice_every`
+    iterations, so the time it buys is predicted from the baseline's noise probes (log-linear
+    between them, at the baseline iteration the run's time has reached). The run prices with
+    its own probes; the report charges what it actually ran."""
+    from megatron_tf.solve.budget import LossCost, budget_curve, noise_at
+
+    curve = budget_curve(profile)
+    trail = [(p["iteration"], p["noise_scale"]) for p in probes]
+    w, k = cfg.warmup_iters, cfg.reprice_every
+    spent, n, speed = 0.0, 0, 1.0
+    while spent < cfg.iters - w - 1e-9:
+        if n % k == 0:
+            speed = curve.best(LossCost(noise_at(trail, w + spent), batch)).speedup
+        spent += 1.0 / speed
+        n += 1
+    return w + n
+
+
+def _zero_plan(profile: Any, out: Path) -> Path:
+    """A plan that freezes nothing (an `auto+reprice` run whose first price is 0 starts here)."""
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    path = out / "plan_zero.json"
+    out.mkdir(parents=True, exist_ok=True)
+    save_plan(solve_profile(profile, SolverConfig(max_freeze_ratio=0.0)).plan, path)
+    return path
+
+
+def _reprice_trail(run_dir: Path) -> str:
+    """`cap@iteration` for every re-pricing of a run (from its reprice_<it>/plan.json)."""
+    from megatron_tf.formats.plan import load_plan
+
+    found = sorted(
+        (int(d.name.split("_")[1]), load_plan(d / "plan.json").max_freeze_ratio)
+        for d in run_dir.glob("reprice_*")
+        if (d / "plan.json").exists()
+    )
+    return ", ".join(f"{cap:g}@{it}" for it, cap in found) or "none"
+
+
 def _equal_time_iters(cfg: CompareConfig, speedup: float) -> int:
     """Fewest iterations whose (predicted) time covers the baseline's: the warm-up at the
     baseline's speed, the rest at the plan's."""
@@ -319,12 +385,24 @@ def _curve(cfg: CompareConfig, records: list[dict], baseline: float, planned: fl
 
     if cfg.time == "measured":
         return curve_from_records(records)
-    charge = simulated_charge([r["phase"] for r in records], baseline, planned)
+    charge = simulated_charge(
+        [r["phase"] for r in records],
+        baseline,
+        planned,
+        [r.get("predicted_seconds") for r in records],
+    )
     return curve_from_records(records, charge)
 
 
 def _train(
-    cfg: CompareConfig, seed: int, run_dir: Path, iters: int, *, plan: Path | None, probe: bool
+    cfg: CompareConfig,
+    seed: int,
+    run_dir: Path,
+    iters: int,
+    *,
+    plan: Path | None,
+    probe: bool,
+    reprice_profile: Path | None = None,
 ) -> None:
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
@@ -341,7 +419,18 @@ def _train(
         noise_probe_at=(cfg.warmup_iters, cfg.iters // 2, cfg.iters - 1) if probe else (),
         noise_probe_rounds=cfg.noise_probe_rounds,
         freeze=FreezeOptions(
-            plan=None if plan is None else str(plan), warmup_iters=cfg.warmup_iters, seed=seed
+            plan=None if plan is None else str(plan),
+            warmup_iters=cfg.warmup_iters,
+            seed=seed,
+            **(
+                {}
+                if reprice_profile is None
+                else {
+                    "max_freeze_ratio": "auto",
+                    "reprice_every": cfg.reprice_every,
+                    "reprice_profile": str(reprice_profile),
+                }
+            ),
         ),
     )
     model = replace(cfg.model, seed=seed)

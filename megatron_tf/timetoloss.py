@@ -80,9 +80,24 @@ def curve_from_records(records: Sequence[dict], charge: Sequence[float] | None =
     return Curve(iterations=tuple(its), times=tuple(times), losses=tuple(losses))
 
 
-def simulated_charge(phases: Sequence[str], baseline: float, planned: float) -> list[float]:
-    """Seconds per iteration: the plan's predicted time once freezing, the baseline's before."""
-    return [planned if phase == "freeze" else baseline for phase in phases]
+def simulated_charge(
+    phases: Sequence[str],
+    baseline: float,
+    planned: float,
+    predicted: Sequence[float | None] | None = None,
+) -> list[float]:
+    """Seconds per iteration: the plan's predicted time once freezing, the baseline's before.
+
+    `predicted`: each iteration's own prediction for the plan in force (metrics.jsonl's
+    `predicted_seconds`), which wins where given: a re-priced run switches plans mid-run."""
+    out = []
+    for i, phase in enumerate(phases):
+        own = None if predicted is None else predicted[i]
+        if phase != "freeze":
+            out.append(baseline)
+        else:
+            out.append(planned if own is None else float(own))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,15 @@ def compare(
         int, typer.Option(help="Seed of the embedded corpus: the task, the same for all seeds.")
     ] = 1234,
     budgets: Annotated[
-        str, typer.Option(help="Caps to compare, comma-separated; `auto` = from the noise scale.")
+        str,
+        typer.Option(
+            help="Caps to compare, comma-separated; `auto` = from the noise scale; "
+            "`auto+reprice` = auto, chosen again every --reprice-every iterations."
+        ),
     ] = "auto",
+    reprice_every: Annotated[
+        int, typer.Option(help="Iterations between re-pricings of an auto+reprice run.")
+    ] = 30,
     noise_from: Annotated[
         str,
         typer.Option(help="Noise probe that prices freezing for auto: warmup or final."),
@@ -111,6 +118,7 @@ def compare(
         corpus_seed=corpus_seed,
         budgets=tuple(b.strip() for b in budgets.split(",") if b.strip()),
         noise_from=noise_from,
+        reprice_every=reprice_every,
         time=time,
         costs=costs,
         profile=profile,

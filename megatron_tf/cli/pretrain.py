@@ -95,6 +95,8 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         profile_iters=v["profile_iters"],
         drift_threshold=v["drift_threshold"],
         drift_patience=v["drift_patience"],
+        reprice_every=v["reprice_every"],
+        reprice_profile=v["reprice_profile"],
         seed=v["seed"],
     )
     train = TrainConfig(
@@ -325,6 +327,22 @@ def pretrain(
     drift_patience: Annotated[
         int, typer.Option(help="Drifting iterations before re-profiling.", rich_help_panel=_FREEZE)
     ] = 5,
+    reprice_every: Annotated[
+        int,
+        typer.Option(
+            help="With --max-freeze-ratio auto: re-probe the noise scale and choose the cap "
+            "again every this many iterations after the warm-up (0 = price once).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = 0,
+    reprice_profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Profile to re-solve with when re-pricing a --plan FILE run (default: the "
+            "in-job profile of --plan auto).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = None,
     # -- launch
     nnodes: NnodesOption = 1,
     nproc_per_node: NprocPerNodeOption = None,

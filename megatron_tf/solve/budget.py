@@ -157,6 +157,102 @@ def stage_shares(ratios: np.ndarray) -> list[float]:
     return [1.0 - float(x) for x in ratios.reshape(-1, ratios.shape[-1]).mean(axis=1)]
 
 
+@dataclass(frozen=True, slots=True)
+class CapOption:
+    """One cap's LP plan, reduced to what the loss-cost model reads."""
+
+    max_freeze_ratio: float
+    speedup: float
+    shares: tuple[float, ...]
+    """Share of the batch each (rank, chunk) learns from under the cap's plan, rank-major."""
+
+
+@dataclass(slots=True)
+class BudgetCurve:
+    """The LP's speedup(cap) curve of one profile, solved once, priced at any noise scale.
+
+    The speed of a cap does not depend on the noise scale, only its loss cost does, so a run
+    that re-prices (`--reprice-every`) or a bound over a noise-scale trajectory
+    (`best_time_factor`) solves the LPs once and re-reads them."""
+
+    profile: Profile
+    base: SolverConfig
+    weights: tuple[float, ...]
+    """Parameter count per (rank, chunk), rank-major (1 each when the profile has none)."""
+    options: tuple[CapOption, ...]
+    """Every candidate cap but 0, ascending."""
+    results: dict[float, LpResult]
+
+    def points(self, cost: LossCost) -> tuple[BudgetPoint, ...]:
+        """Every cap (0 first) priced at `cost`."""
+        points = [BudgetPoint(max_freeze_ratio=0.0, speedup=1.0, iteration_factor=1.0)]
+        for o in self.options:
+            factor = cost.iteration_factor(o.shares, self.weights)
+            points.append(BudgetPoint(o.max_freeze_ratio, o.speedup, factor))
+        return tuple(points)
+
+    def best(self, cost: LossCost) -> BudgetPoint:
+        """The point with the least predicted time; ties keep the smaller cap (0 if none < 1)."""
+        points = self.points(cost)
+        best = points[0]
+        for p in points[1:]:
+            if p.time_factor < best.time_factor - 1e-9:
+                best = p
+        return best
+
+    def choose(self, cost: LossCost) -> BudgetChoice:
+        """The chosen cap with its plan and the reason, at `cost`."""
+        points = self.points(cost)
+        best = self.best(cost)
+        b_noise = f"B_noise {cost.noise_scale:.1f} samples vs batch {cost.batch:g}"
+        if best.max_freeze_ratio == 0.0:
+            runner = min(points[1:], key=lambda p: p.time_factor, default=None)
+            detail = (
+                ""
+                if runner is None
+                else f"; best cap {runner.max_freeze_ratio:g} predicts {runner.speedup:.3f}x "
+                f"speed but {runner.iteration_factor:.3f}x iterations = "
+                f"{runner.time_factor:.3f}x time"
+            )
+            reason = f"freezing cannot pay ({b_noise}){detail}"
+            return BudgetChoice(0.0, points, reason, cost, outcome=None)
+        result = self.results[best.max_freeze_ratio]
+        config = dataclasses.replace(self.base, max_freeze_ratio=best.max_freeze_ratio)
+        outcome = SolveOutcome(
+            plan=make_plan(result, self.profile, config),
+            result=result,
+            dag=profile_dag(self.profile, self.base.comm_model),
+        )
+        reason = (
+            f"cap {best.max_freeze_ratio:g}: {best.speedup:.3f}x iteration speed, "
+            f"{best.iteration_factor:.3f}x iterations ({b_noise}) -> "
+            f"{best.time_factor:.3f}x predicted time to the target loss"
+        )
+        return BudgetChoice(best.max_freeze_ratio, points, reason, cost, outcome)
+
+
+def budget_curve(
+    profile: Profile,
+    base: SolverConfig | None = None,
+    candidates: Sequence[float] = DEFAULT_CANDIDATES,
+) -> BudgetCurve:
+    """Solve the LP at every candidate cap (> 0) of `profile` once."""
+    base = base or SolverConfig()
+    dag = profile_dag(profile, base.comm_model)
+    precedence = reduce_dag(dag)
+    param_weights = stage_param_weights(profile)
+    spec = profile.spec
+    keys = [(r, c) for r in range(spec.pp) for c in range(spec.vpp)]
+    weights = tuple(1.0 if param_weights is None else param_weights[k] for k in keys)
+    options, results = [], {}
+    for cap in sorted({float(c) for c in candidates} - {0.0}):
+        config = dataclasses.replace(base, max_freeze_ratio=cap)
+        result = solve_lp(dag, config, stage_weights=None, precedence=precedence)
+        results[cap] = result
+        options.append(CapOption(cap, result.speedup, tuple(stage_shares(result.ratios))))
+    return BudgetCurve(profile, base, weights, tuple(options), results)
+
+
 def choose_budget(
     profile: Profile,
     cost: LossCost,
@@ -164,52 +260,82 @@ def choose_budget(
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
 ) -> BudgetChoice:
     """The cap in `candidates` minimising predicted time to a target loss (0 if none beats 1)."""
-    base = base or SolverConfig()
-    dag = profile_dag(profile, base.comm_model)
-    precedence = reduce_dag(dag)
-    param_weights = stage_param_weights(profile)
-    spec = profile.spec
-    keys = [(r, c) for r in range(spec.pp) for c in range(spec.vpp)]
-    weights = [1.0 if param_weights is None else param_weights[k] for k in keys]
-    points = [BudgetPoint(max_freeze_ratio=0.0, speedup=1.0, iteration_factor=1.0)]
-    results: dict[float, LpResult] = {}
-    for cap in sorted({float(c) for c in candidates} - {0.0}):
-        config = dataclasses.replace(base, max_freeze_ratio=cap)
-        result = solve_lp(dag, config, stage_weights=None, precedence=precedence)
-        results[cap] = result
-        factor = cost.iteration_factor(stage_shares(result.ratios), weights)
-        points.append(
-            BudgetPoint(max_freeze_ratio=cap, speedup=result.speedup, iteration_factor=factor)
-        )
-    best = points[0]
-    for p in points[1:]:
-        if p.time_factor < best.time_factor - 1e-9:  # ties keep the smaller cap
-            best = p
-    b_noise = f"B_noise {cost.noise_scale:.1f} samples vs batch {cost.batch:g}"
-    if best.max_freeze_ratio == 0.0:
-        runner = min(points[1:], key=lambda p: p.time_factor, default=None)
-        detail = (
-            ""
-            if runner is None
-            else f"; best cap {runner.max_freeze_ratio:g} predicts {runner.speedup:.3f}x speed "
-            f"but {runner.iteration_factor:.3f}x iterations = {runner.time_factor:.3f}x time"
-        )
-        reason = f"freezing cannot pay ({b_noise}){detail}"
-        return BudgetChoice(
-            max_freeze_ratio=0.0, points=tuple(points), reason=reason, cost=cost, outcome=None
-        )
-    result = results[best.max_freeze_ratio]
-    config = dataclasses.replace(base, max_freeze_ratio=best.max_freeze_ratio)
-    outcome = SolveOutcome(plan=make_plan(result, profile, config), result=result, dag=dag)
-    reason = (
-        f"cap {best.max_freeze_ratio:g}: {best.speedup:.3f}x iteration speed, "
-        f"{best.iteration_factor:.3f}x iterations ({b_noise}) -> "
-        f"{best.time_factor:.3f}x predicted time to the target loss"
-    )
-    return BudgetChoice(
-        max_freeze_ratio=best.max_freeze_ratio,
-        points=tuple(points),
-        reason=reason,
-        cost=cost,
-        outcome=outcome,
+    return budget_curve(profile, base, candidates).choose(cost)
+
+
+# ------------------------------------------------------------------ over a noise trajectory
+
+
+def noise_at(probes: Sequence[tuple[float, float]], iteration: float) -> float:
+    """The noise scale at `iteration` from (iteration, B_noise) probes: log-linear between
+    probes (it grows roughly geometrically over training), held flat outside them."""
+    pts = sorted((float(i), float(b)) for i, b in probes)
+    if not pts:
+        raise ValueError("need at least one noise probe")
+    if iteration <= pts[0][0]:
+        return pts[0][1]
+    for (i0, b0), (i1, b1) in zip(pts, pts[1:], strict=False):
+        if iteration <= i1:
+            w = (iteration - i0) / (i1 - i0) if i1 > i0 else 1.0
+            if b0 <= 0 or b1 <= 0 or math.isinf(b0) or math.isinf(b1):
+                return b0 + w * (b1 - b0)
+            return math.exp(math.log(b0) + w * (math.log(b1) - math.log(b0)))
+    return pts[-1][1]
+
+
+@dataclass(frozen=True, slots=True)
+class TrajectoryBound:
+    """What the loss-cost model predicts for one run over a measured noise-scale trajectory,
+    as time to the baseline's final loss relative to the baseline's time."""
+
+    best: float
+    """The best any cap schedule can do: at every baseline iteration the cap with the least
+    time per unit of progress (re-pricing every iteration, free probes)."""
+    once: float
+    """One cap chosen at the warm-up's noise scale, kept to the end (today's auto)."""
+    once_cap: float
+    once_at_choice: float
+    """What the choice itself predicts (the warm-up's noise scale held for the whole run)."""
+    caps: tuple[float, ...]
+    """The best cap per baseline iteration after the warm-up."""
+
+
+def best_time_factor(
+    curve: BudgetCurve,
+    probes: Sequence[tuple[float, float]],
+    batch: float,
+    iters: int,
+    warmup_iters: int,
+) -> TrajectoryBound:
+    """The model's time ratio over a baseline of `iters` iterations whose noise scale follows
+    `probes`. Progress is counted in baseline iterations: iteration i needs `time_factor` of a
+    baseline iteration's time at the cap in force; the warm-up runs at the baseline's speed.
+    The noise scale is a function of the loss reached, so choosing the fastest cap at every
+    point of progress is the optimal schedule (greedy is exact for a separable cost)."""
+    if not 0 <= warmup_iters < iters:
+        raise ValueError(f"need 0 <= warmup_iters < iters, got {warmup_iters}, {iters}")
+    first = LossCost(noise_scale=noise_at(probes, warmup_iters), batch=batch)
+    once_cap = curve.best(first).max_freeze_ratio
+    once_opt = next(
+        (o for o in curve.options if o.max_freeze_ratio == once_cap), None
+    )  # None: cap 0
+    best_sum = once_sum = float(warmup_iters)
+    caps = []
+    for i in range(warmup_iters, iters):
+        cost = LossCost(noise_scale=noise_at(probes, i), batch=batch)
+        p = curve.best(cost)
+        caps.append(p.max_freeze_ratio)
+        best_sum += p.time_factor
+        if once_opt is None:
+            once_sum += 1.0
+        else:
+            once_sum += cost.iteration_factor(once_opt.shares, curve.weights) / once_opt.speedup
+    once_at_choice = curve.best(first).time_factor
+    once_at_choice = (warmup_iters + (iters - warmup_iters) * once_at_choice) / iters
+    return TrajectoryBound(
+        best=best_sum / iters,
+        once=once_sum / iters,
+        once_cap=once_cap,
+        once_at_choice=once_at_choice,
+        caps=tuple(caps),
     )

@@ -57,7 +57,7 @@ def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, s
 def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[PlanSource, str]:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
-    from megatron_tf.solve.budget import LossCost, choose_budget
+    from megatron_tf.solve.budget import LossCost, budget_curve
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
     from megatron_tf.solve.progress import solve_status
@@ -68,7 +68,8 @@ def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[
         if cap == "auto":
             noise = trainer.noise_estimates[-1]["noise_scale"]
             batch = trainer.batches.samples_per_iteration
-            choice = choose_budget(profile, LossCost(noise_scale=noise, batch=batch))
+            trainer.budget_curve = budget_curve(profile)  # kept for --reprice-every
+            choice = trainer.budget_curve.choose(LossCost(noise_scale=noise, batch=batch))
             why = choice.reason
             # Cap 0 when freezing cannot pay: an all-zero plan, nothing frozen.
             outcome = choice.outcome or solve_profile(
@@ -82,3 +83,40 @@ def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[
     save_profile(profile, out_dir / "profile.json")
     save_plan(outcome.plan, out_dir / "plan.json")
     return from_plan(outcome.plan, source=f"auto:{trainer.replans}"), why
+
+
+def reprice(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, str]:
+    """Choose the cap again at the latest noise probe (`--reprice-every`) and return its plan.
+
+    Only the loss cost changed since the plan was solved, so the speed curve is re-read, not
+    re-measured: the in-job profile's curve (`--plan auto`), or `--reprice-profile`'s."""
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        plan, why = _reprice_on_rank0(trainer, out_dir)
+        box[0] = (plan.to_dict(), why)
+    dist.broadcast_object_list(box, src=0)
+    return PlanSource.from_dict(box[0][0]), box[0][1]
+
+
+def _reprice_on_rank0(trainer: Trainer, out_dir: Path) -> tuple[PlanSource, str]:
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.budget import LossCost, budget_curve
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    if trainer.budget_curve is None:
+        path = trainer.cfg.freeze.reprice_profile
+        if path is None:
+            raise RuntimeError("--reprice-every with a plan file needs --reprice-profile")
+        trainer.budget_curve = budget_curve(load_profile(path))
+    curve = trainer.budget_curve
+    cost = LossCost(
+        noise_scale=trainer.noise_estimates[-1]["noise_scale"],
+        batch=trainer.batches.samples_per_iteration,
+    )
+    choice = curve.choose(cost)
+    outcome = choice.outcome or solve_profile(curve.profile, SolverConfig(max_freeze_ratio=0.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_plan(outcome.plan, out_dir / "plan.json")
+    return from_plan(outcome.plan, source=f"reprice:{trainer.iteration}"), choice.reason

@@ -44,6 +44,13 @@ class FreezeOptions:
     """Consecutive drifting iterations that trigger a re-profile."""
     seed: int = 1234
     """Seed of the runtime's choice of frozen tensors."""
+    reprice_every: int = 0
+    """With `--max-freeze-ratio auto`: every this many iterations after the freeze warm-up,
+    probe the noise scale again, choose the cap again and switch to the re-solved plan (the
+    noise scale grows over training, so freezing is cheap early and dear late); 0: price once."""
+    reprice_profile: str | None = None
+    """Profile to re-solve with when re-pricing (None: the in-job profile of `--plan auto`).
+    `compare` passes its layout's profile so the plans match the time it charges."""
 
     def __post_init__(self) -> None:
         r = self.max_freeze_ratio
@@ -75,6 +82,18 @@ class FreezeOptions:
             raise ConfigError(f"--drift-threshold must be >= 0, got {self.drift_threshold}")
         if self.drift_patience < 1:
             raise ConfigError(f"--drift-patience must be >= 1, got {self.drift_patience}")
+        if self.reprice_every < 0:
+            raise ConfigError(f"--reprice-every must be >= 0, got {self.reprice_every}")
+        if self.reprice_every and self.max_freeze_ratio != "auto":
+            raise ConfigError(
+                "--reprice-every needs --max-freeze-ratio auto (it re-chooses the cap)"
+            )
+        if self.reprice_every and self.plan is None:
+            raise ConfigError("--reprice-every needs --plan (auto or a plan file) to re-price")
+        if self.reprice_every and self.plan != "auto" and self.reprice_profile is None:
+            raise ConfigError(
+                "--reprice-every with a plan file needs --reprice-profile (the plan's profile)"
+            )
 
     @property
     def enabled(self) -> bool:

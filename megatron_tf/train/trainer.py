@@ -81,6 +81,7 @@ class Trainer:
         self.freezer: Any = None
         self.drift_count = 0
         self.replans = 0
+        self.budget_curve: Any = None  # rank 0: the auto budget's speed curve (re-pricing)
         self.metrics = MetricsLogger(
             self.cfg.out_dir,
             enabled=self.rank == 0,
@@ -108,6 +109,7 @@ class Trainer:
             if self.iteration in self.cfg.noise_probe_at:
                 self._noise_probe()
             self._maybe_auto_plan()
+            self._maybe_reprice()
             metrics = self.train_step()
             if self._should_evaluate():
                 metrics.val_loss = self.evaluate()
@@ -304,6 +306,27 @@ class Trainer:
                 self._noise_probe()  # the loss cost of freezing, before anything is frozen
             self._replan(reason="auto plan")
 
+    def _maybe_reprice(self) -> None:
+        """`--reprice-every K`: every K iterations after the freeze warm-up, probe the noise
+        scale (freezer off: the probe measures the whole model's gradient), choose the cap
+        again on the same speed curve and switch to its plan from this iteration on."""
+        f = self.cfg.freeze
+        since = self.iteration - f.warmup_iters
+        if not f.reprice_every or self.plan is None or since <= 0 or since % f.reprice_every:
+            return
+        from megatron_tf.train.injob import reprice
+
+        if self.freezer is not None:
+            self.freezer.remove()
+        try:
+            self._noise_probe()
+        finally:
+            if self.freezer is not None:
+                self.freezer.install()
+        plan, why = reprice(self, out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}")
+        self.metrics.note(f"re-priced at iteration {self.iteration}: {why}")
+        self._set_plan(plan)
+
     def _check_drift(self, m: StepMetrics) -> None:
         """Re-profile when the measured time drifts from the prediction for long enough."""
         f = self.cfg.freeze
@@ -452,7 +475,7 @@ class Trainer:
             return
         if saved is None:
             return
-        if f.auto and not saved.source.startswith("auto:"):
+        if f.auto and not saved.source.startswith(("auto:", "reprice:")):
             self.metrics.note(
                 f"--plan auto replaces the checkpoint's plan ({saved.source}): "
                 "profiling and solving in-job"

@@ -184,3 +184,51 @@ def test_plan_auto_with_the_auto_budget(tmp_path: Path) -> None:
         LossCost(noise_scale=probes[0]["noise_scale"], batch=8),
     )
     assert plan["max_freeze_ratio"] == choice.max_freeze_ratio
+
+
+def test_reprice_switches_plans_at_its_iterations(tmp_path: Path) -> None:
+    """`--reprice-every 2` after a 2-iteration warm-up: the noise scale is probed again before
+    iterations 4 and 6 (0-based: after 4 and 6 steps), each probe's cap is the budget choice on
+    the given profile's speed curve, each plan is in force from the next step on (its predicted
+    time in metrics.jsonl), and the probes change no loss: up to the first switch the losses
+    equal those of the same run without re-pricing, exactly."""
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.schedule.costs import synthetic_profile
+    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.solve.budget import LossCost, budget_curve
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
+    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
+    save_profile(profile, tmp_path / "profile.json")
+    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3)).plan
+    save_plan(plan, tmp_path / "plan.json")
+    common = ["--iters", "7", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    common += ["--plan", str(tmp_path / "plan.json"), "--noise-probe-rounds", "2"]
+    reprice = ["--max-freeze-ratio", "auto", "--reprice-every", "2"]
+    reprice += ["--reprice-profile", str(tmp_path / "profile.json")]
+    proc = _pretrain(tmp_path, *common, *reprice, out="reprice")
+    _ok(proc)
+    _ok(_pretrain(tmp_path, *common, out="once"))
+    run = tmp_path / "reprice"
+    assert sorted(p.name for p in run.glob("reprice_*")) == ["reprice_4", "reprice_6"]
+    probes = json.loads((run / "noise_scale.json").read_text())
+    assert [p["iteration"] for p in probes] == [4, 6]
+    curve = budget_curve(profile)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for probe in probes:
+        it = int(probe["iteration"])
+        chosen = json.loads((run / f"reprice_{it}" / "plan.json").read_text())
+        expect = curve.best(LossCost(noise_scale=probe["noise_scale"], batch=8))
+        assert chosen["max_freeze_ratio"] == expect.max_freeze_ratio
+        makespan = chosen["predicted"]["makespan"]
+        # metrics' iteration n is the step taken after n - 1 steps: the new plan's first is it+1.
+        for rec in records[it : it + 2]:
+            assert rec["predicted_seconds"] == pytest.approx(makespan)
+    assert records[3]["predicted_seconds"] == pytest.approx(plan.predicted.makespan)
+    once = _losses(tmp_path, "once")
+    mine = _losses(tmp_path, "reprice")
+    assert [mine[i] for i in range(1, 5)] == [once[i] for i in range(1, 5)]
+    assert "re-priced at iteration 4" in proc.stdout

@@ -22,7 +22,10 @@ from megatron_tf.schedule.simulate import simulate
 from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.solve.budget import (
     LossCost,
+    best_time_factor,
+    budget_curve,
     choose_budget,
+    noise_at,
     noise_scale_estimate,
     stage_shares,
 )
@@ -141,3 +144,51 @@ def test_chosen_plan_satisfies_every_lp_constraint(name: str) -> None:
         choice.cost.iteration_factor(stage_shares(ratios), weights)
     )
     assert choice.outcome.plan.max_freeze_ratio == cap
+
+
+# ---------------------------------------------------------------- re-pricing and the bound
+
+
+def test_curve_prices_like_a_fresh_choice() -> None:
+    """The speed curve solved once and re-priced gives what a fresh solve at that noise gives."""
+    profile = synthetic_profile(LAYOUTS["pp4-m8"], [(1.0, 1.0, 1.0)])
+    curve = budget_curve(profile, candidates=CANDIDATES)
+    for noise in (0.0, 8.0, 64.0, math.inf):
+        cost = LossCost(noise_scale=noise, batch=16)
+        fresh = choose_budget(profile, cost, candidates=CANDIDATES)
+        again = curve.choose(cost)
+        assert again.max_freeze_ratio == fresh.max_freeze_ratio
+        assert again.points == fresh.points
+        assert curve.best(cost) == fresh.chosen
+        if fresh.outcome is not None:
+            assert again.outcome is not None
+            assert again.outcome.plan.ratios == fresh.outcome.plan.ratios
+
+
+def test_noise_at_interpolates_log_linearly() -> None:
+    probes = [(30, 10.0), (150, 40.0), (299, 1000.0)]
+    assert noise_at(probes, 0) == 10.0 and noise_at(probes, 400) == 1000.0
+    assert noise_at(probes, 90) == pytest.approx(20.0)  # geometric mean half-way
+    assert noise_at(probes, 150) == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        noise_at([], 3)
+
+
+@pytest.mark.parametrize("name", ["pp2-m8", "pp4-m8", "pp8-m16"])
+def test_trajectory_bound(name: str) -> None:
+    """The best cap schedule is never worse than one cap (nor than no freezing), its caps never
+    rise while the noise scale grows, and a flat trajectory makes the bound the choice's own
+    prediction."""
+    profile = synthetic_profile(LAYOUTS[name], [(1.0, 1.0, 1.0)])
+    curve = budget_curve(profile, candidates=CANDIDATES)
+    growing = [(30, 8.0), (150, 40.0), (299, 1200.0)]
+    bound = best_time_factor(curve, growing, batch=16, iters=300, warmup_iters=30)
+    assert bound.best <= bound.once + 1e-12 and bound.best <= 1.0
+    assert list(bound.caps) == sorted(bound.caps, reverse=True)
+    assert bound.caps[0] == bound.once_cap
+    flat = best_time_factor(curve, [(30, 8.0)], batch=16, iters=300, warmup_iters=30)
+    assert flat.best == pytest.approx(flat.once) == pytest.approx(flat.once_at_choice)
+    # Freezing that cannot pay at any point: the bound is the baseline's time.
+    hopeless = best_time_factor(curve, [(30, math.inf)], batch=16, iters=300, warmup_iters=30)
+    if name == "pp2-m8":
+        assert hopeless.best == 1.0 and set(hopeless.caps) == {0.0}

@@ -88,6 +88,7 @@ def test_solve_auto_refusals(tmp_path: Path, args: list[str], needle: str) -> No
         (["--seeds", "a,b"], "--seeds"),
         (["--warmup-iters", "300"], "--warmup-iters"),
         (["--noise-from", "middle"], "--noise-from"),
+        (["--budgets", "auto+reprice", "--reprice-every", "0"], "--reprice-every"),
         (["--pp", "3"], "--num-layers"),
     ],
 )

@@ -33,6 +33,9 @@ def test_curve_from_records_with_measured_and_simulated_time() -> None:
     assert charge == [1.0, 1.0, 0.8, 0.8]
     simulated = curve_from_records(recs, charge)
     assert simulated.times == pytest.approx((2.0, 3.6))
+    # A re-priced run: each freezing iteration is charged its own plan's prediction.
+    own = simulated_charge(["warmup", "freeze", "freeze", "ramp"], 1.0, 0.8, [None, 0.9, None, 0.7])
+    assert own == [1.0, 0.9, 0.8, 1.0]
     with pytest.raises(ValueError, match="--eval-interval"):
         curve_from_records(_records({}, 3))
 

@@ -72,3 +72,20 @@ def test_pp_1_is_a_valid_reference_layout_without_a_schedule() -> None:
     parallel = ParallelConfig(pp=1)
     with pytest.raises(ConfigError, match="--pp must be at least 2"):
         parallel.schedule_spec()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"plan": "auto", "max_freeze_ratio": "auto", "reprice_every": -1}, "--reprice-every"),
+        ({"plan": "auto", "max_freeze_ratio": 0.3, "reprice_every": 5}, "--max-freeze-ratio"),
+        ({"max_freeze_ratio": "auto", "reprice_every": 5}, "--plan"),
+        ({"plan": "p.json", "max_freeze_ratio": "auto", "reprice_every": 5}, "--reprice-profile"),
+    ],
+)
+def test_reprice_refusals(options: dict, match: str) -> None:
+    from megatron_tf.train.train_config import FreezeOptions
+
+    with pytest.raises(ConfigError, match=match):
+        FreezeOptions(**options)
+    FreezeOptions(plan="auto", max_freeze_ratio="auto", reprice_every=5)  # the valid form
