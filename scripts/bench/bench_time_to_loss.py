@@ -5,7 +5,14 @@ Drives `megatron_tf.compare.run_compare` (what `timelyfreeze compare` runs) for 
 the auto budget from the measured gradient noise scale. Deep layouts use simulated time (ranks
 share the two cores); pp 2 can use measured time with `--time measured`.
 
+After each layout it prints what the loss-cost model says about the same seeds, from each
+baseline's measured noise-scale trajectory (`solve/budget.py`, `best_time_factor`): the time
+ratio the auto choice predicts when it is made, what that cap gives over the whole trajectory,
+and the best any cap schedule can give (the model's bound), next to the measured ratios.
+
     .venv/bin/python scripts/bench/bench_time_to_loss.py --layouts pp4 [--iters 300]
+    .venv/bin/python scripts/bench/bench_time_to_loss.py --layouts pp4 --budgets auto,auto+reprice
+    .venv/bin/python scripts/bench/bench_time_to_loss.py --layouts pp4 --bound-only   # no training
     layouts: pp2 (8 mb), pp4 (8 mb), pp8 (16 mb), pp4v2 (interleaved, 8 mb),
              pp4big (pp4 with micro batch 8: 64 samples per iteration instead of 16)
 """
@@ -13,9 +20,11 @@ share the two cores); pp 2 can use measured time with `--time measured`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 LAYOUTS: dict[str, dict[str, int]] = {
     "pp2": {"pp": 2, "microbatches": 8},
@@ -27,6 +36,48 @@ LAYOUTS: dict[str, dict[str, int]] = {
 MICRO_BATCH: dict[str, int] = {"pp4big": 8}
 """Samples per microbatch where a layout differs from the demo GPT's 2: pp4big is pp4 with a
 4x larger batch (same schedule and costs, so only the batch against the noise scale changes)."""
+
+
+def model_bounds(cfg: Any) -> list[str]:
+    """The loss-cost model's predictions per seed from the baselines' noise probes in
+    `cfg.out_dir`, with the measured time ratios where the summary has them (markdown rows)."""
+    from megatron_tf.formats.profile import load_profile
+    from megatron_tf.solve.budget import best_time_factor, budget_curve
+
+    out = cfg.out_dir
+    curve = budget_curve(load_profile(out / "profile.json"))
+    batch = cfg.model.micro_batch_size * cfg.parallel.microbatches * cfg.parallel.dp
+    measured: dict[tuple[int, str], float | None] = {}
+    if (out / "summary.json").exists():
+        for run in json.loads((out / "summary.json").read_text())["runs"]:
+            measured[(run["seed"], run["budget"])] = run["reach_fraction"]
+    budgets = sorted({b for _, b in measured})
+    rows = [
+        f"loss-cost model vs measured, {cfg.parallel.schedule_spec().describe()}, batch {batch}, "
+        "simulated time (x the baseline's time to its final validation loss)",
+        "",
+        "| seed | B_noise probes (it: samples) | auto cap | model at the choice | "
+        "model over the trajectory, that cap | model's best cap schedule (bound) | "
+        + " | ".join(f"measured {b}" for b in budgets)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(budgets),
+    ]
+    for seed in cfg.seeds:
+        path = out / f"seed{seed}" / "baseline" / "noise_scale.json"
+        if not path.exists():
+            continue
+        probes = [(p["iteration"], p["noise_scale"]) for p in json.loads(path.read_text())]
+        b = best_time_factor(curve, probes, batch, cfg.iters, cfg.warmup_iters)
+        trail = ", ".join(f"{i:.0f}: {n:.1f}" for i, n in probes)
+        cells = []
+        for budget in budgets:
+            value = measured.get((seed, budget))
+            cells.append("not reached" if value is None else f"{value:.3f}")
+        rows.append(
+            f"| {seed} | {trail} | {b.once_cap:g} | {b.once_at_choice:.3f} | {b.once:.3f} | "
+            f"{b.best:.3f} | " + " | ".join(cells) + (" |" if cells else "|")
+        )
+    return rows
 
 
 def main() -> int:
@@ -41,11 +92,17 @@ def main() -> int:
     parser.add_argument("--warmup-iters", type=int, default=30)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--budgets", default="auto")
+    parser.add_argument("--reprice-every", type=int, default=30)
     parser.add_argument("--time", default="simulated", choices=("simulated", "measured"))
     parser.add_argument("--costs", default="1,1,1")
     parser.add_argument("--eval-interval", type=int, default=10)
     parser.add_argument("--noise-from", default="warmup", choices=("warmup", "final"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_time_to_loss"))
+    parser.add_argument(
+        "--bound-only",
+        action="store_true",
+        help="train nothing: print the model's predictions for the runs already in --out",
+    )
     args = parser.parse_args()
     for name in args.layouts.split(","):
         cfg = CompareConfig(
@@ -56,15 +113,19 @@ def main() -> int:
             warmup_iters=args.warmup_iters,
             seeds=tuple(int(s) for s in args.seeds.split(",")),
             budgets=tuple(args.budgets.split(",")),
+            reprice_every=args.reprice_every,
             time=args.time,
             costs=args.costs,
             eval_interval=args.eval_interval,
             noise_from=args.noise_from,
         )
-        start = time.monotonic()
-        result = run_compare(cfg, lambda s: print(s, flush=True))
-        print(f"\n{name}: {time.monotonic() - start:.0f} s")
-        print("\n".join(format_table(result)), flush=True)
+        if not args.bound_only:
+            start = time.monotonic()
+            result = run_compare(cfg, lambda s: print(s, flush=True))
+            print(f"\n{name}: {time.monotonic() - start:.0f} s")
+            print("\n".join(format_table(result)), flush=True)
+        if (cfg.out_dir / "profile.json").exists() and cfg.time == "simulated":
+            print("\n" + "\n".join(model_bounds(cfg)), flush=True)
     return 0
 
 
