@@ -89,7 +89,9 @@ def prepare_job(
         )
     if train.freeze.auto_budget and data.source != "synthetic":
         raise ConfigError("--max-freeze-ratio auto probes on the embedded corpus's held-out set")
-    if train.freeze.auto_budget and not train.freeze.auto and train.freeze.enabled:
+    f = train.freeze
+    if f.auto_budget and not f.auto and f.enabled and not f.reprice_every:
+        # With --reprice-every a plan file is the starting plan, re-priced in-job.
         raise ConfigError("--max-freeze-ratio auto chooses the cap in-job: use it with --plan auto")
     if train.noise_probe_at and train.freeze.enabled and not train.freeze.auto:
         raise ConfigError("--noise-probe-at measures an unfrozen model: use it with --no-freeze")
