@@ -9,6 +9,9 @@
    speedup: does it reach the baseline's final loss within the baseline's time?
 6. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
    output folder and return the numbers for the terminal's summary table.
+7. (`deep`, on by default) the deep-pipeline section (`demo_deep.py`): on pp 4, which two
+   cores cannot time, the baseline and the auto budget's run compared by time to the
+   baseline's validation loss in SIMULATED time, appended to `report.md`.
 
 Each worker job runs through the project's torchrun launcher with its output in a log file
 under the output folder, so the terminal shows progress and the summary, not megatron's logs.
@@ -60,6 +63,9 @@ class DemoConfig:
     """Iterations of each kind in the side-by-side timing job (baseline and plan alternating)."""
     cache_dir: str | None = None
     """Corpus cache (default ~/.cache/timelyfreeze)."""
+    deep: bool = True
+    """Add the deep-pipeline section (`demo_deep.py`: pp 4, `iters` iterations, simulated
+    time) after the pp 2 story."""
     model: ModelConfig = field(default_factory=demo_model)
     parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(pp=2, microbatches=8))
 
@@ -109,6 +115,8 @@ class DemoResult:
     alternating in one job: the load-robust speed comparison."""
     equal_time: RunSummary | None = None
     """TimelyFreeze trained for the baseline's wall time: iterations x `measured_speedup`."""
+    deep: Any = None
+    """The deep-pipeline section's `CompareResult` (None without `DemoConfig.deep`)."""
 
     @property
     def predicted_speedup(self) -> float:
@@ -179,6 +187,13 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         ),
     )
     write_report(result, cfg, profile_path, plan_path)
+    if cfg.deep:
+        from megatron_tf.demo_deep import deep_markdown, run_deep
+
+        say(f"deep pipeline section: pp 4, {cfg.iters} iterations, SIMULATED time")
+        result.deep = run_deep(out / "deep_pp4", cfg.iters, cfg.cache_dir, say)
+        with open(result.report, "a") as handle:
+            handle.write("\n" + "\n".join(deep_markdown(result.deep, "deep_pp4")) + "\n")
     return result
 
 

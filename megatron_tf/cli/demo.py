@@ -26,6 +26,13 @@ def demo(
     cache_dir: Annotated[
         str | None, typer.Option(help="Corpus cache (default ~/.cache/timelyfreeze).")
     ] = None,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            help="Add the deep-pipeline section: pp 4 time to the baseline's loss with the "
+            "auto budget, in simulated time (about 5 more minutes at 300 iterations)."
+        ),
+    ] = True,
 ) -> None:
     """Show the whole TimelyFreeze story on this machine, CPU only, in a few minutes.
 
@@ -33,7 +40,9 @@ def demo(
 
     Profiles a small GPT on 2 pipeline ranks, solves for freeze ratios, trains a baseline and a
     TimelyFreeze run from the same seed, times both side by side, trains TimelyFreeze again for
-    the baseline's wall time, and compares iteration time and loss.
+    the baseline's wall time, and compares iteration time and loss. Then (--deep) the deep
+    pipeline this machine cannot time: pp 4, baseline vs the auto budget, time to the
+    baseline's validation loss in simulated time (losses exact, time the simulator's).
     """
     check_output_dir(out_dir, "--out-dir")
     _quiet_imports()
@@ -47,6 +56,7 @@ def demo(
         freeze_warmup_iters=max(1, iters // 10),
         timing_steps=min(80, max(10, iters // 4)),
         cache_dir=cache_dir,
+        deep=deep,
     )
     result = run_demo(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
     table = Table(title="TimelyFreeze demo", title_justify="left")
@@ -56,6 +66,10 @@ def demo(
     for row in summary_rows(result):
         table.add_row(*row)
     console.print(table)
+    if result.deep is not None:
+        from megatron_tf.demo_deep import deep_summary
+
+        console.print(deep_summary(result.deep), highlight=False, soft_wrap=True)
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 

@@ -48,3 +48,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The side-by-side timing job alternated 10 stock and 10 planned iterations.
     timings = json.loads((out / "side_by_side/timings.json").read_text())
     assert {k: len(v) for k, v in timings.items()} == {"baseline": 10, "plan": 10}
+    # The deep-pipeline section: pp 4 at the demo's length, labelled simulated everywhere.
+    deep = out / "deep_pp4"
+    assert (deep / "summary.json").is_file() and (deep / "loss_vs_time.png").is_file()
+    summary = json.loads((deep / "summary.json").read_text())
+    assert summary["time"].startswith("simulated time") and summary["seeds"] == [1]
+    assert len((deep / "seed1/baseline/metrics.jsonl").read_text().splitlines()) == 20
+    assert "## Deep pipeline: time to the baseline's loss (simulated time)" in report
+    assert "deep pipeline (pp 4, SIMULATED time): auto budget cap" in proc.stdout
