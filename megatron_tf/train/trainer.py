@@ -82,6 +82,7 @@ class Trainer:
         self.drift_count = 0
         self.replans = 0
         self.budget_curve: Any = None  # rank 0: the auto budget's speed curve (re-pricing)
+        self.curve_in_job = False  # every rank: an in-job profile made budget_curve this run
         self.metrics = MetricsLogger(
             self.cfg.out_dir,
             enabled=self.rank == 0,
@@ -323,6 +324,10 @@ class Trainer:
         finally:
             if self.freezer is not None:
                 self.freezer.install()
+        if f.auto and f.reprice_profile is None and not self.curve_in_job:
+            # Resumed: the speed curve of the in-job profile is not in the checkpoint.
+            self._replan(reason=f"re-pricing at iteration {self.iteration} after a resume")
+            return
         plan, why = reprice(self, out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}")
         self.metrics.note(f"re-priced at iteration {self.iteration}: {why}")
         self._set_plan(plan)
@@ -356,6 +361,7 @@ class Trainer:
         if why:
             self.metrics.note(f"budget: {why}")
         self.replans += 1
+        self.curve_in_job = self.cfg.freeze.auto_budget
         self._set_plan(plan)
         self.metrics.note(
             f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> {plan.makespan * 1e3:.1f} ms "
