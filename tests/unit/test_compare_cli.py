@@ -106,3 +106,26 @@ def test_heldout_samples_are_fixed_and_apart_from_the_training_text() -> None:
     chain = make_chain(cfg)
     # Every step is a transition of the corpus's chain: the same task as the training text.
     assert (chain.transition[a[:, :-1], a[:, 1:]] > 0).all()
+
+
+def test_reprice_run_length_covers_the_baselines_time() -> None:
+    """`auto+reprice`'s equal-time length: a flat noise scale gives what the one cap chosen
+    for it gets as a fixed plan (free samples: the fastest cap; noise-dominated: the cap that
+    only fills bubbles); a growing one lies between (the caps fall as it grows)."""
+    import math
+
+    from megatron_tf.compare import CompareConfig, _equal_time_iters, _reprice_iters
+    from megatron_tf.solve.budget import budget_curve
+
+    cfg = CompareConfig(iters=300, warmup_iters=30, reprice_every=30)
+    profile = synthetic_profile(ScheduleSpec(kind="1f1b", pp=4, microbatches=8), [(1, 1, 1)])
+    curve = budget_curve(profile)
+    lengths = {}
+    for noise in (0.0, math.inf):
+        flat = [{"iteration": 30, "noise_scale": noise}]
+        speed = curve.best(LossCost(noise_scale=noise, batch=16)).speedup
+        lengths[noise] = _equal_time_iters(cfg, speed)
+        assert _reprice_iters(cfg, profile, flat, 16) == lengths[noise]
+    assert lengths[0.0] == _equal_time_iters(cfg, max(o.speedup for o in curve.options))
+    growing = [{"iteration": 30, "noise_scale": 8.0}, {"iteration": 299, "noise_scale": 1000.0}]
+    assert lengths[math.inf] < _reprice_iters(cfg, profile, growing, 16) < lengths[0.0]
