@@ -16,11 +16,12 @@ from megatron_tf.formats.profile import Profile
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import install_hooks
+from megatron_tf.model.step import run_schedule
+from megatron_tf.model.synthetic import synthetic_batches
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.timing import TimingObserver
 from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 
 __all__ = [
     "gather_profile",
@@ -53,26 +54,23 @@ def run_iteration(
     iteration: int,
     timing: TimingObserver | None = None,
 ) -> None:
-    """One training iteration's forward and backward with megatron-core's schedule.
+    """One training iteration's forward and backward with megatron-core's schedule: the step
+    training runs (`model.step.run_schedule`), on this iteration's synthetic batches.
 
     Ranks meet at a barrier first, so that every rank's time origin is the same moment.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     zero_grads(chunks)
     m = parallel.microbatches
     iterators = [synthetic_batches(model, iteration=iteration, microbatches=m) for _ in chunks]
     dist.barrier()
     if timing is not None:
         timing.begin()
-    get_forward_backward_func()(
-        forward_step_func=gpt_forward_step,
-        data_iterator=iterators if len(chunks) > 1 else iterators[0],
-        model=chunks,
-        num_microbatches=m,
+    run_schedule(
+        chunks,
+        iterators,
+        microbatches=m,
         seq_length=model.seq_length,
         micro_batch_size=model.micro_batch_size,
-        forward_only=False,
     )
 
 

@@ -3,7 +3,7 @@
 Shape follows torchtitan's trainer: `Trainer(job)` builds everything, `train()` is the loop,
 `train_step()` one optimizer step, `state_dict()` what a checkpoint holds, `close()` tears down.
 
-Components (all Megatron-Core): GPTModel chunks from `train/model.py`, Megatron's
+Components (all Megatron-Core): GPTModel chunks from `model/gpt.py`, Megatron's
 DistributedDataParallel, Megatron's optimizer (`get_megatron_optimizer`: Adam with a
 distributed optimizer on GPU; on CPU Megatron's FP32 optimizer wrapping torch's AdamW, made to
 run there by `megatron/compat.py`), `OptimizerParamScheduler` (warm-up then decay), gradient
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tf.model.gpt import build_training_model
+from megatron_tf.model.step import run_schedule
 from megatron_tf.solve.budget import noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.data import (
@@ -34,7 +35,6 @@ from megatron_tf.train.data import (
 )
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
-from megatron_tf.train.model import build_training_model
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 from megatron_tf.train.train_config import TrainConfig
 
@@ -121,8 +121,6 @@ class Trainer:
 
     def train_step(self) -> StepMetrics:
         """One iteration: zero grads, the pipeline schedule, freezer bookkeeping, optimizer."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         phase = self._phase()
         if self.freezer is not None:
             self.freezer.start_iteration(self.iteration)
@@ -130,14 +128,12 @@ class Trainer:
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        losses = get_forward_backward_func()(
-            forward_step_func=_forward_step,
-            data_iterator=self._data_iterators(self.iteration),
-            model=self.chunks,
-            num_microbatches=self.job.parallel.microbatches,
+        losses = run_schedule(
+            self.chunks,
+            iteration_iterators(self.dataset, self.batches, self.iteration, len(self.chunks)),
+            microbatches=self.job.parallel.microbatches,
             seq_length=self.job.model.seq_length,
             micro_batch_size=self.job.model.micro_batch_size,
-            forward_only=False,
         )
         if self.freezer is not None:
             self.freezer.finish_iteration()
@@ -183,14 +179,10 @@ class Trainer:
 
     def _schedule(self, batch: list[dict[str, torch.Tensor]], *, forward_only: bool) -> Any:
         """One call of Megatron's schedule over `batch` (a list of microbatches)."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        its = [iter(batch) for _ in self.chunks]
-        return get_forward_backward_func()(
-            forward_step_func=_forward_step,
-            data_iterator=its if len(its) > 1 else its[0],
-            model=self.chunks,
-            num_microbatches=len(batch),
+        return run_schedule(
+            self.chunks,
+            [iter(batch) for _ in self.chunks],
+            microbatches=len(batch),
             seq_length=self.job.model.seq_length,
             micro_batch_size=self.job.model.micro_batch_size,
             forward_only=forward_only,
@@ -353,10 +345,6 @@ class Trainer:
         return stages
 
     # ------------------------------------------------------------------ data and loss
-
-    def _data_iterators(self, iteration: int) -> Any:
-        its = iteration_iterators(self.dataset, self.batches, iteration, len(self.chunks))
-        return its if len(its) > 1 else its[0]
 
     def _reduce_loss(self, losses: list[dict[str, torch.Tensor]]) -> float:
         """Mean loss over microbatches and data-parallel replicas, known on every rank."""
@@ -572,25 +560,6 @@ def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:
         wd_incr_steps=cfg.iters,
         wd_incr_style="constant",
     )
-
-
-def _forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
-    """Megatron's forward_step_func for a GPT: every chunk draws its microbatch (only the first
-    stage reads tokens and only the last labels), so all chunks' iterators stay in step."""
-    batch = next(data_iterator)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    tokens = batch["tokens"].to(device)
-    positions = batch["position_ids"].to(device)
-    labels = batch["labels"].to(device)
-    output = model(tokens, positions, attention_mask=None, labels=labels)
-    return output, partial(_loss, batch["loss_mask"].to(device))
-
-
-def _loss(loss_mask: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    losses = output.float().reshape(-1)
-    mask = loss_mask.reshape(-1).float()
-    loss = torch.sum(losses * mask) / mask.sum()
-    return loss, {"lm loss": loss.detach().clone()}
 
 
 def _rng_state() -> dict[str, Any]:

@@ -40,8 +40,9 @@ from megatron_tf.megatron.distributed import destroy_distributed, init_distribut
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import ScheduleObserver, installed_route
 from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.model import build_model_chunks, transformer_config
-from megatron_tf.train.step import gpt_forward_step, synthetic_batch
+from megatron_tf.model.gpt import build_model_chunks, transformer_config
+from megatron_tf.model.step import forward_step as gpt_forward_step
+from megatron_tf.model.synthetic import synthetic_batch
 
 Grads = dict[tuple[int, str], torch.Tensor]  # (chunk, parameter name) -> gradient
 
