@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from megatron_tf.model.gpt import build_training_model
 from megatron_tf.model.step import run_schedule
-from megatron_tf.solve.budget import noise_scale_estimate
+from megatron_tf.solve.budget import LossCost, noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.data import (
     BatchPlan,
@@ -33,6 +33,7 @@ from megatron_tf.train.data import (
     heldout_microbatches,
     iteration_iterators,
 )
+from megatron_tf.train.injob import profile_and_solve
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
@@ -78,7 +79,8 @@ class Trainer:
         self.iteration = 0  # optimizer steps done
         self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
         self.plan: PlanSource | None = None
-        self.freezer: Any = None
+        self.freezer: Any = None  # the installed FreezeRuntime, or None: nothing frozen
+        self._idle_freezer: Any = None  # one removed by set_plan(None), reinstalled on a plan
         self.drift_count = 0
         self.replans = 0
         self.metrics = MetricsLogger(
@@ -88,7 +90,7 @@ class Trainer:
             tensorboard=self.cfg.tensorboard,
         )
         if self.cfg.freeze.enabled and not self.cfg.freeze.auto:
-            self._set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
+            self.set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
         if self.cfg.resume_from:
             self.load_checkpoint(self.cfg.resume_from)
 
@@ -244,11 +246,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ freezing
 
-    def _set_plan(self, plan: PlanSource) -> None:
-        """Install (or re-target) the freeze runtime with `plan`'s ratios for this rank."""
+    def set_plan(self, plan: PlanSource | None) -> None:
+        """Freeze by `plan`'s ratios for this rank from the next step on; None: run the stock
+        schedule (runtime removed, nothing frozen, no rescale) until a plan is set again.
+
+        The runtime is built once and kept across None and back, so its balance counts carry
+        on (`train/alternate.py` switches every iteration)."""
         from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 
         self.plan = plan
+        if plan is None:
+            if self.freezer is not None:
+                self.freezer.remove()
+                self._idle_freezer, self.freezer = self.freezer, None
+            return
+        if self.freezer is None and self._idle_freezer is not None:
+            self.freezer, self._idle_freezer = self._idle_freezer, None
+            self.freezer.install()
         if self.freezer is not None:
             self.freezer.set_ratios(plan.ratios)
             return
@@ -316,16 +330,37 @@ class Trainer:
 
     def _replan(self, *, reason: str) -> None:
         """Profile the current model in-job (weights untouched), solve, retarget the freezer."""
-        from megatron_tf.train.injob import profile_and_solve
-
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
-        plan, why = profile_and_solve(
-            self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}"
+        cap = self.cfg.freeze.max_freeze_ratio
+        budget = (
+            LossCost(
+                noise_scale=self.noise_estimates[-1]["noise_scale"],
+                batch=self.batches.samples_per_iteration,
+            )
+            if cap == "auto"
+            else float(cap)
         )
+        runtime = self.freezer
+        if runtime is not None:  # the profiler installs its own runtimes; measure unfrozen
+            runtime.remove()
+        try:
+            plan, why = profile_and_solve(
+                self.chunks,
+                self.job.model,
+                self.job.parallel,
+                profile_iters=self.cfg.freeze.profile_iters,
+                budget=budget,
+                source=f"auto:{self.replans}",
+                iteration=self.iteration,
+                out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}",
+            )
+        finally:
+            if runtime is not None:
+                runtime.install()
         if why:
             self.metrics.note(f"budget: {why}")
         self.replans += 1
-        self._set_plan(plan)
+        self.set_plan(plan)
         self.metrics.note(
             f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> {plan.makespan * 1e3:.1f} ms "
             f"per iteration (speedup {plan.baseline_makespan / plan.makespan:.3f})"
@@ -446,7 +481,7 @@ class Trainer:
                 "profiling and solving in-job"
             )
             return
-        self._set_plan(saved)
+        self.set_plan(saved)
         if state["freezer"] is not None:
             self.freezer.load_state_dict(state["freezer"])
         if not f.enabled:
