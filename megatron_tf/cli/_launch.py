@@ -36,7 +36,7 @@ from megatron_tf.launch.torchrun import (
     format_dry_run,
     run_job,
 )
-from megatron_tf.launch.worker_errors import ERROR_DIR_ENV, WorkerUserError, first_worker_error
+from megatron_tf.process.worker_errors import ERROR_DIR_ENV, WorkerUserError, first_worker_error
 
 __all__ = [
     "CollectiveTimeoutOption",
@@ -202,7 +202,7 @@ def launch_or_print(
 
     Raises LaunchError (exit 2 through `@user_errors`) for flags that cannot describe a job, and
     WorkerUserError when a worker refused to run for a reason the user can fix (see
-    `megatron_tf.launch.worker_errors`).
+    `megatron_tf.process.worker_errors`).
     """
     launch = options.build(world_size=world_size, env=env)
     if options.dry_run:

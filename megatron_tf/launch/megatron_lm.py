@@ -147,7 +147,7 @@ def resolve_checkout(path: str | os.PathLike[str], script: str = "pretrain_gpt.p
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Worker entry: install TimelyFreeze, then run the user's script with its own argv."""
-    from megatron_tf.launch.worker_errors import report_user_errors
+    from megatron_tf.process.worker_errors import report_user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     with report_user_errors():

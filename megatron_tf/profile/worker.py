@@ -14,9 +14,9 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.model.gpt import build_training_model, use_transformer_engine
+from megatron_tf.process.worker_errors import report_user_errors
 from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
 from megatron_tf.profile.runner import gather_profile, measure_phases, measurement_environment
 

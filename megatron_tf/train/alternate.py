@@ -23,7 +23,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from megatron_tf.launch.worker_errors import report_user_errors
+from megatron_tf.process.worker_errors import report_user_errors
 from megatron_tf.train.job import load_job
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 from megatron_tf.train.trainer import Trainer

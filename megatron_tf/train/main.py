@@ -12,7 +12,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from megatron_tf.launch.worker_errors import report_user_errors
+from megatron_tf.process.worker_errors import report_user_errors
 from megatron_tf.train.job import load_job
 from megatron_tf.train.trainer import Trainer
 

@@ -24,7 +24,7 @@ from megatron_tf.cli._launch import (
     launch_or_print,
 )
 from megatron_tf.launch.torchrun import JobResult
-from megatron_tf.launch.worker_errors import ERROR_DIR_ENV
+from megatron_tf.process.worker_errors import ERROR_DIR_ENV
 
 app = typer.Typer()
 

@@ -525,7 +525,7 @@ def _fake_torchrun(tmp: Path, body: str) -> str:
 def _worker_code(body: str) -> str:
     return (
         f"import os, signal, sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from megatron_tf.launch.lifeline import die_with_parent\ndie_with_parent()\n" + body
+        "from megatron_tf.process.lifeline import die_with_parent\ndie_with_parent()\n" + body
     )
 
 

@@ -34,7 +34,7 @@ def report_user_errors() -> Iterator[None]:
     so a killed launcher leaves no worker behind.
     """
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        from megatron_tf.launch.lifeline import die_with_parent
+        from megatron_tf.process.lifeline import die_with_parent
 
         die_with_parent()
     try:
