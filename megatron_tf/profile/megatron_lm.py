@@ -25,12 +25,12 @@ from megatron_tf.errors import ConfigError
 from megatron_tf.megatron.megatron_lm import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import (
-    Timings,
     gather_profile,
     measure_rounds,
     measurement_environment,
     zero_grads,
 )
+from megatron_tf.profile.samples import RankTimings
 from megatron_tf.profile.timing import TimingObserver
 from megatron_tf.schedule.spec import ScheduleSpec
 
@@ -67,7 +67,7 @@ def _measure(
     chunks: list[torch.nn.Module],
     spec: ScheduleSpec,
     config: ProfileConfig,
-) -> Timings:
+) -> RankTimings:
     def one_call(iteration: int, timing: TimingObserver | None) -> None:
         # `iteration` is unused: the user's data iterator supplies each call's batches.
         zero_grads(chunks)
@@ -85,7 +85,7 @@ def _measure(
     return out
 
 
-def _write(timings: Timings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
+def _write(timings: RankTimings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
     from megatron_tf.formats.profile import save_profile
 
     profile = gather_profile(timings, spec, config, lambda: _provenance(config))

@@ -14,7 +14,7 @@ import statistics
 from typing import Any
 
 from megatron_tf.formats.profile import MicrobatchCost, Profile
-from megatron_tf.profile.stats import RawAction, _with_gaps
+from megatron_tf.profile.samples import RawAction, durations_with_gaps
 
 __all__ = ["calibrate_comm", "frozen_prediction_check", "replay_profile", "replayed_iteration_time"]
 
@@ -32,7 +32,7 @@ def replay_profile(profile: Profile) -> Profile:
             for a in measured.actions
             if a.rank == rank
         ]
-        lengths = _with_gaps(actions) if gaps else [a[4] - a[3] for a in actions]
+        lengths = durations_with_gaps(actions) if gaps else [a[4] - a[3] for a in actions]
         for (kind, chunk, mb, _, _), length in zip(actions, lengths, strict=True):
             if kind in ("F", "B"):
                 field = "forward" if kind == "F" else "backward"

@@ -19,6 +19,8 @@ from megatron_tf.megatron.hooks import install_hooks
 from megatron_tf.model.step import run_schedule
 from megatron_tf.model.synthetic import synthetic_batches
 from megatron_tf.profile.config import ProfileConfig
+from megatron_tf.profile.samples import RankTimings
+from megatron_tf.profile.stats import build_profile
 from megatron_tf.profile.timing import TimingObserver
 from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.train.config import ModelConfig, ParallelConfig
@@ -41,10 +43,6 @@ IterationCall = Callable[[int, TimingObserver | None], None]
 
 AfterIteration = Callable[[str, int], None]
 """after_iteration(phase, iteration), called after each measured iteration."""
-
-RawAction = tuple[str, int, int, float, float]
-Timings = dict[str, list[tuple[float, list[RawAction]]]]
-"""phase -> this rank's iterations, each (wall, [(kind, chunk, mb, start, end), ...])."""
 
 
 def run_iteration(
@@ -89,7 +87,7 @@ def measure_rounds(
     config: ProfileConfig,
     progress: Progress | None = None,
     after_iteration: AfterIteration | None = None,
-) -> Timings:
+) -> RankTimings:
     """Warm up, then the measured iterations in the rounds of `config.rounds()`; this rank's
     timings, grouped per phase.
 
@@ -116,7 +114,7 @@ def measure_rounds(
     phases = config.phases
     runtimes = {name: _freeze_runtime(chunks, spec, ratio) for name, ratio in phases if ratio > 0}
     timing = TimingObserver()
-    out: Timings = {name: [] for name, _ in phases}
+    out: RankTimings = {name: [] for name, _ in phases}
     rounds = config.rounds()
     for k, order in enumerate(rounds):
         for name in order:
@@ -148,7 +146,7 @@ def measure_phases(
     config: ProfileConfig,
     progress: Progress | None = None,
     after_iteration: AfterIteration | None = None,
-) -> Timings:
+) -> RankTimings:
     """`measure_rounds` on the built-in GPT: each iteration feeds its own seeded batches."""
 
     def one_call(iteration: int, timing: TimingObserver | None) -> None:
@@ -169,7 +167,7 @@ def zero_grads(chunks: list[torch.nn.Module]) -> None:
 
 
 def gather_profile(
-    timings: Timings,
+    timings: RankTimings,
     spec: ScheduleSpec,
     config: ProfileConfig,
     provenance: Callable[[], dict[str, Any]],
@@ -177,8 +175,6 @@ def gather_profile(
     """Call on every rank: global rank 0 gathers all ranks' timings and builds the profile
     from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere."""
     from megatron.core import parallel_state as ps
-
-    from megatron_tf.profile.stats import build_profile
 
     ids = (
         ps.get_pipeline_model_parallel_rank(),
