@@ -58,7 +58,7 @@ class PretrainOptions:
 
 def pretrain_job_from_options(opts: PretrainOptions) -> Any:
     """Build and check the Job for these flags; raises TimelyFreezeError (exit 2) on bad input."""
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig

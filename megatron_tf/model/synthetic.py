@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from megatron_tf.formats.layout import ModelConfig
 from megatron_tf.model.step import Batch
-from megatron_tf.train.config import ModelConfig
 
 __all__ = ["synthetic_batch", "synthetic_batches"]
 

@@ -26,10 +26,10 @@ from megatron_tf.formats.profile import (
     ScheduleModel,
     StageCost,
 )
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.linefit import fit_line
 from megatron_tf.profile.replay import calibrate_comm
 from megatron_tf.profile.samples import GatheredTimings, RawIteration, durations_with_gaps
-from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
 

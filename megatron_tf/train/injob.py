@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.plan import save_plan
 from megatron_tf.formats.profile import Profile, save_profile
 from megatron_tf.profile.config import ProfileConfig
@@ -26,7 +27,6 @@ from megatron_tf.solve.budget import LossCost, choose_budget
 from megatron_tf.solve.lp import SolverConfig
 from megatron_tf.solve.planner import solve_profile
 from megatron_tf.solve.progress import solve_status
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.plan_source import PlanSource, from_plan
 
 __all__ = ["profile_and_solve"]
