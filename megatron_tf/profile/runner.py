@@ -6,6 +6,9 @@ throw them away, so the weights are exactly what they were before profiling (tes
 
 from __future__ import annotations
 
+import datetime
+import platform
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +19,9 @@ from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.profile import Profile
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron.distributed import rank_place
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.guard import megatron_version
 from megatron_tf.megatron.hooks import install_hooks
 from megatron_tf.model.step import run_schedule
 from megatron_tf.model.synthetic import synthetic_batches
@@ -174,13 +179,8 @@ def gather_profile(
 ) -> Profile | None:
     """Call on every rank: global rank 0 gathers all ranks' timings and builds the profile
     from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere."""
-    from megatron.core import parallel_state as ps
-
-    ids = (
-        ps.get_pipeline_model_parallel_rank(),
-        ps.get_data_parallel_rank(),
-        ps.get_tensor_model_parallel_rank(),
-    )
+    place = rank_place()
+    ids = (place.pp_rank, place.dp_rank, place.tp_rank)
     gathered = gather_to_rank0((ids, timings))
     if gathered is None:
         return None
@@ -197,12 +197,6 @@ def gather_profile(
 
 def measurement_environment() -> dict[str, Any]:
     """Device, software versions, timer and date: what any profile was measured on."""
-    import datetime
-    import platform
-    import sys
-
-    from megatron.core import package_info
-
     world = dist.get_world_size()
     if torch.cuda.is_available():
         device = f"{torch.cuda.get_device_name()} x {world} (nccl)"
@@ -212,7 +206,7 @@ def measurement_environment() -> dict[str, Any]:
         "device": device,
         "hostname": platform.node(),
         "torch": torch.__version__,
-        "megatron_core": package_info.__version__,
+        "megatron_core": megatron_version(),
         "python": sys.version.split()[0],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",

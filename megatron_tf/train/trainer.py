@@ -13,9 +13,10 @@ clipping inside the optimizer, bf16 on GPU (Float16Module), and the pipeline sch
 
 from __future__ import annotations
 
+import json
 import math
-import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tf.errors import ConfigError
+from megatron_tf.freeze import FreezeConfig
+from megatron_tf.megatron.distributed import (
+    destroy_distributed,
+    init_distributed,
+    rank_place,
+    rng_state,
+    set_rng_state,
+)
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.optimizer import build_optimizer, build_scheduler, optimizer_step
 from megatron_tf.model.gpt import build_training_model
 from megatron_tf.model.step import run_schedule
 from megatron_tf.solve.budget import LossCost, noise_scale_estimate
@@ -37,7 +49,6 @@ from megatron_tf.train.injob import profile_and_solve
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
-from megatron_tf.train.train_config import TrainConfig
 
 __all__ = ["Trainer"]
 
@@ -46,24 +57,21 @@ class Trainer:
     """One rank of a pipeline-parallel GPT pretraining job."""
 
     def __init__(self, job: Job) -> None:
-        from megatron.core import parallel_state as ps
-
-        from megatron_tf.megatron.distributed import init_distributed
-
         self.job = job
         self.cfg = job.train
         init_distributed(job.parallel, seed=job.model.seed)
         self.rank = dist.get_rank()
-        self.pp_rank = ps.get_pipeline_model_parallel_rank()
+        self.place = rank_place()
+        self.pp_rank = self.place.pp_rank
         self.spec = job.parallel.schedule_spec()
         self.chunks, self.tconfig = build_training_model(job.model, job.parallel)
-        self.optimizer = _build_optimizer(self.cfg, self.chunks)
-        self.scheduler = _build_scheduler(self.cfg, self.optimizer)
+        self.optimizer = build_optimizer(self.cfg, self.chunks)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer)
         self.batches = BatchPlan(
             micro_batch_size=job.model.micro_batch_size,
             microbatches=job.parallel.microbatches,
-            dp_rank=ps.get_data_parallel_rank(),
-            dp_size=ps.get_data_parallel_world_size(),
+            dp_rank=self.place.dp_rank,
+            dp_size=self.place.dp_size,
         )
         self.tokens_per_iteration = self.batches.samples_per_iteration * job.model.seq_length
         self.dataset = build_train_dataset(
@@ -140,7 +148,7 @@ class Trainer:
         if self.freezer is not None:
             self.freezer.finish_iteration()
         schedule_seconds = time.perf_counter() - t0
-        ok, grad_norm = _optimizer_step(self.optimizer, self.cfg.clip_grad)
+        ok, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
             raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
         self.scheduler.step(increment=1)
@@ -212,8 +220,6 @@ class Trainer:
         estimators are unbiased; their means over rounds are divided (the paper's advice). Held-
         out samples and no dropout: the probe changes neither the weights nor any RNG, so a
         run with the probe trains exactly like one without. noise_scale.json lists every probe."""
-        import json
-
         par = self.job.parallel
         small = _smallest_valid_microbatches(par)
         big = par.microbatches
@@ -252,8 +258,6 @@ class Trainer:
 
         The runtime is built once and kept across None and back, so its balance counts carry
         on (`train/alternate.py` switches every iteration)."""
-        from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-
         self.plan = plan
         if plan is None:
             if self.freezer is not None:
@@ -271,8 +275,6 @@ class Trainer:
         self.freezer.install()
 
     def _freeze_config(self) -> Any:
-        from megatron_tf.freeze import FreezeConfig
-
         f = self.cfg.freeze
         return FreezeConfig(
             seed=f.seed, rescale=f.rescale, warmup_iters=f.warmup_iters, ramp_iters=f.ramp_iters
@@ -383,11 +385,8 @@ class Trainer:
 
     def _reduce_loss(self, losses: list[dict[str, torch.Tensor]]) -> float:
         """Mean loss over microbatches and data-parallel replicas, known on every rank."""
-        from megatron.core import parallel_state as ps
-
         total = torch.zeros(2, dtype=torch.float64)
-        last = ps.is_pipeline_last_stage(ignore_virtual=True)
-        if last and losses and ps.get_tensor_model_parallel_rank() == 0:
+        if self.place.last_stage and losses and self.place.tp_rank == 0:
             total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
             total[1] = 1.0
         dist.all_reduce(total)
@@ -411,7 +410,7 @@ class Trainer:
             "plan": None if self.plan is None else self.plan.to_dict(),
             "replans": self.replans,
             "drift_count": self.drift_count,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -424,7 +423,7 @@ class Trainer:
         self._resume_plan(state)
         self.replans = int(state["replans"])
         self.drift_count = int(state["drift_count"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         assert self.cfg.save is not None
@@ -500,8 +499,6 @@ class Trainer:
         return bool(self.cfg.save_interval) and self.iteration % self.cfg.save_interval == 0
 
     def close(self) -> None:
-        from megatron_tf.megatron.distributed import destroy_distributed
-
         if self.freezer is not None:
             self.freezer.remove()
         self.metrics.close()
@@ -518,10 +515,6 @@ def _whole_iterations(batches: list[Any], microbatches: int) -> list[Any]:
 
 def _smallest_valid_microbatches(parallel: Any) -> int:
     """The fewest microbatches Megatron's schedule for this layout accepts (1 for 1F1B)."""
-    from dataclasses import replace
-
-    from megatron_tf.errors import ConfigError
-
     for m in range(1, parallel.microbatches):
         try:
             replace(parallel, microbatches=m)
@@ -532,91 +525,3 @@ def _smallest_valid_microbatches(parallel: Any) -> int:
         f"--noise-probe-at needs a schedule that accepts fewer than --microbatches "
         f"{parallel.microbatches} microbatches"
     )
-
-
-def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    on_gpu = torch.cuda.is_available()
-    config = OptimizerConfig(
-        optimizer="adam",
-        lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        weight_decay=cfg.weight_decay,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        # On CPU the clip happens in `_optimizer_step` (Megatron's clip asserts CUDA tensors).
-        clip_grad=cfg.clip_grad if on_gpu else 0.0,
-        bf16=on_gpu,
-        params_dtype=torch.float32,
-        use_distributed_optimizer=on_gpu,
-    )
-    return get_megatron_optimizer(config, chunks)
-
-
-def _optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
-    """Megatron's optimizer step; on CPU with the clip done here, in the same order.
-
-    megatron-core 0.19.2's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor`
-    grads, so on CPU the optimizer is built with `clip_grad=0` and this function performs
-    ChainedOptimizer.step's sequence itself: prepare_grads (main_grad -> grad), the global norm
-    from Megatron's `get_grad_norm` (across model-parallel ranks), the scale by
-    clip / (norm + 1e-6) when below 1 (Megatron's coefficient), then step_with_ready_grads.
-    """
-    if torch.cuda.is_available():
-        ok, grad_norm, _ = optimizer.step()
-        return ok, grad_norm
-    with torch.no_grad():
-        if optimizer.prepare_grads():  # found inf/nan: only fp16 loss scaling reports that
-            return False, None
-        grad_norm = float(optimizer.get_grad_norm())
-        coeff = clip_grad / (grad_norm + 1.0e-6)
-        if clip_grad > 0 and coeff < 1.0:
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        param.grad.mul_(coeff)
-        return optimizer.step_with_ready_grads(), grad_norm
-
-
-def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    return OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        lr_warmup_steps=cfg.lr_warmup_iters,
-        lr_decay_steps=cfg.iters,
-        lr_decay_style=cfg.lr_decay_style,
-        start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay,
-        wd_incr_steps=cfg.iters,
-        wd_incr_style="constant",
-    )
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-        state["cuda"] = torch.cuda.get_rng_state()
-        state["tracker"] = get_cuda_rng_tracker().get_states()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
-        from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-        torch.cuda.set_rng_state(state["cuda"])
-        get_cuda_rng_tracker().set_states(state["tracker"])
