@@ -275,8 +275,8 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
 
 def _baseline_time(profile: Any) -> float:
     """The simulator's iteration time with nothing frozen."""
+    from megatron_tf.solve.critical_path import evaluate
     from megatron_tf.solve.planner import profile_dag
-    from megatron_tf.solve.timing import evaluate
 
     return float(evaluate(profile_dag(profile, "megatron")).makespan)
 

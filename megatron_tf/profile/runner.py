@@ -28,7 +28,7 @@ from megatron_tf.model.synthetic import synthetic_batches
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.samples import RankTimings
 from megatron_tf.profile.stats import build_profile
-from megatron_tf.profile.timing import TimingObserver
+from megatron_tf.profile.timer import TimingObserver
 
 __all__ = [
     "gather_profile",

@@ -19,9 +19,9 @@ import numpy as np
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.schedule.dag import Dag, NodeKind
+from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 from megatron_tf.solve.reduce import reduce_dag
-from megatron_tf.solve.timing import evaluate
 
 
 @dataclass(frozen=True, slots=True)

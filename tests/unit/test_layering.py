@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
     {"megatron"},
     {"model"},
     {"profile"},
-    {"train"},
     {"launch"},
+    {"train"},
     {"timetoloss", "demo_report"},
     {"demo"},
     {"compare"},
@@ -100,7 +100,7 @@ def _unit_edges() -> dict[tuple[str, str], list[str]]:
                 dst = "megatron_tf"  # a name from megatron_tf/__init__.py (__version__)
             if src != dst:
                 edges[(src, dst)].append(f"{module}:{line}")
-    return edges
+    return {edge: sorted(set(where)) for edge, where in edges.items()}
 
 
 def test_every_unit_has_a_layer() -> None:
@@ -150,7 +150,7 @@ def _importers_of(top: str) -> dict[str, list[str]]:
         for target, line in targets:
             if target == top or target.startswith(top + "."):
                 out[_unit(module)].append(f"{module}:{line}")
-    return out
+    return {unit: sorted(set(where)) for unit, where in out.items()}
 
 
 def test_only_megatron_and_model_import_megatron_core() -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
 from megatron_tf.formats.schedule import ScheduleSpec
-from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
-from megatron_tf.megatron import megatron_lm
-from megatron_tf.megatron.megatron_lm import MegatronLMFreezer, layout_from_args
+from megatron_tf.launch.lm_script import MegatronLMJob, resolve_checkout
+from megatron_tf.megatron import lm_freezer
+from megatron_tf.megatron.lm_freezer import MegatronLMFreezer, layout_from_args
 
 
 def test_checkout_with_pretrain_gpt(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ class _FakeRuntime:
 
 def test_freezer_state_beside_megatron_checkpoints(tmp_path: Path, monkeypatch) -> None:
     args = SimpleNamespace(save=str(tmp_path / "ckpt"), load=str(tmp_path / "ckpt"))
-    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setattr(lm_freezer, "_megatron_args", lambda: args)
     monkeypatch.setenv("RANK", "3")
     plan = _plan_file(tmp_path, 16)
 
@@ -243,14 +243,14 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     assert command.endswith(
         "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
-        "--module megatron_tf.launch.megatron_lm --num-layers 2 --data-path 'a b'"
+        "--module megatron_tf.launch.lm_script --num-layers 2 --data-path 'a b'"
     )
 
 
 def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch) -> None:
     """Megatron-LM's save/load keep their signatures and results; the state rides along."""
     args = SimpleNamespace(save=str(tmp_path), load=str(tmp_path))
-    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setattr(lm_freezer, "_megatron_args", lambda: args)
     monkeypatch.setenv("RANK", "0")
     freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
     freezer.runtime = _FakeRuntime({"next_iteration": 7})

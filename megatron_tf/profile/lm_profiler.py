@@ -1,7 +1,7 @@
 """Profile a user's Megatron-LM job from inside its own script (`profile --megatron-lm`).
 
 The user's script builds its model, data and optimizer exactly as in training. Its first
-training call of the pipeline schedule is taken over (`megatron_tf.megatron.megatron_lm`'s
+training call of the pipeline schedule is taken over (`megatron_tf.megatron.lm_freezer`'s
 `first_call`): with that call's own arguments (forward step, data iterator, model chunks,
 microbatches) the schedule runs the warm-up and the measured rounds of `ProfileConfig` (each
 round one iteration of every phase: nothing frozen, everything frozen, optionally the linearity
@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.schedule import ScheduleSpec
-from megatron_tf.megatron.megatron_lm import layout_from_call
+from megatron_tf.megatron.lm_freezer import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import (
     gather_profile,
@@ -32,7 +32,7 @@ from megatron_tf.profile.runner import (
     zero_grads,
 )
 from megatron_tf.profile.samples import RankTimings
-from megatron_tf.profile.timing import TimingObserver
+from megatron_tf.profile.timer import TimingObserver
 
 __all__ = ["measure_and_stop"]
 

@@ -1,9 +1,9 @@
 """Run a user's Megatron-LM entry script (e.g. `pretrain_gpt.py`) with TimelyFreeze installed.
 
-torchrun starts `python -m megatron_tf.launch.megatron_lm <Megatron-LM arguments>` on every
+torchrun starts `python -m megatron_tf.launch.lm_script <Megatron-LM arguments>` on every
 rank. This entry reads its own settings from `TIMELYFREEZE_*` environment variables (Megatron-LM's
 parser rejects flags it does not know, so they can never travel in argv), installs the freeze
-bootstrap (`megatron_tf.megatron.megatron_lm`), and then runs the script exactly as
+bootstrap (`megatron_tf.megatron.lm_freezer`), and then runs the script exactly as
 `python PATH/pretrain_gpt.py <arguments>` would: `sys.argv` is the script and the untouched
 arguments, the checkout is first on `sys.path` (so a fork's own `megatron/` package is the one
 imported), and the script runs as `__main__`.
@@ -26,7 +26,7 @@ from megatron_tf.errors import LaunchError
 
 __all__ = ["ENTRY_MODULE", "MegatronLMJob", "main", "resolve_checkout"]
 
-ENTRY_MODULE = "megatron_tf.launch.megatron_lm"
+ENTRY_MODULE = "megatron_tf.launch.lm_script"
 
 SCRIPT_ENV = "TIMELYFREEZE_MEGATRON_SCRIPT"
 MODE_ENV = "TIMELYFREEZE_MODE"
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             if not enable_cpu_trial() and os.environ.get("RANK", "0") == "0":
                 print("timelyfreeze: CUDA is available: the CPU trial mode stays off", flush=True)
-        from megatron_tf.megatron.megatron_lm import install
+        from megatron_tf.megatron.lm_freezer import install
 
         if job.mode == "profile":
             install(plan=None, first_call=_profile_first_call(job))
@@ -176,7 +176,7 @@ def _profile_first_call(job: MegatronLMJob) -> Any:
     import functools
 
     from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.megatron_lm import measure_and_stop
+    from megatron_tf.profile.lm_profiler import measure_and_stop
 
     assert job.profile_out is not None
     return functools.partial(
