@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.formats.plan import Plan, check_plan_matches
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
@@ -87,7 +88,6 @@ def chunk_units(
 
 def _rank_ratios(ratios: Any, spec: ScheduleSpec, rank: int) -> list[list[float]]:
     """This rank's [chunk][microbatch] ratios from a Plan or a [rank][chunk][mb] array."""
-    from megatron_tf.formats.plan import Plan, check_plan_matches
 
     if isinstance(ratios, Plan):
         check_plan_matches(ratios, spec)

@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
+from megatron_tf.formats.plan import check_plan_matches, load_plan
 from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron.compat import enable_cpu_compat
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.hooks import installed_route
 
 __all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 
@@ -111,9 +116,6 @@ class MegatronLMFreezer:
     def __init__(
         self, *, plan: Path | None, freeze: dict[str, Any], first_call: FirstCall | None = None
     ) -> None:
-        from megatron_tf.formats.plan import load_plan
-        from megatron_tf.freeze.config import FreezeConfig
-
         self.plan = load_plan(plan) if plan is not None else None
         self.plan_sha256 = hashlib.sha256(plan.read_bytes()).hexdigest() if plan else ""
         self.freeze_config = FreezeConfig.from_dict(freeze)
@@ -127,7 +129,6 @@ class MegatronLMFreezer:
 
     def check_layout(self, spec: ScheduleSpec | None, where: str) -> None:
         """Refuse a plan for another layout, naming both and the Megatron-LM flags."""
-        from megatron_tf.formats.plan import check_plan_matches
 
         if self.plan is None:
             return
@@ -182,8 +183,6 @@ class MegatronLMFreezer:
         return result
 
     def _start_runtime(self, kwargs: dict[str, Any]) -> None:
-        from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-
         assert self.plan is not None
         spec = layout_from_call(kwargs)
         self.check_layout(spec, "at its first schedule call")
@@ -197,8 +196,6 @@ class MegatronLMFreezer:
         runtime.install()
         self.runtime = runtime
         from megatron.core import __file__ as core_file
-
-        from megatron_tf.megatron.hooks import installed_route
 
         _log(
             f"freeze runtime installed before iteration {self._current_iteration()}: "
@@ -331,7 +328,6 @@ def install(
     global _ACTIVE
     if _ACTIVE is not None:
         return _ACTIVE
-    from megatron_tf.megatron.compat import enable_cpu_compat
 
     freezer = MegatronLMFreezer(plan=plan, freeze=freeze or {}, first_call=first_call)
     enable_cpu_compat()  # a no-op with CUDA; lets a stand-in script run on CPU with gloo

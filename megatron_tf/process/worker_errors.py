@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from megatron_tf.errors import TimelyFreezeError
+from megatron_tf.process.lifeline import die_with_parent
 
 __all__ = ["ERROR_DIR_ENV", "WorkerUserError", "first_worker_error", "report_user_errors"]
 
@@ -34,8 +35,6 @@ def report_user_errors() -> Iterator[None]:
     so a killed launcher leaves no worker behind.
     """
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        from megatron_tf.process.lifeline import die_with_parent
-
         die_with_parent()
     try:
         yield

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.profile import save_profile
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.megatron.lm_freezer import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
@@ -86,8 +87,6 @@ def _measure(
 
 
 def _write(timings: RankTimings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
-    from megatron_tf.formats.profile import save_profile
-
     profile = gather_profile(timings, spec, config, lambda: _provenance(config))
     if profile is not None:
         save_profile(profile, output)

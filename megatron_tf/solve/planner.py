@@ -10,7 +10,8 @@ from typing import Any
 
 from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
 from megatron_tf.formats.profile import Profile, profile_sha256
-from megatron_tf.schedule.dag import Dag
+from megatron_tf.schedule.costs import CostModel
+from megatron_tf.schedule.dag import Dag, build_dag
 from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 
 
@@ -48,8 +49,6 @@ class SolveOutcome:
 
 def profile_dag(profile: Profile, comm_model: str) -> Dag:
     """The iteration DAG of a profile's schedule and costs (the same one `simulate` uses)."""
-    from megatron_tf.schedule.costs import CostModel
-    from megatron_tf.schedule.dag import build_dag
 
     return build_dag(profile.spec, CostModel.from_profile(profile), comm_model)
 

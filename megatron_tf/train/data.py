@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.megatron import datasets
-from megatron_tf.train.corpus import CorpusConfig, CorpusInfo, default_cache_dir, ensure_corpus
+from megatron_tf.train.corpus import (
+    CorpusConfig,
+    CorpusInfo,
+    default_cache_dir,
+    ensure_corpus,
+    heldout_samples,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -264,8 +270,6 @@ def heldout_microbatches(
     """Microbatches of `samples` held-out samples of the embedded corpus (`corpus.py`), the same
     on every rank and in every run; the validation set and the noise probe read these."""
     import torch
-
-    from megatron_tf.train.corpus import heldout_samples
 
     if prepared.corpus is None:
         raise ConfigError("a validation set needs the embedded corpus (no --data-path/--mock-data)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from megatron_tf.formats.plan import check_plan_matches, load_plan
 from megatron_tf.formats.schedule import ScheduleSpec
 
 
@@ -39,7 +40,6 @@ class PlanSource:
 
 def load_plan_source(path: str, spec: ScheduleSpec) -> PlanSource:
     """Read plan.json, refusing (ScheduleMismatchError, exit 2) a plan for another schedule."""
-    from megatron_tf.formats.plan import check_plan_matches, load_plan
 
     plan = load_plan(path)
     check_plan_matches(plan, spec)
