@@ -17,7 +17,7 @@ import typer
 
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
 from megatron_tf.errors import LaunchError
-from megatron_tf.launch.lm_script import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
+from megatron_tf.train.lm_script import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
 __all__ = [
     "CpuTrialOption",

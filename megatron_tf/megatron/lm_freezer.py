@@ -1,7 +1,7 @@
 """TimelyFreeze inside a user's Megatron-LM script: plan check, lazy runtime, checkpoint state.
 
 `install(job)` runs on every rank before the user's `pretrain_gpt.py` (see
-`megatron_tf.launch.lm_script`) and sets three traps, all in megatron modules the script will
+`megatron_tf.train.lm_script`) and sets three traps, all in megatron modules the script will
 use, none in the script itself:
 
 1. Layout check, early: `megatron.training.global_vars.set_global_variables(args)` is where

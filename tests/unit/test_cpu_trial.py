@@ -76,7 +76,7 @@ def test_never_active_where_cuda_is_available() -> None:
 
 @pytest.mark.parametrize("flag", ["1", "0"])
 def test_the_worker_entry_reads_the_mode_from_the_environment(flag: str) -> None:
-    from megatron_tf.launch.lm_script import MegatronLMJob
+    from megatron_tf.train.lm_script import MegatronLMJob
 
     env = {"TIMELYFREEZE_MEGATRON_SCRIPT": "/x/pretrain_gpt.py", "TIMELYFREEZE_CPU_TRIAL": flag}
     job = MegatronLMJob.from_environment(env)

@@ -20,15 +20,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "megatron_tf"
 
 LAYERS: list[set[str]] = [
     {"megatron_tf", "errors"},
-    {"outputs", "linefit", "process"},
+    {"outputs", "linefit", "process", "console"},
     {"formats"},
     {"freeze"},
     {"schedule"},
     {"solve"},
     {"megatron"},
     {"model"},
-    {"profile"},
     {"launch"},
+    {"profile"},
     {"train"},
     {"timetoloss", "demo_report"},
     {"demo"},

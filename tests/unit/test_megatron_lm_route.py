@@ -12,9 +12,9 @@ import pytest
 
 from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
 from megatron_tf.formats.schedule import ScheduleSpec
-from megatron_tf.launch.lm_script import MegatronLMJob, resolve_checkout
 from megatron_tf.megatron import lm_freezer
 from megatron_tf.megatron.lm_freezer import MegatronLMFreezer, layout_from_args
+from megatron_tf.train.lm_script import MegatronLMJob, resolve_checkout
 
 
 def test_checkout_with_pretrain_gpt(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     assert command.endswith(
         "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
-        "--module megatron_tf.launch.lm_script --num-layers 2 --data-path 'a b'"
+        "--module megatron_tf.train.lm_script --num-layers 2 --data-path 'a b'"
     )
 
 

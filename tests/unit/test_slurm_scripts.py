@@ -201,7 +201,7 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
         assert (
             "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu01:29550 "
             f"--rdzv-id=timelyfreeze-5150 --node-rank={node} --max-restarts=0 "
-            "--module megatron_tf.launch.lm_script "
+            "--module megatron_tf.train.lm_script "
             "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c'"
         ) in command
     assert f"export TIMELYFREEZE_PLAN={tmp_path / 'plan.json'}" in done.stdout

@@ -1,6 +1,6 @@
 """Run a user's Megatron-LM entry script (e.g. `pretrain_gpt.py`) with TimelyFreeze installed.
 
-torchrun starts `python -m megatron_tf.launch.lm_script <Megatron-LM arguments>` on every
+torchrun starts `python -m megatron_tf.train.lm_script <Megatron-LM arguments>` on every
 rank. This entry reads its own settings from `TIMELYFREEZE_*` environment variables (Megatron-LM's
 parser rejects flags it does not know, so they can never travel in argv), installs the freeze
 bootstrap (`megatron_tf.megatron.lm_freezer`), and then runs the script exactly as
@@ -26,7 +26,7 @@ from megatron_tf.errors import LaunchError
 
 __all__ = ["ENTRY_MODULE", "MegatronLMJob", "main", "resolve_checkout"]
 
-ENTRY_MODULE = "megatron_tf.launch.lm_script"
+ENTRY_MODULE = "megatron_tf.train.lm_script"
 
 SCRIPT_ENV = "TIMELYFREEZE_MEGATRON_SCRIPT"
 MODE_ENV = "TIMELYFREEZE_MODE"
