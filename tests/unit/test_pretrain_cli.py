@@ -71,12 +71,12 @@ def test_matching_data_passes_the_checks(tmp_path: Path) -> None:
 
 
 def test_plan_for_another_layout(tmp_path: Path) -> None:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.formats.schedule import ScheduleSpec
+    from megatron_tf.formats.plan import Plan, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
     spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
     plan = Plan(
-        schedule=PlanSchedule.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         profile_sha256="0" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
