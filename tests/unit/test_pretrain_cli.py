@@ -111,3 +111,15 @@ def test_bad_flags(tmp_path: Path) -> None:
     _refused(_cli(tmp_path, "--max-freeze-ratio", "1.5"), "--max-freeze-ratio must lie in [0, 1]")
     _refused(_cli(tmp_path, "--num-layers", "3"), "must divide --num-layers 3")
     _refused(_cli(tmp_path, "--data-path", "x", "--mock-data"), "exclude each other")
+    _refused(_cli(tmp_path, "--freeze-rescale", "sum"), "--freeze-rescale must be one of mean")
+
+
+def test_freeze_rescale_reaches_the_job(tmp_path: Path) -> None:
+    """The flag the runtime's errors name exists and lands in the job the workers read."""
+    import json
+
+    proc = _cli(tmp_path, "--freeze-rescale", "none", "--freeze-warmup-iters", "3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    runtime = job["train"]["freeze"]["runtime"]
+    assert (runtime["rescale"], runtime["warmup_iters"], runtime["seed"]) == ("none", 3, 1234)
