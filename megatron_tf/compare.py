@@ -326,6 +326,7 @@ def _curve(cfg: CompareConfig, records: list[dict], baseline: float, planned: fl
 def _train(
     cfg: CompareConfig, seed: int, run_dir: Path, iters: int, *, plan: Path | None, probe: bool
 ) -> None:
+    from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -341,7 +342,8 @@ def _train(
         noise_probe_at=(cfg.warmup_iters, cfg.iters // 2, cfg.iters - 1) if probe else (),
         noise_probe_rounds=cfg.noise_probe_rounds,
         freeze=FreezeOptions(
-            plan=None if plan is None else str(plan), warmup_iters=cfg.warmup_iters, seed=seed
+            plan=None if plan is None else str(plan),
+            runtime=FreezeConfig(warmup_iters=cfg.warmup_iters, seed=seed),
         ),
     )
     model = replace(cfg.model, seed=seed)

@@ -225,6 +225,7 @@ def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, t
 
 
 def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
+    from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -239,9 +240,8 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
         tensorboard=False,
         freeze=FreezeOptions(
             plan=None if plan is None else str(plan),
-            warmup_iters=cfg.freeze_warmup_iters,
             max_freeze_ratio=cfg.max_freeze_ratio,
-            seed=cfg.model.seed,
+            runtime=FreezeConfig(warmup_iters=cfg.freeze_warmup_iters, seed=cfg.model.seed),
         ),
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)

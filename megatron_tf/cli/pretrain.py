@@ -38,7 +38,7 @@ from megatron_tf.cli._megatron_lm import (
 )
 from megatron_tf.cli._model_opts import model_kwargs, model_option
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
 from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
 from megatron_tf.outputs import check_output_dir
 
@@ -90,12 +90,12 @@ def pretrain_job_from_options(opts: PretrainOptions) -> Any:
         plan=v["plan"],
         no_freeze=v["no_freeze"],
         max_freeze_ratio=v["max_freeze_ratio"],
-        warmup_iters=v["freeze_warmup_iters"],
-        ramp_iters=v["freeze_ramp_iters"],
+        runtime=_freeze_config(
+            v["seed"], v["freeze_rescale"], v["freeze_warmup_iters"], v["freeze_ramp_iters"]
+        ),
         profile_iters=v["profile_iters"],
         drift_threshold=v["drift_threshold"],
         drift_patience=v["drift_patience"],
-        seed=v["seed"],
     )
     train = TrainConfig(
         iters=v["iters"],
@@ -311,6 +311,14 @@ def pretrain(
         int,
         typer.Option(help="Iterations ramping ratios from 0 to the plan.", rich_help_panel=_FREEZE),
     ] = 0,
+    freeze_rescale: Annotated[
+        str,
+        typer.Option(
+            help="Gradient of a partly frozen tensor: `mean` over the microbatches that trained "
+            "it, or `none` (their sum, as it falls out).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = "mean",
     profile_iters: Annotated[
         int,
         typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
@@ -366,11 +374,9 @@ def pretrain(
             cpu_trial=cpu_trial,
             megatron_args=megatron_args,
             plan=None if no_freeze else plan,
-            freeze={
-                "seed": seed,
-                "warmup_iters": freeze_warmup_iters,
-                "ramp_iters": freeze_ramp_iters,
-            },
+            freeze=_freeze_config(
+                seed, freeze_rescale, freeze_warmup_iters, freeze_ramp_iters
+            ).to_dict(),
             options=options,
         )
         return
@@ -400,6 +406,16 @@ def pretrain(
         "megatron_tf.train.main",
         ["--job", str(job_file)],
         world_size=job.parallel.world_size,
+    )
+
+
+def _freeze_config(seed: int, rescale: str, warmup_iters: int, ramp_iters: int) -> FreezeConfig:
+    """The runtime's settings from the flags, one object for both routes (validated here)."""
+    return FreezeConfig(
+        seed=seed,
+        rescale=rescale,  # type: ignore[arg-type]  # checked by FreezeConfig
+        warmup_iters=warmup_iters,
+        ramp_iters=ramp_iters,
     )
 
 

@@ -245,7 +245,7 @@ def measure_profile(
         raise ConfigError("--costs describes what-if costs: it needs --synthetic")
     model = ModelConfig(**model_flags)
     parallel = ParallelConfig(**layout_flags)
-    kind = "1f1b" if parallel.vpp == 1 else "interleaved"
+    kind = parallel.schedule_spec().kind
     if schedule is not None and schedule != kind:
         raise ConfigError(
             f"--schedule {schedule} disagrees with --vpp {parallel.vpp} (which runs {kind}); "

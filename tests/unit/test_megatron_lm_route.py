@@ -107,10 +107,11 @@ def test_layout_from_megatron_args_needs_whole_microbatches() -> None:
 
 
 def _plan_file(tmp_path: Path, microbatches: int) -> Path:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
 
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
+        schedule=ScheduleRecord(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
         profile_sha256="a" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,

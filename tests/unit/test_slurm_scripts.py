@@ -157,13 +157,14 @@ def test_submit_all_chains_the_three_jobs(fake_bin: Path, tmp_path: Path) -> Non
 
 def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> None:
     """DRY_RUN=1 with the real `timelyfreeze`: each node prints its own torchrun command."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
 
     checkout = tmp_path / "Megatron-LM"
     checkout.mkdir()
     (checkout / "pretrain_gpt.py").write_text("")
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=8, group_size=4),
+        schedule=ScheduleRecord(kind="1f1b", pp=4, vpp=1, microbatches=8, group_size=4),
         profile_sha256="b" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
