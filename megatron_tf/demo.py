@@ -7,8 +7,9 @@
 4. time baseline and plan side by side in one job (the load-robust speedup);
 5. train TimelyFreeze once more for the iterations the baseline's wall time buys at that
    speedup: does it reach the baseline's final loss within the baseline's time?
-6. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
-   output folder and return the numbers for the terminal's summary table.
+6. return the numbers; `demo_report.write_report` turns them into `report.md` and PNGs
+   (timeline before/after, loss curves, iteration times) in the output folder, and
+   `demo_report.summary_rows` into the terminal's summary table.
 
 Each worker job runs through the project's torchrun launcher with its output in a log file
 under the output folder, so the terminal shows progress and the summary, not megatron's logs.
@@ -104,6 +105,11 @@ class DemoResult:
     frozen: RunSummary
     loss_floor: float | None
     report: Path
+    """Where `demo_report.write_report` writes report.md (its PNGs go next to it)."""
+    profile: Path
+    """The measured profile.json."""
+    plan: Path
+    """The solved plan.json."""
     side_by_side: dict[str, tuple[float, float]]
     """Median (iteration, forward-backward) seconds of `baseline` and `plan` iterations
     alternating in one job: the load-robust speed comparison."""
@@ -136,7 +142,8 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
-    """Profile, solve, train three times, report. Raises LaunchError if a worker job fails."""
+    """Profile, solve, train three times; the numbers for the report (`demo_report`, which
+    renders them, is the caller's next step). Raises LaunchError if a worker job fails."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     say(f"1/6 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
@@ -160,9 +167,6 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         f"(measured speedup {speedup:.3f})"
     )
     train_run(replace(cfg, iters=equal_iters), out / "timelyfreeze_equal_time", plan=plan_path)
-    say("6/6 writing the report")
-    from megatron_tf.demo_report import write_report
-
     corpus = job_base.prepared.corpus
     result = DemoResult(
         predicted_baseline=predicted[0],
@@ -171,6 +175,8 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         frozen=run_summary("timelyfreeze", out / "timelyfreeze", cfg.freeze_warmup_iters),
         loss_floor=None if corpus is None else corpus.loss_floor,
         report=out / "report.md",
+        profile=profile_path,
+        plan=plan_path,
         side_by_side=side,
         equal_time=run_summary(
             "timelyfreeze, baseline's wall time",
@@ -178,7 +184,6 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
             cfg.freeze_warmup_iters,
         ),
     )
-    write_report(result, cfg, profile_path, plan_path)
     return result
 
 

@@ -38,7 +38,7 @@ def demo(
     check_output_dir(out_dir, "--out-dir")
     _quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
-    from megatron_tf.demo_report import summary_rows
+    from megatron_tf.demo_report import summary_rows, write_report
 
     cfg = DemoConfig(
         out_dir=out_dir,
@@ -48,7 +48,13 @@ def demo(
         timing_steps=min(80, max(10, iters // 4)),
         cache_dir=cache_dir,
     )
-    result = run_demo(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    result = run_demo(cfg, say)
+    say("6/6 writing the report")
+    write_report(result, cfg)
     table = Table(title="TimelyFreeze demo", title_justify="left")
     table.add_column("quantity")
     table.add_column("baseline", justify="right")

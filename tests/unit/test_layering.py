@@ -30,9 +30,8 @@ LAYERS: list[set[str]] = [
     {"launch"},
     {"profile"},
     {"train"},
-    {"timetoloss", "demo_report"},
-    {"demo"},
-    {"compare"},
+    {"timetoloss", "demo"},
+    {"demo_report", "compare"},
     {"cli"},
     {"__main__"},
 ]
