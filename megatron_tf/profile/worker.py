@@ -14,6 +14,8 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from megatron_tf.errors import LaunchError
+from megatron_tf.formats.profile import save_profile
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.model.gpt import build_training_model, use_transformer_engine
 from megatron_tf.process.worker_errors import report_user_errors
@@ -42,8 +44,6 @@ def provenance(job: ProfileJob) -> dict[str, Any]:
 
 
 def run_job(job: ProfileJob) -> None:
-    from megatron_tf.formats.profile import save_profile
-
     init_distributed(job.parallel, seed=job.model.seed)
     try:
         rank = dist.get_rank()
@@ -66,8 +66,6 @@ def main() -> None:
     with report_user_errors():
         path = os.environ.get(JOB_ENV)
         if not path:
-            from megatron_tf.errors import LaunchError
-
             raise LaunchError(f"{JOB_ENV} is not set: start this worker with timelyfreeze profile")
         run_job(ProfileJob.load(path))
 

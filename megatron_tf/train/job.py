@@ -16,7 +16,11 @@ from typing import Any
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.formats.profile import write_json_atomic
+from megatron_tf.train import checkpoint as ckpt
+from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
 from megatron_tf.train.data import DataConfig, PreparedData, prepare_data
+from megatron_tf.train.plan_source import load_plan_source
 from megatron_tf.train.train_config import TrainConfig
 
 __all__ = ["Job", "load_job", "prepare_job", "write_job"]
@@ -47,8 +51,6 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
-
         corpus = data["prepared"].get("corpus")
         info = None
         if corpus is not None:
@@ -71,8 +73,6 @@ def prepare_job(
     model: ModelConfig, parallel: ParallelConfig, data: DataConfig, train: TrainConfig
 ) -> Job:
     """Check everything that can be checked without workers, and prepare the data."""
-    from megatron_tf.train import checkpoint as ckpt
-    from megatron_tf.train.plan_source import load_plan_source
 
     parallel.check_model(model)
     spec = parallel.schedule_spec()
@@ -109,7 +109,6 @@ def prepare_job(
 
 def write_job(job: Job, path: str | Path) -> Path:
     """Write job.json atomically (the workers read it at start)."""
-    from megatron_tf.formats.profile import write_json_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ Everything at module level is torch-free: the CLI imports this module to validat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import runpy
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.process.worker_errors import report_user_errors
+from megatron_tf.profile.config import ProfileConfig
 
 __all__ = ["ENTRY_MODULE", "MegatronLMJob", "main", "resolve_checkout"]
 
@@ -147,8 +150,6 @@ def resolve_checkout(path: str | os.PathLike[str], script: str = "pretrain_gpt.p
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Worker entry: install TimelyFreeze, then run the user's script with its own argv."""
-    from megatron_tf.process.worker_errors import report_user_errors
-
     args = list(sys.argv[1:] if argv is None else argv)
     with report_user_errors():
         job = MegatronLMJob.from_environment()
@@ -173,9 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _profile_first_call(job: MegatronLMJob) -> Any:
     """Profile mode: measure at the first training schedule call, write, stop the script."""
-    import functools
-
-    from megatron_tf.profile.config import ProfileConfig
+    # Imports torch: deferred, like the megatron modules in `main`, so that this module stays
+    # torch-free for the CLI.
     from megatron_tf.profile.lm_profiler import measure_and_stop
 
     assert job.profile_out is not None
