@@ -2,9 +2,9 @@
 
 The command checks everything it can in this process (flags, plan vs layout, checkpoint vs
 layout, data and tokenizer vs model), writes `<out-dir>/job.json`, and launches
-`python -m megatron_tf.train.main --job job.json` on tp * pp * dp ranks with the shared launch
-flags. `pretrain_job_from_options` holds the whole option-to-job translation so other routes
-(a Megatron-LM script, more launch flags) can extend it in one place.
+`python -m megatron_tf.train.main` (job.json named by `$TIMELYFREEZE_JOB`) on tp * pp * dp ranks
+with the shared launch flags. `pretrain_job_from_options` holds the whole option-to-job
+translation so other routes (a Megatron-LM script, more launch flags) can extend it in one place.
 """
 
 from __future__ import annotations
@@ -385,6 +385,7 @@ def pretrain(
     if save is not None:
         check_output_dir(save, "--save")
     job = pretrain_job_from_options(PretrainOptions(values=values))
+    from megatron_tf.formats.job import job_env
     from megatron_tf.train.job import write_job
 
     job_file = write_job(job, Path(job.train.out_dir) / "job.json")
@@ -404,8 +405,8 @@ def pretrain(
     launch_or_print(
         options,
         "megatron_tf.train.main",
-        ["--job", str(job_file)],
         world_size=job.parallel.world_size,
+        env=job_env(job_file),
     )
 
 
