@@ -45,7 +45,7 @@ from megatron_tf.errors import ScheduleMismatchError
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
-from megatron_tf.freeze.units import UnitSpec, classify, make_units, prefix_closure
+from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
 from megatron_tf.megatron import guard
 from megatron_tf.megatron.frozen_linear import fix_frozen_linear_bias_grad
 from megatron_tf.megatron.hooks import (
@@ -70,17 +70,20 @@ def _is_ddp(chunk: torch.nn.Module) -> bool:
 
 
 def chunk_units(
-    chunk: torch.nn.Module, costs: dict[str, float] | None = None
+    chunk: torch.nn.Module, table: ParamNames | None = None
 ) -> tuple[list[UnitSpec], list[torch.nn.Parameter], list[torch.nn.Parameter]]:
     """(units, their parameters, all trainable parameters) of one model chunk.
 
     A unit's default cost is its wgrad work per token: numel for a linear weight, one row
     (the embedding dim) for an embedding, whose backward only scatters each token's gradient
     into its row (tensor_parallel/layers.py, VocabParallelEmbedding). By numel the word
-    embedding would look like a quarter of a small first stage and skew its prefix."""
+    embedding would look like a quarter of a small first stage and skew its prefix.
+
+    `table`: the parameter names of the megatron-core in use (default: the guard's entry)."""
+    table = table or guard.current().param_names
     named = [(n, p) for n, p in _unwrap(chunk).named_parameters() if p.requires_grad]
-    sizes = [(n, p.shape[-1] if classify(n) == "embedding" else p.numel()) for n, p in named]
-    units = make_units(sizes, costs)
+    sizes = [(n, p.shape[-1] if table.classify(n) == "embedding" else p.numel()) for n, p in named]
+    units = make_units(sizes, table)
     by_name = dict(named)
     return units, [by_name[u.name] for u in units], [p for _, p in named]
 
@@ -130,7 +133,6 @@ class FreezeRuntime(ScheduleObserver):
         config: FreezeConfig | None = None,
         *,
         rank: int | None = None,
-        unit_costs: dict[str, float] | None = None,
     ) -> None:
         """`ratios` is a `formats.plan.Plan` or `ratios[rank][chunk][microbatch]`; `rank` is
         the pipeline rank (default: Megatron's parallel_state)."""
@@ -147,7 +149,8 @@ class FreezeRuntime(ScheduleObserver):
                 f"this rank has {len(self.chunks)} model chunk(s) but the schedule "
                 f"{spec.describe()} has vpp={spec.vpp}"
             )
-        found = [chunk_units(c, unit_costs) for c in self.chunks]
+        self._table = guard.current().param_names
+        found = [chunk_units(c, self._table) for c in self.chunks]
         self.units = [f[0] for f in found]
         self.unit_params = [f[1] for f in found]
         self.all_params = [f[2] for f in found]
@@ -329,7 +332,7 @@ class FreezeRuntime(ScheduleObserver):
         """The frozen prefix's units and every parameter used before the first trainable one."""
         params = self.all_params[chunk]
         names = [self._names[chunk][p] for p in params]
-        keep = set(prefix_closure(names, self.units[chunk], frozen))
+        keep = set(prefix_closure(names, self.units[chunk], frozen, self._table))
         return [p for p, n in zip(params, names, strict=True) if n in keep]
 
     @staticmethod
