@@ -42,12 +42,13 @@ from typing import Any
 import torch
 
 from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.formats.plan import Plan, check_plan_matches
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
 from megatron_tf.megatron import guard
-from megatron_tf.megatron.frozen_linear import fix_frozen_linear_bias_grad
+from megatron_tf.megatron.frozen_linear import install_bias_grad_fix, remove_bias_grad_fix
 from megatron_tf.megatron.hooks import (
     HookHandle,
     ScheduleObserver,
@@ -55,7 +56,11 @@ from megatron_tf.megatron.hooks import (
     install_hooks,
 )
 
-__all__ = ["FreezeRuntime", "chunk_units"]
+__all__ = ["FreezeRuntime", "Ratios", "chunk_units"]
+
+type Ratios = Plan | Sequence[Sequence[Sequence[float]]]
+"""What the runtime freezes by: a plan (checked against the run's schedule) or the bare
+`ratios[rank][chunk][microbatch]` array in [0, 1]."""
 
 
 def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
@@ -88,22 +93,21 @@ def chunk_units(
     return units, [by_name[u.name] for u in units], [p for _, p in named]
 
 
-def _rank_ratios(ratios: Any, spec: ScheduleSpec, rank: int) -> list[list[float]]:
+def _rank_ratios(ratios: Ratios, spec: ScheduleSpec, rank: int) -> list[list[float]]:
     """This rank's [chunk][microbatch] ratios from a Plan or a [rank][chunk][mb] array."""
-    from megatron_tf.formats.plan import Plan, check_plan_matches
 
     if isinstance(ratios, Plan):
         check_plan_matches(ratios, spec)
         ratios = ratios.ratios
-    ratios = [[list(map(float, row)) for row in per_rank] for per_rank in ratios]
-    shape = (len(ratios), {len(r) for r in ratios}, {len(row) for r in ratios for row in r})
+    table = [[list(map(float, row)) for row in per_rank] for per_rank in ratios]
+    shape = (len(table), {len(r) for r in table}, {len(row) for r in table for row in r})
     if shape != (spec.pp, {spec.vpp}, {spec.microbatches}):
         raise ScheduleMismatchError(
             f"ratios have shape [rank={shape[0]}][chunk={sorted(shape[1])}]"
             f"[microbatch={sorted(shape[2])}] but this run is {spec.describe()} "
             f"(expected [{spec.pp}][{spec.vpp}][{spec.microbatches}])"
         )
-    return ratios[rank]
+    return table[rank]
 
 
 def _group_trains(function: Any) -> bool | None:
@@ -128,7 +132,7 @@ class FreezeRuntime(ScheduleObserver):
     def __init__(
         self,
         model_chunks: Sequence[torch.nn.Module],
-        ratios: Any,
+        ratios: Ratios,
         spec: ScheduleSpec,
         config: FreezeConfig | None = None,
         *,
@@ -160,6 +164,7 @@ class FreezeRuntime(ScheduleObserver):
         self._leaf_now = False
         self._embedding_hook: Any = None
         self._checkpoint_patch: tuple[Any, Any] | None = None
+        self._bias_fix = False
         self.policy = FreezePolicy(
             units=self.units,
             ratios=_rank_ratios(ratios, spec, rank),
@@ -190,7 +195,8 @@ class FreezeRuntime(ScheduleObserver):
         config = get_model_config(self.chunks[0])
         guard.check_all(config)
         self._check_layout(config)
-        fix_frozen_linear_bias_grad()
+        install_bias_grad_fix()
+        self._bias_fix = True
         self._install_recompute_leaf(config)
         self._handle = install_hooks(self)
         for chunk in self.chunks:
@@ -204,6 +210,9 @@ class FreezeRuntime(ScheduleObserver):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._bias_fix:  # the last runtime out puts LinearWithFrozenWeight.backward back
+            remove_bias_grad_fix()
+            self._bias_fix = False
         for group, previous in reversed(self._bucket_patches):
             if previous is None:
                 del group.start_grad_sync  # the instance attribute shadowed the class method
@@ -439,7 +448,7 @@ class FreezeRuntime(ScheduleObserver):
 
     # -- plan, checkpoint, reporting --------------------------------------------------------
 
-    def set_ratios(self, ratios: Any) -> None:
+    def set_ratios(self, ratios: Ratios) -> None:
         """Re-plan within the job: new ratios from the next iteration on."""
         self.policy.set_ratios(_rank_ratios(ratios, self.spec, self.rank))
 
