@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.formats.plan import Plan, check_plan_matches
-from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
@@ -240,20 +240,24 @@ class FreezeRuntime(ScheduleObserver):
         from megatron.core import parallel_state
 
         pp = parallel_state.get_pipeline_model_parallel_world_size()
-        found = {
-            "pp": pp,
-            "vpp": len(self.chunks),
-            "group_size": (
-                getattr(config, "microbatch_group_size_per_vp_stage", None) or pp
-                if len(self.chunks) > 1
-                else pp
-            ),
-        }
-        wanted = {"pp": self.spec.pp, "vpp": self.spec.vpp, "group_size": self.spec.group_size}
-        if found != wanted:
+        try:
+            found = megatron_schedule(
+                pp=pp,
+                vpp=len(self.chunks),
+                microbatches=self.spec.microbatches,  # the schedule call checks M itself
+                group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+                drop_interleaved_only=True,
+            )
+        except ConfigError as exc:
+            found, why = None, str(exc)
+        if found is None or not found.same_compute_order(self.spec):
+            runs = (
+                f"runs {found.describe()}"
+                if found is not None
+                else f"(pp={pp}, vpp={len(self.chunks)}) runs no such schedule: {why}"
+            )
             raise ScheduleMismatchError(
-                f"the freeze plan is for {self.spec.describe()} but the model runs with "
-                + ", ".join(f"{k}={v}" for k, v in found.items())
+                f"the freeze plan is for {self.spec.describe()} but the model {runs}"
             )
 
     def _install_recompute_leaf(self, config: Any) -> None:
