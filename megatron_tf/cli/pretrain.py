@@ -374,9 +374,7 @@ def pretrain(
             cpu_trial=cpu_trial,
             megatron_args=megatron_args,
             plan=None if no_freeze else plan,
-            freeze=_freeze_config(
-                seed, freeze_rescale, freeze_warmup_iters, freeze_ramp_iters
-            ).to_dict(),
+            freeze=_freeze_config(seed, freeze_rescale, freeze_warmup_iters, freeze_ramp_iters),
             options=options,
         )
         return
@@ -444,7 +442,7 @@ def _pretrain_megatron_lm(
     cpu_trial: bool,
     megatron_args: list[str] | None,
     plan: str | None,
-    freeze: dict[str, Any],
+    freeze: FreezeConfig,
     options: LaunchOptions,
 ) -> None:
     """The --megatron-lm route (helper C): check here, then run the user's script per rank."""
