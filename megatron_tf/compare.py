@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.demo import demo_model
-from megatron_tf.errors import ConfigError, LaunchError
+from megatron_tf.errors import ConfigError, FormatError, LaunchError
+from megatron_tf.formats.job import JobEnvelope, job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
 
@@ -256,7 +257,7 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
             )
         return cfg.profile
     if cfg.time == "measured":
-        from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+        from megatron_tf.profile.config import ProfileConfig
         from megatron_tf.profile.launch import prepare_profile_job
 
         say(f"profiling {spec.describe()} on this machine")
@@ -264,8 +265,7 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
         job = prepare_profile_job(
             cfg.model, cfg.parallel, ProfileConfig(iters=20, warmup_iters=2), path
         )
-        job.save(out / "profile_job.json")
-        env = {JOB_ENV: str(out / "profile_job.json")}
+        env = job_env(job.save(out / "profile_job.json"))
         _launch("megatron_tf.profile.worker", [], out / "profile.log", cfg, env)
         return path
     path = out / "profile.json"
@@ -354,15 +354,16 @@ def _train(
     if (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()  # a re-run replaces, never appends to, old metrics
     job_file = write_job(job, run_dir / "job.json")
-    _launch("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log", cfg)
+    _launch("megatron_tf.train.main", [], run_dir / "train.log", cfg, job_env(job_file))
 
 
 def _complete(run_dir: Path, job: dict[str, Any], iters: int) -> bool:
     """True when `run_dir` holds this very job, trained for all `iters` iterations."""
     try:
-        same = json.loads((run_dir / "job.json").read_text()) == json.loads(json.dumps(job))
+        written = JobEnvelope.load(run_dir / "job.json", "pretrain").job
+        same = written == json.loads(json.dumps(job))
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
+    except (OSError, ValueError, FormatError):
         return False
     return same and len(lines) == iters
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.job import job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
@@ -201,16 +202,15 @@ def launch_job(module: str, args: list[str], log: Path, env: dict[str, str] | No
 
 
 def profile_model(cfg: DemoConfig, out: Path) -> Path:
-    from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+    from megatron_tf.profile.config import ProfileConfig
     from megatron_tf.profile.launch import prepare_profile_job
 
     path = out / "profile.json"
     job = prepare_profile_job(
         cfg.model, cfg.parallel, ProfileConfig(iters=cfg.profile_iters, warmup_iters=2), path
     )
-    job_path = out / "profile_job.json"
-    job.save(job_path)
-    launch_job("megatron_tf.profile.worker", [], out / "profile.log", {JOB_ENV: str(job_path)})
+    job_path = job.save(out / "profile_job.json")
+    launch_job("megatron_tf.profile.worker", [], out / "profile.log", job_env(job_path))
     return path
 
 
@@ -251,7 +251,7 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
     job_file = write_job(job, run_dir / "job.json")
-    launch_job("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
+    launch_job("megatron_tf.train.main", [], run_dir / "train.log", job_env(job_file))
     return job
 
 
@@ -277,9 +277,9 @@ def time_side_by_side(
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
     job_file = write_job(job, out / "job.json")
-    args = ["--job", str(job_file), f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
+    args = [f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
     args += ["--warmup", str(warmup), "--out", str(out / "timings.json")]
-    launch_job("megatron_tf.train.alternate", args, out / "timing.log")
+    launch_job("megatron_tf.train.alternate", args, out / "timing.log", job_env(job_file))
     return medians(json.loads((out / "timings.json").read_text()))
 
 

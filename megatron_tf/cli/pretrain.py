@@ -2,9 +2,9 @@
 
 The command checks everything it can in this process (flags, plan vs layout, checkpoint vs
 layout, data and tokenizer vs model), writes `<out-dir>/job.json`, and launches
-`python -m megatron_tf.train.main --job job.json` on tp * pp * dp ranks with the shared launch
-flags. `pretrain_job_from_options` holds the whole option-to-job translation so other routes
-(a Megatron-LM script, more launch flags) can extend it in one place.
+`python -m megatron_tf.train.main` (job.json named by `$TIMELYFREEZE_JOB`) on tp * pp * dp ranks
+with the shared launch flags. `pretrain_job_from_options` holds the whole option-to-job
+translation so other routes (a Megatron-LM script, more launch flags) can extend it in one place.
 """
 
 from __future__ import annotations
@@ -374,9 +374,7 @@ def pretrain(
             cpu_trial=cpu_trial,
             megatron_args=megatron_args,
             plan=None if no_freeze else plan,
-            freeze=_freeze_config(
-                seed, freeze_rescale, freeze_warmup_iters, freeze_ramp_iters
-            ).to_dict(),
+            freeze=_freeze_config(seed, freeze_rescale, freeze_warmup_iters, freeze_ramp_iters),
             options=options,
         )
         return
@@ -385,6 +383,7 @@ def pretrain(
     if save is not None:
         check_output_dir(save, "--save")
     job = pretrain_job_from_options(PretrainOptions(values=values))
+    from megatron_tf.formats.job import job_env
     from megatron_tf.train.job import write_job
 
     job_file = write_job(job, Path(job.train.out_dir) / "job.json")
@@ -404,8 +403,8 @@ def pretrain(
     launch_or_print(
         options,
         "megatron_tf.train.main",
-        ["--job", str(job_file)],
         world_size=job.parallel.world_size,
+        env=job_env(job_file),
     )
 
 
@@ -443,7 +442,7 @@ def _pretrain_megatron_lm(
     cpu_trial: bool,
     megatron_args: list[str] | None,
     plan: str | None,
-    freeze: dict[str, Any],
+    freeze: FreezeConfig,
     options: LaunchOptions,
 ) -> None:
     """The --megatron-lm route (helper C): check here, then run the user's script per rank."""

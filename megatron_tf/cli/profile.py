@@ -237,8 +237,9 @@ def measure_profile(
     import tempfile
 
     from megatron_tf.cli._progress import phase_progress
+    from megatron_tf.formats.job import job_env
     from megatron_tf.formats.layout import ModelConfig, ParallelConfig
-    from megatron_tf.profile.config import JOB_ENV, ProfileConfig
+    from megatron_tf.profile.config import ProfileConfig
     from megatron_tf.profile.launch import prepare_profile_job, summary_line
 
     if costs is not None:
@@ -259,7 +260,7 @@ def measure_profile(
             if launch.dry_run
             else Path(folder) / "profile_job.json"
         )
-        job.save(job_path)
+        job_path = job.save(job_path)
         # The worker reports warm-up iterations, then whole rounds (one iteration per phase).
         phases = [("warm-up", job.profile.warmup_iters), ("rounds", len(job.profile.rounds()))]
         display = contextlib.nullcontext() if launch.dry_run else phase_progress(phases)
@@ -268,7 +269,7 @@ def measure_profile(
                 launch,
                 "megatron_tf.profile.worker",
                 world_size=parallel.world_size,
-                env={JOB_ENV: str(job_path.resolve())},
+                env=job_env(job_path),
             )
     if not launch.dry_run:
         console.print(f"wrote {output}: {summary_line(output)}", highlight=False, soft_wrap=True)

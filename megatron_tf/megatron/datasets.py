@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from megatron_tf.megatron import guard
+
 __all__ = [
     "build_gpt_dataset",
     "build_tokenizer",
@@ -74,9 +76,8 @@ def null_text_tokenizer(vocab_size: int) -> Any:
 
 def max_token_id(prefix: str, chunk: int = 1 << 24) -> int:
     """Largest token id in `prefix.bin`, read in chunks through a memory map (one pass)."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader
-
-    dtype = _IndexReader(prefix + ".idx", multimodal=False).dtype
+    index_reader = guard.private(guard.current().index_reader)  # private in megatron-core
+    dtype = index_reader(prefix + ".idx", multimodal=False).dtype
     tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     best = -1
     for start in range(0, len(tokens), chunk):

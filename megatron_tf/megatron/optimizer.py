@@ -1,4 +1,6 @@
-"""Megatron's optimizer and learning-rate schedule for the trainer, and its step on CPU.
+"""Megatron's optimizer and learning-rate schedule for the trainer.
+
+The step itself, on CPU with the clip done outside Megatron, is `compat.optimizer_step`.
 
 The trainer hands in its own config; anything with the fields of `OptimizerSettings` will do
 (`train.train_config.TrainConfig` has them), so this layer needs nothing from `train/`.
@@ -10,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["OptimizerSettings", "build_optimizer", "build_scheduler", "optimizer_step"]
+__all__ = ["OptimizerSettings", "build_optimizer", "build_scheduler"]
 
 
 class OptimizerSettings(Protocol):
@@ -40,38 +42,13 @@ def build_optimizer(cfg: OptimizerSettings, chunks: list[Any]) -> Any:
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
-        # On CPU the clip happens in `optimizer_step` (Megatron's clip asserts CUDA tensors).
+        # On CPU the clip happens in `compat.optimizer_step` (Megatron's clip asserts CUDA).
         clip_grad=cfg.clip_grad if on_gpu else 0.0,
         bf16=on_gpu,
         params_dtype=torch.float32,
         use_distributed_optimizer=on_gpu,
     )
     return get_megatron_optimizer(config, chunks)
-
-
-def optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
-    """Megatron's optimizer step; on CPU with the clip done here, in the same order.
-
-    megatron-core 0.19.2's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor`
-    grads, so on CPU the optimizer is built with `clip_grad=0` and this function performs
-    ChainedOptimizer.step's sequence itself: prepare_grads (main_grad -> grad), the global norm
-    from Megatron's `get_grad_norm` (across model-parallel ranks), the scale by
-    clip / (norm + 1e-6) when below 1 (Megatron's coefficient), then step_with_ready_grads.
-    """
-    if torch.cuda.is_available():
-        ok, grad_norm, _ = optimizer.step()
-        return ok, grad_norm
-    with torch.no_grad():
-        if optimizer.prepare_grads():  # found inf/nan: only fp16 loss scaling reports that
-            return False, None
-        grad_norm = float(optimizer.get_grad_norm())
-        coeff = clip_grad / (grad_norm + 1.0e-6)
-        if clip_grad > 0 and coeff < 1.0:
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        param.grad.mul_(coeff)
-        return optimizer.step_with_ready_grads(), grad_norm
 
 
 def build_scheduler(cfg: OptimizerSettings, optimizer: Any) -> Any:

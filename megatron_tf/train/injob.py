@@ -57,7 +57,9 @@ def profile_and_solve(
         "parallel": parallel.to_dict(),
         "source": f"in-job profile at iteration {iteration}",
     }
-    profile = gather_profile(timings, parallel.schedule_spec(), config, lambda: provenance)
+    profile = gather_profile(
+        timings, parallel.schedule_spec(), config, lambda: provenance, chunks=chunks
+    )
     box: list[Any] = [None]
     if profile is not None:
         plan, why = _solve_on_rank0(profile, budget, source, out_dir)

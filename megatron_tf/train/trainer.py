@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.megatron.compat import optimizer_step
 from megatron_tf.megatron.distributed import (
     destroy_distributed,
     init_distributed,
@@ -33,7 +34,7 @@ from megatron_tf.megatron.distributed import (
     set_rng_state,
 )
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-from megatron_tf.megatron.optimizer import build_optimizer, build_scheduler, optimizer_step
+from megatron_tf.megatron.optimizer import build_optimizer, build_scheduler
 from megatron_tf.model.gpt import build_training_model
 from megatron_tf.model.step import run_schedule
 from megatron_tf.solve.budget import LossCost, noise_scale_estimate

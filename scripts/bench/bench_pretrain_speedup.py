@@ -43,6 +43,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     from megatron_tf.demo import DemoConfig, launch_job, profile_model, solve_plan
+    from megatron_tf.formats.job import job_env
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -77,10 +78,11 @@ def main() -> None:
     launch_job(
         "megatron_tf.train.alternate",
         [
-            *("--job", str(job_file), *plan_args, "--steps", str(args.steps)),
+            *(*plan_args, "--steps", str(args.steps)),
             *("--warmup", str(args.warmup), "--out", str(out / "timings.json")),
         ],
         out / "bench.log",
+        job_env(job_file),
     )
     timings = json.loads((out / "timings.json").read_text())
     summary = report(timings, {f"{r:g}": pred for r, (_, pred) in plans.items()})

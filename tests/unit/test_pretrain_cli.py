@@ -66,7 +66,8 @@ def test_matching_data_passes_the_checks(tmp_path: Path) -> None:
     prefix = _indexed(tmp_path / "data", max_id=500)
     proc = _cli(tmp_path, "--data-path", str(prefix), "--vocab-size", "512", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "megatron_tf.train.main --job" in proc.stdout
+    assert f"export TIMELYFREEZE_JOB={tmp_path / 'out' / 'job.json'}" in proc.stdout
+    assert "--module megatron_tf.train.main" in proc.stdout
     assert (tmp_path / "out" / "job.json").is_file()
 
 
@@ -121,5 +122,5 @@ def test_freeze_rescale_reaches_the_job(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "--freeze-rescale", "none", "--freeze-warmup-iters", "3", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     job = json.loads((tmp_path / "out" / "job.json").read_text())
-    runtime = job["train"]["freeze"]["runtime"]
+    runtime = job["job"]["train"]["freeze"]["runtime"]
     assert (runtime["rescale"], runtime["warmup_iters"], runtime["seed"]) == ("none", 3, 1234)

@@ -183,6 +183,8 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
         "MEGATRON_LM": str(checkout),
         "PLAN": str(tmp_path / "plan.json"),
         "DRY_RUN": "1",
+        # The code under test, where a checkout other than the installed one is on the path.
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         "SLURM_JOB_ID": "5150",
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_NODELIST": "gpu[01-02]",
@@ -205,4 +207,8 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
             "--module megatron_tf.train.lm_script "
             "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c'"
         ) in command
-    assert f"export TIMELYFREEZE_PLAN={tmp_path / 'plan.json'}" in done.stdout
+    from megatron_tf.train.lm_script import MegatronLMJob
+
+    jobs = [x.split("=", 1)[1] for x in done.stdout.splitlines() if "TIMELYFREEZE_JOB=" in x]
+    assert len(jobs) == 2  # one per node, each node's own file
+    assert {MegatronLMJob.load(j).plan for j in jobs} == {tmp_path / "plan.json"}
