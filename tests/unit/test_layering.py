@@ -4,7 +4,8 @@ An AST walk over `megatron_tf` collects every import: module level, inside funct
 `if TYPE_CHECKING:` alike, since each one is a dependency a reader has to follow. Then:
 - the planning layers and the freeze policy import neither torch nor megatron;
 - only `megatron/` and `model/` import megatron-core;
-- every import between packages points down the order in `LAYERS`, so no circle can form.
+- every import between packages points down the order in `LAYERS`, so no circle can form;
+- no two modules import each other, directly or through others, inside a package either.
 """
 
 from __future__ import annotations
@@ -124,22 +125,43 @@ def test_no_import_circle_between_units() -> None:
     graph: dict[str, set[str]] = defaultdict(set)
     for src, dst in _unit_edges():
         graph[src].add(dst)
+    circle = _find_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def _find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of `graph` (node -> nodes it imports), or None."""
     done: set[str] = set()
 
-    def visit(unit: str, path: list[str]) -> list[str] | None:
-        if unit in path:
-            return [*path[path.index(unit) :], unit]
-        if unit in done:
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
             return None
-        for nxt in sorted(graph[unit]):
-            if circle := visit(nxt, [*path, unit]):
+        for nxt in sorted(graph.get(node, ())):
+            if circle := visit(nxt, [*path, node]):
                 return circle
-        done.add(unit)
+        done.add(node)
         return None
 
-    for unit in sorted(graph):
-        circle = visit(unit, [])
-        assert circle is None, "import circle: " + " -> ".join(circle)
+    for node in sorted(graph):
+        if circle := visit(node, []):
+            return circle
+    return None
+
+
+def test_no_import_circle_between_modules() -> None:
+    """Within a package too: a circle there hides which module is the lower one."""
+    modules = set(imports())
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, targets in imports().items():
+        for target, _ in targets:
+            found = target if target in modules else target.rsplit(".", 1)[0]
+            # a package's own __init__ is not an import of the package's modules
+            if found in modules and found != module and not module.startswith(found + "."):
+                graph[module].add(found)
+    circle = _find_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle)
 
 
 def _importers_of(top: str) -> dict[str, list[str]]:
