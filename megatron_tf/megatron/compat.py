@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from megatron_tf.megatron import guard
+
 __all__ = ["cpu_compat_enabled", "enable_cpu_compat", "optimizer_step"]
 
 _LOCK = threading.Lock()
@@ -288,7 +290,6 @@ def optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None
     if torch.cuda.is_available():
         ok, grad_norm, _ = optimizer.step()
         return ok, grad_norm
-    from megatron_tf.megatron import guard
 
     prepare, norm, step = (getattr(optimizer, name) for name in guard.current().optimizer_step)
     with torch.no_grad():
