@@ -44,8 +44,8 @@ TORCH_FREE = ["formats", "freeze", "schedule", "solve"]
 
 MEGATRON_CORE = {"megatron", "model"}
 """The only units importing megatron-core: `megatron/` for its internals (behind the version
-guard), `model/` for its public model-building API (GPTModel, TransformerConfig, DDP, the
-schedule's entry point); docs/architecture.md says why."""
+guard), `model/` for its public model-building API (GPTModel, TransformerConfig, DDP,
+Float16Module, the schedule's entry point); docs/architecture.md says why."""
 
 
 def _module_name(path: Path) -> str:
