@@ -87,8 +87,8 @@ class Trainer:
         self.iteration = 0  # optimizer steps done
         self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
         self.plan: PlanSource | None = None
-        self.freezer: Any = None  # the installed FreezeRuntime, or None: nothing frozen
-        self._idle_freezer: Any = None  # one removed by set_plan(None), reinstalled on a plan
+        self.freezer: FreezeRuntime | None = None  # installed runtime; None: nothing frozen
+        self._idle_freezer: FreezeRuntime | None = None  # removed by set_plan(None), kept
         self.drift_count = 0
         self.replans = 0
         self.metrics = MetricsLogger(
