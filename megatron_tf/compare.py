@@ -29,8 +29,8 @@ from typing import Any
 
 from megatron_tf.demo import demo_model
 from megatron_tf.errors import ConfigError, LaunchError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 Say = Callable[[str], None]
 TIME_MODES = ("simulated", "measured")

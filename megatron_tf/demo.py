@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 Say = Callable[[str], None]
 

@@ -14,7 +14,7 @@ from megatron_tf.errors import ConfigError
 
 if TYPE_CHECKING:
     from megatron_tf.formats.profile import Profile
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
 _PANEL = "Schedule (what-if costs)"
 
@@ -79,7 +79,7 @@ def spec_from_flags(
     group_size: int,
     overlap_p2p_comm: bool,
 ) -> ScheduleSpec:
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     missing = [
         flag

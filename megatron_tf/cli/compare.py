@@ -92,7 +92,7 @@ def compare(
     from dataclasses import replace
 
     from megatron_tf.compare import CompareConfig, compare_model, format_table, run_compare
-    from megatron_tf.train.config import ParallelConfig
+    from megatron_tf.formats.layout import ParallelConfig
 
     model = replace(
         compare_model(),

@@ -270,7 +270,7 @@ class PretrainOptions:
 
     def job(self) -> Job:
         """Build and check the Job for these flags (TimelyFreezeError, exit 2, on bad input)."""
-        from megatron_tf.train.config import ModelConfig, ParallelConfig
+        from megatron_tf.formats.layout import ModelConfig, ParallelConfig
         from megatron_tf.train.data import DataConfig
         from megatron_tf.train.job import prepare_job
         from megatron_tf.train.train_config import FreezeOptions, TrainConfig

@@ -237,9 +237,9 @@ def measure_profile(
     import tempfile
 
     from megatron_tf.cli._progress import phase_progress
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
     from megatron_tf.profile.config import JOB_ENV, ProfileConfig
     from megatron_tf.profile.launch import prepare_profile_job, summary_line
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
 
     if costs is not None:
         raise ConfigError("--costs describes what-if costs: it needs --synthetic")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from megatron_tf.errors import ConfigError, FormatError, ScheduleMismatchError
 from megatron_tf.formats.profile import write_json_atomic
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 PLAN_FORMAT = "timelyfreeze.plan/1"
 

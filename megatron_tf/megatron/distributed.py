@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.layout import ParallelConfig
 from megatron_tf.megatron.compat import enable_cpu_compat
-from megatron_tf.train.config import ParallelConfig
 
 __all__ = ["destroy_distributed", "init_distributed"]
 

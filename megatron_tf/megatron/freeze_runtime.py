@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import UnitSpec, classify, make_units, prefix_closure
@@ -53,7 +54,6 @@ from megatron_tf.megatron.hooks import (
     current_num_microbatches,
     install_hooks,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["FreezeRuntime", "chunk_units"]
 

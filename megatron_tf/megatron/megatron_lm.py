@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 __all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.profile.rounds import round_orders
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 __all__ = [
     "FAULT_RANK_ENV",

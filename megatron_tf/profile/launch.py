@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.profile.config import ProfileConfig, ProfileJob
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 __all__ = ["prepare_profile_job", "summary_line"]
 

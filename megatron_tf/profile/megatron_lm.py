@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.megatron.megatron_lm import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import (
@@ -32,7 +33,6 @@ from megatron_tf.profile.runner import (
     zero_grads,
 )
 from megatron_tf.profile.timing import TimingObserver
-from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["measure_and_stop"]
 

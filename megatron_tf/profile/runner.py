@@ -12,14 +12,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.profile import Profile
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import install_hooks
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.timing import TimingObserver
-from megatron_tf.schedule.spec import ScheduleSpec
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 
 __all__ = [

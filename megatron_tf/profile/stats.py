@@ -26,8 +26,8 @@ from megatron_tf.formats.profile import (
     ScheduleModel,
     StageCost,
 )
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.linefit import fit_line
-from megatron_tf.schedule.spec import ScheduleSpec
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
 

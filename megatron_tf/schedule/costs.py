@@ -18,7 +18,7 @@ from megatron_tf.formats.profile import (
     ScheduleModel,
     StageCost,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 __all__ = ["CostModel", "RankCosts", "parse_costs", "synthetic_profile"]
 

@@ -33,7 +33,7 @@ from megatron_tf.train.corpus import CorpusConfig, CorpusInfo, default_cache_dir
 if TYPE_CHECKING:
     import torch
 
-    from megatron_tf.train.config import ModelConfig
+    from megatron_tf.formats.layout import ModelConfig
 
 DataSource = Literal["synthetic", "path", "mock"]
 TOKENIZER_TYPES: tuple[str, ...] = (

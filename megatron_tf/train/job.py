@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.train.data import DataConfig, PreparedData, prepare_data
 from megatron_tf.train.train_config import TrainConfig
 

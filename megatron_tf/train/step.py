@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from megatron_tf.train.config import ModelConfig
+from megatron_tf.formats.layout import ModelConfig
 
 __all__ = ["Batch", "gpt_forward_step", "loss_func", "synthetic_batches"]
 

@@ -1,6 +1,6 @@
 """Settings of a training run (`timelyfreeze pretrain`): schedule of the loop, optimizer, freezing.
 
-The model and the parallel layout live in `config.py` (shared with `profile`); the data source in
+The model and the parallel layout live in `formats/layout.py` (shared with `profile`); the data source in
 `data.py`. Everything here is plain and torch-free, validated in `__post_init__` with messages
 naming the CLI flag, so `pretrain` rejects bad flags before any process starts.
 """

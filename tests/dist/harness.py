@@ -119,7 +119,7 @@ def _tail(text: str, lines: int = 60) -> str:
 def uniform_plan(path: Path, *, pp: int, vpp: int, microbatches: int, ratio: float) -> Path:
     """A uniform plan for the layout (the solver's output format; ratios are what matter)."""
     from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.train.config import ParallelConfig
+    from megatron_tf.formats.layout import ParallelConfig
 
     spec = ParallelConfig(
         pp=pp, vpp=vpp, microbatches=microbatches, overlap_p2p_comm=vpp > 1

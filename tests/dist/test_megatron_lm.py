@@ -55,7 +55,7 @@ RATIOS = [[[1.0, 0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]]  # [rank][chunk][micro
 
 
 def make_spec(microbatches: int):
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     return ScheduleSpec(kind="1f1b", pp=2, microbatches=microbatches)
 

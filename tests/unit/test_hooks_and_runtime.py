@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron import hooks
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-from megatron_tf.schedule.spec import ScheduleSpec
 
 
 def test_install_and_remove_restore_megatron_exactly() -> None:

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
 from megatron_tf.megatron import megatron_lm
 from megatron_tf.megatron.megatron_lm import MegatronLMFreezer, layout_from_args
-from megatron_tf.schedule.spec import ScheduleSpec
 
 
 def test_checkout_with_pretrain_gpt(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typer.core import TyperGroup, TyperOption
 
 from megatron_tf.cli import app
 from megatron_tf.cli._model_opts import LAYOUT_HELP, MODEL_FLAGS, MODEL_HELP, model_kwargs
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from megatron_tf.formats.plan import (
     parse_plan,
     save_plan,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 SPEC = ScheduleSpec(kind="interleaved", pp=2, vpp=2, microbatches=4)
 

@@ -72,7 +72,7 @@ def test_matching_data_passes_the_checks(tmp_path: Path) -> None:
 
 def test_plan_for_another_layout(tmp_path: Path) -> None:
     from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
     plan = Plan(
@@ -92,7 +92,7 @@ def test_plan_for_another_layout(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_layout(tmp_path: Path) -> None:
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
     parallel = ParallelConfig(pp=4, microbatches=8).to_dict()
     ckpt.save_checkpoint(

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from megatron_tf.formats.profile import parse_profile
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.profile.stats import build_profile, fit_line, robust_stat
 from megatron_tf.schedule.order import compute_order
-from megatron_tf.schedule.spec import ScheduleSpec
 
 SPEC = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
 

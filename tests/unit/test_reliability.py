@@ -22,11 +22,11 @@ import torch
 
 from megatron_tf.cli._app import main
 from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.plan import load_plan
 from megatron_tf.formats.profile import default_file_mode, load_profile
-from megatron_tf.schedule.spec import DEFAULT_MAX_ACTIONS, MAX_ACTIONS_ENV, ScheduleSpec
+from megatron_tf.formats.schedule import DEFAULT_MAX_ACTIONS, MAX_ACTIONS_ENV, ScheduleSpec
 from megatron_tf.train import checkpoint as ckpt
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 READ_ONLY = Path("/sys")

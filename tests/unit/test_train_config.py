@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 
 def test_defaults_are_a_small_gpt_on_two_pipeline_ranks() -> None:

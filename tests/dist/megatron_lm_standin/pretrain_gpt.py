@@ -65,7 +65,7 @@ def main() -> None:
 
     # The model side: the project's tiny GPT builder (the real script has its own provider).
     from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
     from megatron_tf.train.model import build_model_chunks
     from megatron_tf.train.step import gpt_forward_step, synthetic_batches
 

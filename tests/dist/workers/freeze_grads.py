@@ -39,7 +39,7 @@ from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import ScheduleObserver, installed_route
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.train.model import build_model_chunks, transformer_config
 from megatron_tf.train.step import gpt_forward_step, synthetic_batch
 
@@ -434,7 +434,7 @@ def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     from megatron_tf.errors import TimelyFreezeError
     from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
     from megatron_tf.megatron.hooks import install_hooks
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     model = ModelConfig(
         num_layers=parallel.pp * parallel.vpp,

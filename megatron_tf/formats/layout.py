@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "full", "selective")
 
