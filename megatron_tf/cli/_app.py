@@ -100,11 +100,8 @@ def reflow_help(typer_app: typer.Typer) -> None:
     line breaks, so on any other width the help came out ragged. Here each paragraph becomes one
     line (blank lines still separate paragraphs) before typer reads it.
     """
-    infos = [*typer_app.registered_commands]
-    if typer_app.registered_callback is not None:
-        infos.append(typer_app.registered_callback)
-    for info in infos:
-        if info.help is None and info.callback is not None and info.callback.__doc__:
+    for info in typer_app.registered_commands:
+        if not isinstance(info.help, str) and info.callback is not None and info.callback.__doc__:
             info.help = unwrap_paragraphs(inspect.getdoc(info.callback) or "")
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:

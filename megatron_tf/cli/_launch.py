@@ -18,15 +18,18 @@ This module imports neither torch nor megatron, so `--help` and `--dry-run` stay
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 
 from megatron_tf.launch.options import Launcher, LaunchOptions, launch_job
+from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
 
 __all__ = [
     "CollectiveTimeoutOption",
     "DryRunOption",
+    "LaunchFlags",
     "LaunchOptions",
     "LauncherOption",
     "NnodesOption",
@@ -97,6 +100,28 @@ CollectiveTimeoutOption = Annotated[
         rich_help_panel=_PANEL,
     ),
 ]
+
+
+@dataclass(kw_only=True, slots=True)
+class LaunchFlags:
+    """The launch flags as an option group (`cli/_options.py`); `options()` is the library's."""
+
+    nnodes: NnodesOption = 1
+    nproc_per_node: NprocPerNodeOption = None
+    rdzv_endpoint: RdzvEndpointOption = None
+    launcher: LauncherOption = "local"
+    dry_run: DryRunOption = False
+    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT
+
+    def options(self) -> LaunchOptions:
+        return LaunchOptions(
+            nnodes=self.nnodes,
+            nproc_per_node=self.nproc_per_node,
+            rdzv_endpoint=self.rdzv_endpoint,
+            launcher=self.launcher,
+            dry_run=self.dry_run,
+            collective_timeout=self.collective_timeout,
+        )
 
 
 def launch_or_print(

@@ -16,16 +16,7 @@ import typer
 from rich.markup import escape
 
 from megatron_tf.cli._app import app, console, err_console, user_errors
-from megatron_tf.cli._launch import (
-    CollectiveTimeoutOption,
-    DryRunOption,
-    LauncherOption,
-    LaunchOptions,
-    NnodesOption,
-    NprocPerNodeOption,
-    RdzvEndpointOption,
-    echo_dry_run,
-)
+from megatron_tf.cli._launch import LaunchFlags, LaunchOptions, echo_dry_run
 from megatron_tf.cli._megatron_lm import (
     CpuTrialOption,
     MegatronArgsArgument,
@@ -39,7 +30,6 @@ from megatron_tf.cli._model_opts import model_option
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
 from megatron_tf.outputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -347,13 +337,9 @@ class PretrainOptions:
 @user_errors
 @option_groups
 def pretrain(
+    *,
     opts: PretrainOptions,
-    nnodes: NnodesOption = 1,
-    nproc_per_node: NprocPerNodeOption = None,
-    rdzv_endpoint: RdzvEndpointOption = None,
-    launcher: LauncherOption = "local",
-    dry_run: DryRunOption = False,
-    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
+    launch: LaunchFlags,
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
     cpu_trial: CpuTrialOption = False,
@@ -371,14 +357,7 @@ def pretrain(
     --nproc-per-node 8 -- <Megatron-LM arguments>[/] runs PATH/pretrain_gpt.py with its
     arguments untouched; the model, layout, data and training flags above are then Megatron's.
     """
-    options = LaunchOptions(
-        nnodes=nnodes,
-        nproc_per_node=nproc_per_node,
-        rdzv_endpoint=rdzv_endpoint,
-        launcher=launcher,
-        dry_run=dry_run,
-        collective_timeout=collective_timeout,
-    )
+    options = launch.options()
     check_cpu_trial(cpu_trial, megatron_lm)
     if megatron_lm is not None or megatron_args:
         _pretrain_megatron_lm(opts, megatron_lm, script, cpu_trial, megatron_args, options)
@@ -389,7 +368,7 @@ def pretrain(
     from megatron_tf.train.launch import run_pretrain
 
     job = opts.job()
-    _say_before_start(job, opts.load, dry_run)
+    _say_before_start(job, opts.load, options.dry_run)
     text = run_pretrain(job, options)
     if text is not None:
         echo_dry_run(text)
