@@ -8,12 +8,14 @@ resolved here, in one place. Nothing here imports torch, megatron or typer, so `
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Literal
 
 from megatron_tf.errors import LaunchError
@@ -27,7 +29,15 @@ from megatron_tf.launch.torchrun import (
 )
 from megatron_tf.launch.worker_errors import ERROR_DIR_ENV, WorkerUserError, first_worker_error
 
-__all__ = ["TIMEOUT_ENV", "JobFailed", "LaunchOptions", "Launcher", "launch_job"]
+__all__ = [
+    "QUIET_WORKERS_ENV",
+    "TIMEOUT_ENV",
+    "JobFailed",
+    "LaunchOptions",
+    "Launcher",
+    "job_log",
+    "launch_job",
+]
 
 Launcher = Literal["local", "slurm"]
 
@@ -179,6 +189,29 @@ def launch_job(
             1,
         )
     return None
+
+
+QUIET_WORKERS_ENV: dict[str, str] = {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+"""For jobs whose output goes to a log (demo, compare): no import warnings, one thread a rank."""
+
+
+@contextlib.contextmanager
+def job_log(path: Path, what: str) -> Iterator[IO[str]]:
+    """A log file for a job's output; a failed job becomes a LaunchError quoting its last lines.
+
+    For callers that run several jobs and show their own progress instead of the workers'
+    output (the demo, `compare`): pass the handle as `stdout` and `stderr` of `launch_job`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            yield handle
+        except JobFailed as exc:
+            handle.flush()
+            tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+            raise LaunchError(
+                f"{what} failed (exit {exc.exit_code}); log {path}:\n{tail}"
+            ) from None
 
 
 def _env_timeout() -> float | None:
