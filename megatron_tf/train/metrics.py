@@ -1,5 +1,6 @@
 """Metrics of a training run: one JSONL record per iteration, a rich line per log interval, and
-TensorBoard events when `torch.utils.tensorboard` can be imported.
+TensorBoard events in `<out-dir>/tensorboard` (on by default; `pretrain --no-tensorboard` turns
+them off).
 
 Only the metrics rank (global rank 0, after the trainer gathered the values there) writes.
 Throughput is tokens / wall seconds of the iteration: freezing changes the FLOPs per token, so a
@@ -133,10 +134,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def _tensorboard_writer(path: Path, console: Console) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        # The tensorboard package is optional; say so once and keep the JSONL file.
+    except ImportError as exc:
+        # tensorboard is a dependency; a broken install should not cost the run, only the events.
         console.print(
-            "[dim]note: TensorBoard events skipped (pip install tensorboard to get them)[/]"
+            f"[dim]note: TensorBoard events skipped: {exc} (reinstall the `tensorboard` package, "
+            "or pass --no-tensorboard)[/]"
         )
         return None
     os.makedirs(path, exist_ok=True)
