@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from megatron_tf import __version__
+from megatron_tf.console import console, err_console  # the project's; commands import them here
 from megatron_tf.errors import ConfigError, TimelyFreezeError
 from megatron_tf.launch.options import JobFailed
 
@@ -27,8 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
 
 # click's base exception, as typer re-exports it (typer >= 0.20 vendors click, older use it).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import TimelyFreezeError
 
 __all__ = ["ERROR_DIR_ENV", "WorkerUserError", "first_worker_error", "report_user_errors"]
@@ -42,7 +42,7 @@ def report_user_errors() -> Iterator[None]:
     except TimelyFreezeError as exc:
         message = " ".join(str(exc).split())
         rank = os.environ.get("RANK", "0")
-        print(f"timelyfreeze[rank {rank}] error: {message}", file=sys.stderr, flush=True)
+        rank_line(message, error=True)
         folder = os.environ.get(ERROR_DIR_ENV)
         if folder:
             with contextlib.suppress(OSError):

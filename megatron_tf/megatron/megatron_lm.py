@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.formats.schedule import ScheduleSpec
 
@@ -54,7 +55,7 @@ FirstCall = Callable[[Callable[[], Callable[..., Any]], dict[str, Any]], Any]
 
 
 def _log(message: str) -> None:
-    print(f"timelyfreeze[rank {os.environ.get('RANK', '0')}]: {message}", flush=True)
+    rank_line(message)
 
 
 def layout_from_args(args: Any) -> ScheduleSpec | None:
