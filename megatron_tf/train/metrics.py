@@ -36,7 +36,9 @@ class StepMetrics:
     schedule_seconds: float = 0.0
     """Wall time of the pipeline schedule alone (what the DAG model predicts), on rank 0."""
     predicted_seconds: float | None = None
-    """The plan's (or profile's) predicted iteration time, when known."""
+    """The plan's (or profile's) predicted iteration time, when known (see predicted_unitless)."""
+    predicted_unitless: bool = False
+    """The plan was solved on synthetic costs: `predicted_seconds` is in their unit, not s."""
     freeze_ratio: list[float] = field(default_factory=list)
     """Realised freeze ratio per virtual stage (index = chunk * pp + rank)."""
     phase: str = "train"
@@ -110,9 +112,14 @@ class MetricsLogger:
 def format_line(m: StepMetrics) -> str:
     """The console line: iteration, loss, tokens/s, measured vs predicted time, ratios, lr, norm."""
     predicted = ""
-    if m.predicted_seconds:
+    if m.predicted_seconds and m.predicted_unitless:
         predicted = (
-            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, pred {m.predicted_seconds * 1e3:.0f})"
+            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, "
+            f"pred {m.predicted_seconds:.4g} unitless: synthetic costs)"
+        )
+    elif m.predicted_seconds:
+        predicted = (
+            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, pred {m.predicted_seconds * 1e3:.0f} ms)"
         )
     ratios = ""
     if m.freeze_ratio:
