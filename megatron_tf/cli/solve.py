@@ -123,8 +123,9 @@ def solve(
 
     Example: [bold]timelyfreeze solve profile.json -o plan.json --max-freeze-ratio 0.1[/]
 
-    With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints predicted
-    gain against mean freeze ratio, next to uniform freezing at the same ratio.
+    With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints the predicted
+    iteration speed gain (speedup - 1) against mean freeze ratio, next to uniform freezing at the
+    same ratio.
     """
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
@@ -164,9 +165,7 @@ def _render(
         if as_json:
             typer.echo(json.dumps({"sweep": [_point_json(p) for p in answer.points]}))
         else:
-            console.print(
-                _sweep_table(answer.points, answer.dag.spec.describe(), config.comm_model)
-            )
+            console.print(_sweep_table(answer, config.comm_model))
             if plot is not None:
                 console.print(f"Pareto plot: {plot}")
     if answer.budget is not None:
@@ -178,7 +177,7 @@ def _render(
     if as_json and answer.points is None and answer.budget is None:
         typer.echo(json.dumps(answer.outcome.summary()))
     elif not as_json:
-        console.print(_plan_table(answer.outcome, output))
+        console.print(_plan_table(answer.outcome, output, answer.synthetic))
 
 
 def _ratio(text: str) -> float:
@@ -223,17 +222,21 @@ def _point_json(p: SweepPoint) -> dict[str, float | None]:
         "mean_freeze_ratio": p.mean_freeze_ratio,
         "baseline_makespan": p.baseline_makespan,
         "makespan": p.makespan,
-        "gain": p.gain,
+        "speed_gain": p.speed_gain,
         "uniform_makespan": p.uniform_makespan,
-        "uniform_gain": p.uniform_gain,
+        "uniform_speed_gain": p.uniform_speed_gain,
         "leverage": p.leverage,
         "solve_seconds": p.solve_seconds,
     }
 
 
-def _sweep_table(points: list[SweepPoint], schedule: str, comm_model: str) -> Table:
-    table = Table(title=f"Pareto sweep: {schedule}, {comm_model} comm model")
-    for name in ("max ratio", "mean ratio", "makespan (s)", "gain", "uniform gain", "leverage"):
+def _sweep_table(answer: SolveAnswer, comm_model: str) -> Table:
+    points = answer.points or []
+    title = f"Pareto sweep: {answer.dag.spec.describe()}, {comm_model} comm model"
+    table = Table(title=title)
+    makespan = "makespan (unitless)" if answer.synthetic else "makespan (s)"
+    columns = ("max ratio", "mean ratio", makespan, "iteration speed", "uniform", "leverage")
+    for name in columns:
         table.add_column(name, justify="right")
     for p in points:
         leverage = "-" if p.leverage is None else f"{p.leverage:.2f}x"
@@ -241,23 +244,24 @@ def _sweep_table(points: list[SweepPoint], schedule: str, comm_model: str) -> Ta
             f"{p.max_freeze_ratio:g}",
             f"{p.mean_freeze_ratio:.4f}",
             f"{p.makespan:.6g}",
-            f"{100 * p.gain:.2f}%",
-            f"{100 * p.uniform_gain:.2f}%",
+            f"{100 * p.speed_gain:+.2f}%",
+            f"{100 * p.uniform_speed_gain:+.2f}%",
             leverage,
         )
     return table
 
 
-def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
+def _plan_table(outcome: SolveOutcome, output: Path | None, synthetic: bool) -> Table:
     plan, r = outcome.plan, outcome.result
     table = Table(title=f"Freeze plan: {plan.schedule_spec().describe()}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("comm model", plan.comm_model)
     table.add_row("max freeze ratio", f"{plan.max_freeze_ratio:g}")
-    table.add_row("baseline iteration", f"{r.baseline_makespan:.6g} s")
-    table.add_row("planned iteration", f"{r.makespan:.6g} s")
-    table.add_row("predicted speedup", f"{r.speedup:.4f}x")
+    unit = " (unitless: synthetic costs)" if synthetic else " s"
+    table.add_row("baseline iteration", f"{r.baseline_makespan:.6g}{unit}")
+    table.add_row("planned iteration", f"{r.makespan:.6g}{unit}")
+    table.add_row("predicted speedup", f"{r.speedup:.4f}x (iteration speed {r.speedup - 1:+.2%})")
     table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)

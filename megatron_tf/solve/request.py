@@ -52,6 +52,8 @@ class SolveAnswer:
     """What was solved: the sweep's points, the budget choice, the plan (each if asked for)."""
 
     dag: Dag
+    synthetic: bool = False
+    """The profile holds synthetic (what-if) costs: times are in their unit, not seconds."""
     points: list[SweepPoint] | None = None
     budget: BudgetChoice | None = None
     outcome: SolveOutcome | None = None
@@ -64,14 +66,17 @@ def solve_request(
     """Solve what `request` asks for on `profile` (raises ConfigError / SolverError)."""
     config = request.config
     dag = profile_dag(profile, config.comm_model)
+    synthetic = profile.provenance.get("source") == "synthetic"
     points = None
     if request.sweep is not None:
         weights = stage_param_weights(profile) if config.weighting == "params" else None
         points = sweep(dag, request.sweep, config, stage_weights=weights, progress=progress)
     if not request.plan:
-        return SolveAnswer(dag=dag, points=points)
+        return SolveAnswer(dag=dag, synthetic=synthetic, points=points)
     if request.auto_budget:
         budget = choose_budget(profile, request.loss_cost(), config)
-        return SolveAnswer(dag=dag, points=points, budget=budget, outcome=budget.outcome)
+        return SolveAnswer(
+            dag=dag, synthetic=synthetic, points=points, budget=budget, outcome=budget.outcome
+        )
     outcome = solve_profile(profile, config, progress=progress)
-    return SolveAnswer(dag=dag, points=points, outcome=outcome)
+    return SolveAnswer(dag=dag, synthetic=synthetic, points=points, outcome=outcome)

@@ -27,7 +27,6 @@ def test_a_plan_from_synthetic_costs_says_so() -> None:
             "predicted": {"baseline_makespan": 1.0, "makespan": 0.9, "speedup": 1 / 0.9},
         }
     ).predicted.synthetic
-    # fmt: skip
 
 
 def _line(predicted: float, unitless: bool) -> str:
