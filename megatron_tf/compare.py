@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.demo import demo_model
-from megatron_tf.errors import ConfigError
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.job import JobEnvelope
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
 
@@ -333,6 +334,7 @@ def _curve(cfg: CompareConfig, records: list[dict], baseline: float, planned: fl
 def _train(
     cfg: CompareConfig, seed: int, run_dir: Path, iters: int, *, plan: Path | None, probe: bool
 ) -> None:
+    from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job
@@ -350,7 +352,8 @@ def _train(
         noise_probe_at=(cfg.warmup_iters, cfg.iters // 2, cfg.iters - 1) if probe else (),
         noise_probe_rounds=cfg.noise_probe_rounds,
         freeze=FreezeOptions(
-            plan=None if plan is None else str(plan), warmup_iters=cfg.warmup_iters, seed=seed
+            plan=None if plan is None else str(plan),
+            runtime=FreezeConfig(warmup_iters=cfg.warmup_iters, seed=seed),
         ),
     )
     model = replace(cfg.model, seed=seed)
@@ -367,9 +370,10 @@ def _train(
 def _complete(run_dir: Path, job: dict[str, Any], iters: int) -> bool:
     """True when `run_dir` holds this very job, trained for all `iters` iterations."""
     try:
-        same = json.loads((run_dir / "job.json").read_text()) == json.loads(json.dumps(job))
+        written = JobEnvelope.load(run_dir / "job.json", "pretrain").job
+        same = written == json.loads(json.dumps(job))
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
+    except (OSError, ValueError, FormatError):
         return False
     return same and len(lines) == iters
 

@@ -221,6 +221,7 @@ def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, t
 
 def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
     """Train one run as `timelyfreeze pretrain` does (`prepare_job`, `run_pretrain`)."""
+    from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job
@@ -237,9 +238,8 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
         tensorboard=False,
         freeze=FreezeOptions(
             plan=None if plan is None else str(plan),
-            warmup_iters=cfg.freeze_warmup_iters,
             max_freeze_ratio=cfg.max_freeze_ratio,
-            seed=cfg.model.seed,
+            runtime=FreezeConfig(warmup_iters=cfg.freeze_warmup_iters, seed=cfg.model.seed),
         ),
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
@@ -254,6 +254,7 @@ def time_side_by_side(
     """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
     import json
 
+    from megatron_tf.formats.job import job_env
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.alternate import medians
     from megatron_tf.train.data import DataConfig
@@ -271,7 +272,7 @@ def time_side_by_side(
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
     job_file = write_job(job, out / "job.json")
-    args = ["--job", str(job_file), f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
+    args = [f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
     args += ["--warmup", str(warmup), "--out", str(out / "timings.json")]
     with job_log(out / "timing.log", "side-by-side timing") as log:
         launch_job(
@@ -279,7 +280,7 @@ def time_side_by_side(
             "megatron_tf.train.alternate",
             args,
             world_size=cfg.parallel.world_size,
-            env=QUIET_WORKERS_ENV,
+            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
             stdout=log,
             stderr=log,
         )

@@ -9,6 +9,7 @@ arguments are handed to the workers untouched; TimelyFreeze's own settings trave
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ import typer
 
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.job import job_env
 from megatron_tf.launch.megatron_lm import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
 __all__ = [
@@ -131,10 +133,23 @@ def check_cpu_trial(cpu_trial: bool, megatron_lm: Path | None) -> None:
 def launch_megatron_lm(
     job: MegatronLMJob, options: LaunchOptions, megatron_args: Sequence[str] | None
 ) -> None:
-    """Start (or print, under --dry-run) the job on this node; exits like `launch_or_print`."""
+    """Start (or print, under --dry-run) the job on this node; exits like `launch_or_print`.
+
+    The job file goes to a private temporary folder of this node (under Slurm every node runs
+    this command itself), removed when the job ends; under --dry-run it is kept, since the
+    printed command names it.
+    """
     if options.nproc_per_node is None and options.launcher == "local":
         raise LaunchError(
             "--nproc-per-node is required with --megatron-lm: Megatron-LM's world size "
             "(tensor x pipeline x data parallel) is decided by its own arguments"
         )
-    launch_or_print(options, ENTRY_MODULE, list(megatron_args or []), env=job.environment())
+    args = list(megatron_args or [])
+    if options.dry_run:
+        folder = tempfile.mkdtemp(prefix="timelyfreeze-job-")
+        env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))
+        launch_or_print(options, ENTRY_MODULE, args, env=env)
+        return
+    with tempfile.TemporaryDirectory(prefix="timelyfreeze-job-") as folder:
+        env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))
+        launch_or_print(options, ENTRY_MODULE, args, env=env)

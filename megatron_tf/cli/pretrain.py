@@ -3,7 +3,8 @@
 The command parses its flags into `PretrainOptions` (typed fields, one per flag), turns them into
 the library's configs, checks everything it can in this process (`train.job.prepare_job`: plan vs
 layout, checkpoint vs layout, data and tokenizer vs model) and starts the workers
-(`train.launch.run_pretrain`). The `--megatron-lm` route runs a user's Megatron-LM script instead.
+(`train.launch.run_pretrain`: job.json, a `pretrain` job envelope named by `$TIMELYFREEZE_JOB`).
+The `--megatron-lm` route runs a user's Megatron-LM script instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from megatron_tf.cli._megatron_lm import (
 from megatron_tf.cli._model_opts import model_option
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
 from megatron_tf.outputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -243,6 +244,14 @@ class PretrainOptions:
         int,
         typer.Option(help="Iterations ramping ratios from 0 to the plan.", rich_help_panel=_FREEZE),
     ] = 0
+    freeze_rescale: Annotated[
+        str,
+        typer.Option(
+            help="Gradient of a partly frozen tensor: `mean` over the microbatches that trained "
+            "it, or `none` (their sum, as it falls out).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = "mean"
     profile_iters: Annotated[
         int,
         typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
@@ -257,6 +266,15 @@ class PretrainOptions:
     drift_patience: Annotated[
         int, typer.Option(help="Drifting iterations before re-profiling.", rich_help_panel=_FREEZE)
     ] = 5
+
+    def freeze_config(self) -> FreezeConfig:
+        """The runtime's settings, one object for both routes (validated by FreezeConfig)."""
+        return FreezeConfig(
+            seed=self.seed,
+            rescale=self.freeze_rescale,  # type: ignore[arg-type]  # checked by FreezeConfig
+            warmup_iters=self.freeze_warmup_iters,
+            ramp_iters=self.freeze_ramp_iters,
+        )
 
     def job(self) -> Job:
         """Build and check the Job for these flags (TimelyFreezeError, exit 2, on bad input)."""
@@ -301,12 +319,10 @@ class PretrainOptions:
             plan=self.plan,
             no_freeze=not self.freeze,
             max_freeze_ratio=self.max_freeze_ratio,
-            warmup_iters=self.freeze_warmup_iters,
-            ramp_iters=self.freeze_ramp_iters,
+            runtime=self.freeze_config(),
             profile_iters=self.profile_iters,
             drift_threshold=self.drift_threshold,
             drift_patience=self.drift_patience,
-            seed=self.seed,
         )
         train = TrainConfig(
             iters=self.iters,
@@ -411,11 +427,7 @@ def _pretrain_megatron_lm(
             "--plan auto needs the built-in trainer; with --megatron-lm pass a plan.json from "
             "`timelyfreeze solve`"
         )
-    freeze = {
-        "seed": opts.seed,
-        "warmup_iters": opts.freeze_warmup_iters,
-        "ramp_iters": opts.freeze_ramp_iters,
-    }
+    freeze = opts.freeze_config().to_dict()
     job = megatron_lm_job(
         megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
     )

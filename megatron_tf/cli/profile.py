@@ -191,7 +191,7 @@ def _measure(
         group_size=what_if.group_size,
         overlap_p2p_comm=what_if.overlap_p2p_comm,
     )
-    kind = "1f1b" if parallel.vpp == 1 else "interleaved"
+    kind = parallel.schedule_spec().kind
     if what_if.schedule is not None and what_if.schedule != kind:
         raise ConfigError(
             f"--schedule {what_if.schedule} disagrees with --vpp {parallel.vpp} (which runs "

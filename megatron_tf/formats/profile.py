@@ -15,13 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from megatron_tf.errors import ConfigError, FormatError
-from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.errors import FormatError
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = [
     "PROFILE_FORMAT",
     "WAIT_PREFIX",
-    "ScheduleModel",
     "UnitCost",
     "StageCost",
     "MicrobatchCost",
@@ -53,26 +52,6 @@ value is a typo or garbage (1e308 overflowed the LP), not a measurement."""
 class _Strict(BaseModel):
     # strict: "1.0" or true where a number belongs is refused, not coerced.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-
-class ScheduleModel(_Strict):
-    """The schedule a profile or plan belongs to (the fields of `ScheduleSpec`)."""
-
-    kind: Literal["1f1b", "interleaved"]
-    pp: int = Field(ge=2)
-    vpp: int = Field(default=1, ge=1)
-    microbatches: int = Field(ge=1)
-    group_size: int = Field(default=0, ge=0)
-    """0 means Megatron's default, pp."""
-    overlap_p2p_comm: bool = False
-
-    def to_spec(self) -> ScheduleSpec:
-        """The validated spec; Megatron's rules apply (ConfigError names the rule)."""
-        return ScheduleSpec(**self.model_dump())
-
-    @classmethod
-    def from_spec(cls, spec: ScheduleSpec) -> ScheduleModel:
-        return cls(**spec.to_dict())
 
 
 class UnitCost(_Strict):
@@ -150,7 +129,7 @@ class Profile(_Strict):
     """A whole `profile.json`."""
 
     format: Literal["timelyfreeze.profile/1"] = PROFILE_FORMAT
-    schedule: ScheduleModel
+    schedule: ScheduleRecord
     stages: list[StageCost]
     microbatches: list[MicrobatchCost] | None = None
     comm: Annotated[Seconds, Field(ge=0, le=MAX_SECONDS)] | list[CommLink] = 0.0
@@ -244,10 +223,6 @@ def parse_profile(data: object, source: str = "profile") -> Profile:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
         raise FormatError(f"{source}: invalid profile: {_describe(exc)}") from None
-    try:
-        profile.schedule.to_spec()
-    except ConfigError as exc:
-        raise FormatError(f"{source}: schedule: {exc}") from None
     return profile
 
 

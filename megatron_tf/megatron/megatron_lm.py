@@ -37,7 +37,7 @@ from typing import Any
 
 from megatron_tf.console import rank_line
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
-from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 
 __all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 
@@ -72,14 +72,13 @@ def layout_from_args(args: Any) -> ScheduleSpec | None:
             f"--micro-batch-size {args.micro_batch_size} x data-parallel size "
             f"{args.data_parallel_size}"
         )
-    group = getattr(args, "microbatch_group_size_per_vp_stage", None) or pp
-    return ScheduleSpec(
-        kind="interleaved" if vpp > 1 else "1f1b",
+    return megatron_schedule(
         pp=pp,
         vpp=vpp,
         microbatches=microbatches,
-        group_size=group if vpp > 1 else 0,
-        overlap_p2p_comm=bool(getattr(args, "overlap_p2p_comm", False)) and vpp > 1,
+        group_size=getattr(args, "microbatch_group_size_per_vp_stage", None),
+        overlap_p2p_comm=bool(getattr(args, "overlap_p2p_comm", False)),
+        drop_interleaved_only=True,
     )
 
 
@@ -94,15 +93,13 @@ def layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
     if pp < 2:
         return None
     config = get_model_config(chunks[0])
-    vpp = len(chunks)
-    group = getattr(config, "microbatch_group_size_per_vp_stage", None) or pp
-    return ScheduleSpec(
-        kind="interleaved" if vpp > 1 else "1f1b",
+    return megatron_schedule(
         pp=pp,
-        vpp=vpp,
+        vpp=len(chunks),
         microbatches=int(kwargs["num_microbatches"]),
-        group_size=group if vpp > 1 else 0,
-        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)) and vpp > 1,
+        group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
+        drop_interleaved_only=True,
     )
 
 

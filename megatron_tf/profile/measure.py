@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import IO
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.job import job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.launch.options import LaunchOptions, launch_job
-from megatron_tf.profile.config import JOB_ENV, ProfileConfig, ProfileJob
+from megatron_tf.profile.config import ProfileConfig, ProfileJob
 
 __all__ = ["ENTRY_MODULE", "measure_profile", "prepare_profile_job", "summary_line"]
 
 ENTRY_MODULE = "megatron_tf.profile.worker"
-"""The workers' entry point; it reads the job file named by $TIMELYFREEZE_PROFILE_JOB."""
+"""The workers' entry point; it reads the `profile` job envelope named by $TIMELYFREEZE_JOB."""
 
 Watch = Callable[[list[tuple[str, int]]], AbstractContextManager[object]]
 """Shows the workers' progress while they run, given the phases and their step counts."""
@@ -73,7 +74,7 @@ def measure_profile(
                 if launch.dry_run
                 else Path(folder) / "profile_job.json"
             )
-        job.save(job_file)
+        job_file = job.save(job_file)
         # The worker reports warm-up iterations, then whole rounds (one iteration per phase).
         phases = [("warm-up", job.profile.warmup_iters), ("rounds", len(job.profile.rounds()))]
         display = watch(phases) if watch is not None and not launch.dry_run else None
@@ -82,7 +83,7 @@ def measure_profile(
                 launch,
                 ENTRY_MODULE,
                 world_size=job.parallel.world_size,
-                env={**(env or {}), JOB_ENV: str(job_file.resolve())},
+                env={**(env or {}), **job_env(job_file)},
                 stdout=stdout,
                 stderr=stderr,
             )

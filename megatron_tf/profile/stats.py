@@ -23,10 +23,9 @@ from megatron_tf.formats.profile import (
     MeasuredAction,
     MicrobatchCost,
     Profile,
-    ScheduleModel,
     StageCost,
 )
-from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 from megatron_tf.linefit import fit_line
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
@@ -314,7 +313,7 @@ def build_profile(
     # Freezing does not change the finalization, so every phase's iterations measure it.
     overheads = [x for phase in timings.values() for x in _iteration_overheads(phase)]
     profile = Profile(
-        schedule=ScheduleModel.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         stages=stages,
         microbatches=microbatches,
         comm=_comm_links(unfrozen),

@@ -1,6 +1,6 @@
 """Torchrun entry of `timelyfreeze profile`: `python -m megatron_tf.profile.worker`.
 
-Reads the job file named by $TIMELYFREEZE_PROFILE_JOB (written by the CLI), measures on every
+Reads the job file named by $TIMELYFREEZE_JOB (written by the CLI), measures on every
 rank, gathers to global rank 0, which writes the profile atomically. Data-parallel and
 tensor-parallel replicas measure too; the profile keeps the replica with data-parallel rank 0
 and tensor-parallel rank 0 of each pipeline rank.
@@ -17,7 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from megatron_tf.console import progress_line, worker_line
 from megatron_tf.launch.worker_errors import report_user_errors
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
+from megatron_tf.profile.config import FAULT_RANK_ENV, ProfileJob
 from megatron_tf.profile.runner import gather_profile, measure_phases, measurement_environment
 from megatron_tf.train.model import build_training_model, use_transformer_engine
 
@@ -65,12 +65,7 @@ def run_job(job: ProfileJob) -> None:
 @record
 def main() -> None:
     with report_user_errors():
-        path = os.environ.get(JOB_ENV)
-        if not path:
-            from megatron_tf.errors import LaunchError
-
-            raise LaunchError(f"{JOB_ENV} is not set: start this worker with timelyfreeze profile")
-        run_job(ProfileJob.load(path))
+        run_job(ProfileJob.load())
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
+from megatron_tf.formats.plan import Plan, Predicted, SolverInfo
 from megatron_tf.formats.profile import Profile, profile_sha256
+from megatron_tf.formats.schedule import ScheduleRecord
 from megatron_tf.schedule.dag import Dag
 from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 
@@ -80,7 +81,7 @@ def solve_profile(
 
 def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
     return Plan(
-        schedule=PlanSchedule.from_spec(profile.spec),
+        schedule=ScheduleRecord.from_spec(profile.spec),
         profile_sha256=profile_sha256(profile),
         max_freeze_ratio=config.max_freeze_ratio,
         tolerance=config.tolerance,

@@ -6,7 +6,8 @@ order, and records rank 0's iteration and forward-backward times. On a shared ma
 runs see different load; alternating single iterations inside one job lets the load hit every
 configuration alike, so the ratio of medians is what freezing itself changes.
 
-    python -m megatron_tf.train.alternate --job job.json --plan 0.8=plan.json --out t.json
+    TIMELYFREEZE_JOB=job.json python -m megatron_tf.train.alternate --plan 0.8=plan.json \\
+        --out t.json
 
 The job must carry a plan (its runtime is the one re-targeted). Used by the demo and by
 `scripts/bench/bench_pretrain_speedup.py`.
@@ -69,14 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_tf.train.trainer import Trainer
 
     parser = argparse.ArgumentParser(prog="megatron_tf.train.alternate")
-    parser.add_argument("--job", required=True)
     parser.add_argument("--plan", action="append", default=[], help="NAME=plan.json")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first")
     parser.add_argument("--out", required=True, help="timings JSON (written by rank 0)")
     args = parser.parse_args(argv)
     with report_user_errors():
-        trainer = Trainer(load_job(args.job))
+        trainer = Trainer(load_job())
         try:
             plans = {}
             for item in args.plan:

@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from megatron_tf.formats.job import job_env
 from megatron_tf.launch.options import LaunchOptions, launch_job
 from megatron_tf.train.job import Job, write_job
 
 __all__ = ["ENTRY_MODULE", "run_pretrain"]
 
 ENTRY_MODULE = "megatron_tf.train.main"
-"""The workers' entry point; it reads the job file named by `--job`."""
+"""The workers' entry point; it reads the `pretrain` job envelope named by $TIMELYFREEZE_JOB."""
 
 
 def run_pretrain(
@@ -33,9 +34,8 @@ def run_pretrain(
     return launch_job(
         launch,
         ENTRY_MODULE,
-        ["--job", str(job_file)],
         world_size=job.parallel.world_size,
-        env=env,
+        env={**(env or {}), **job_env(job_file)},
         stdout=stdout,
         stderr=stderr,
     )

@@ -262,16 +262,8 @@ class Trainer:
             self.freezer.set_ratios(plan.ratios)
             return
         # The DDP-wrapped chunks: the runtime rescales gradients inside DDP's bucket groups.
-        self.freezer = FreezeRuntime(self.chunks, plan.ratios, self.spec, self._freeze_config())
+        self.freezer = FreezeRuntime(self.chunks, plan.ratios, self.spec, self.cfg.freeze.runtime)
         self.freezer.install()
-
-    def _freeze_config(self) -> Any:
-        from megatron_tf.freeze import FreezeConfig
-
-        f = self.cfg.freeze
-        return FreezeConfig(
-            seed=f.seed, rescale=f.rescale, warmup_iters=f.warmup_iters, ramp_iters=f.ramp_iters
-        )
 
     def _phase(self) -> str:
         """What this iteration runs: decided by the installed freezer, not by the flags (a
@@ -299,7 +291,7 @@ class Trainer:
         if (
             self.cfg.freeze.auto
             and self.plan is None
-            and (self.iteration >= self.cfg.freeze.warmup_iters)
+            and (self.iteration >= self.cfg.freeze.runtime.warmup_iters)
         ):
             if self.cfg.freeze.auto_budget and not self.noise_estimates:
                 self._noise_probe()  # the loss cost of freezing, before anything is frozen

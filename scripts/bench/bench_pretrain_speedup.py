@@ -43,6 +43,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     from megatron_tf.demo import DemoConfig, profile_model, solve_plan
+    from megatron_tf.formats.job import job_env
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
@@ -80,11 +81,11 @@ def main() -> None:
             LaunchOptions(),
             "megatron_tf.train.alternate",
             [
-                *("--job", str(job_file), *plan_args, "--steps", str(args.steps)),
+                *(*plan_args, "--steps", str(args.steps)),
                 *("--warmup", str(args.warmup), "--out", str(out / "timings.json")),
             ],
             world_size=cfg.parallel.world_size,
-            env=QUIET_WORKERS_ENV,
+            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
             stdout=log,
             stderr=log,
         )

@@ -109,12 +109,13 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
 
 def _plan_runs_with_the_freeze_runtime(tmp_path, profile, profile_path, result, layout) -> None:
     """The plan solved on the measured profile trains on the same layout (pretrain --plan)."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
     from megatron_tf.formats.profile import profile_sha256
 
     spec = profile.spec
     plan = Plan(
-        schedule=PlanSchedule(**spec.to_dict()),
+        schedule=ScheduleRecord(**spec.to_dict()),
         profile_sha256=profile_sha256(profile_path),
         max_freeze_ratio=0.5,
         tolerance=1e-6,

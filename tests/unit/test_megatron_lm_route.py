@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
+from megatron_tf.errors import ConfigError, FormatError, LaunchError, ScheduleMismatchError
+from megatron_tf.formats.job import JobEnvelope, job_env
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
 from megatron_tf.megatron import megatron_lm
@@ -55,25 +56,24 @@ def test_missing_checkout_folder(tmp_path: Path) -> None:
         resolve_checkout(tmp_path / "file")
 
 
-def test_job_travels_by_environment(tmp_path: Path) -> None:
+def test_job_travels_as_an_envelope_named_by_one_variable(tmp_path: Path) -> None:
     job = MegatronLMJob(
         script=tmp_path / "pretrain_gpt.py",
         plan=tmp_path / "plan.json",
         freeze={"seed": 3, "warmup_iters": 10},
     )
-    env = job.environment()
-    assert env == {
-        "TIMELYFREEZE_MEGATRON_SCRIPT": str(tmp_path / "pretrain_gpt.py"),
-        "TIMELYFREEZE_MODE": "pretrain",
-        "TIMELYFREEZE_PLAN": str(tmp_path / "plan.json"),
-        "TIMELYFREEZE_FREEZE_CONFIG": '{"seed": 3, "warmup_iters": 10}',
-    }
-    assert MegatronLMJob.from_environment(env) == job
+    env = job_env(job.save(tmp_path / "job.json"))
+    assert env == {"TIMELYFREEZE_JOB": str(tmp_path / "job.json")}
+    assert MegatronLMJob.load(env=env) == job
 
 
-def test_entry_outside_timelyfreeze_is_refused() -> None:
-    with pytest.raises(LaunchError, match="TIMELYFREEZE_MEGATRON_SCRIPT is not set"):
-        MegatronLMJob.from_environment({})
+def test_entry_outside_timelyfreeze_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="TIMELYFREEZE_JOB is not set"):
+        MegatronLMJob.load(env={})
+    # Another worker's job (or another version's) is refused by name, not half-read.
+    profile_job = JobEnvelope(kind="profile", job={}).save(tmp_path / "p.json")
+    with pytest.raises(FormatError, match="is a 'profile' job, this worker runs 'megatron_lm'"):
+        MegatronLMJob.load(env=job_env(profile_job))
 
 
 def megatron_args(**overrides) -> SimpleNamespace:
@@ -107,10 +107,11 @@ def test_layout_from_megatron_args_needs_whole_microbatches() -> None:
 
 
 def _plan_file(tmp_path: Path, microbatches: int) -> Path:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
 
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
+        schedule=ScheduleRecord(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
         profile_sha256="a" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
@@ -239,7 +240,8 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     )
     assert result.exit_code == 0, result.output
     *exports, command = result.output.strip().splitlines()
-    assert f"export TIMELYFREEZE_MEGATRON_SCRIPT={tmp_path / 'pretrain_gpt.py'}" in exports
+    (job_file,) = [e.split("=", 1)[1] for e in exports if e.startswith("export TIMELYFREEZE_JOB=")]
+    assert MegatronLMJob.load(job_file).script == tmp_path / "pretrain_gpt.py"
     assert command.endswith(
         "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
@@ -338,7 +340,12 @@ def test_supported_checkouts_pass_the_check(name: str, megatron_lm_snapshot) -> 
         + ["--dry-run", "--", "--num-layers", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert "export TIMELYFREEZE_CPU_TRIAL=1" in result.output.splitlines()
+    (job_file,) = [
+        line.split("=", 1)[1]
+        for line in result.output.splitlines()
+        if line.startswith("export TIMELYFREEZE_JOB=")
+    ]
+    assert MegatronLMJob.load(job_file).cpu_trial
 
 
 def test_cpu_trial_belongs_to_the_megatron_lm_route(tmp_path: Path) -> None:

@@ -97,13 +97,13 @@ def _run(tmp: Path, *args: str) -> None:
 
 def test_pretrain_dry_run_carries_every_model_flag(tmp_path: Path) -> None:
     _run(tmp_path, "pretrain", "--out-dir", str(tmp_path / "out"))
-    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    job = json.loads((tmp_path / "out" / "job.json").read_text())["job"]
     assert {k: job["model"][k] for k in MODEL_FLAGS} == MODEL_VALUES
     assert job["parallel"]["tp"] == 2
 
 
 def test_profile_dry_run_carries_every_model_flag(tmp_path: Path) -> None:
     _run(tmp_path, "profile", "-o", str(tmp_path / "p.json"))
-    job = json.loads((tmp_path / "p.job.json").read_text())
+    job = json.loads((tmp_path / "p.job.json").read_text())["job"]
     assert {k: job["model"][k] for k in MODEL_FLAGS} == MODEL_VALUES
     assert job["parallel"]["tp"] == 2

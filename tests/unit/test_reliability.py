@@ -182,7 +182,7 @@ def test_load_of_one_iteration_folder_resumes_from_it(tmp_path: Path, capsys) ->
     )
     assert code == 0, err
     assert f"resuming from {tmp_path}/ck/iter_0000004" in err
-    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    job = json.loads((tmp_path / "out" / "job.json").read_text())["job"]
     assert job["train"]["resume_from"] == str(tmp_path / "ck" / "iter_0000004")
 
 

@@ -23,7 +23,7 @@ def _job_after_dry_run(tmp_path: Path, *flags: str) -> dict:
         + list(flags),
     )
     assert result.exit_code == 0, result.output
-    return json.loads((out / "job.json").read_text())
+    return json.loads((out / "job.json").read_text())["job"]  # the `pretrain` job envelope
 
 
 def test_pretrain_job_asks_for_events_by_default(tmp_path: Path) -> None:

@@ -72,3 +72,15 @@ def test_pp_1_is_a_valid_reference_layout_without_a_schedule() -> None:
     parallel = ParallelConfig(pp=1)
     with pytest.raises(ConfigError, match="--pp must be at least 2"):
         parallel.schedule_spec()
+
+
+def test_freeze_options_hold_one_freeze_config() -> None:
+    """One seed default and one validation for the runtime's settings, wherever they come from."""
+    from megatron_tf.freeze.config import FreezeConfig
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+    assert FreezeOptions().runtime == FreezeConfig()
+    train = TrainConfig(freeze=FreezeOptions(runtime=FreezeConfig(rescale="none", seed=7)))
+    assert TrainConfig.from_dict(train.to_dict()) == train
+    with pytest.raises(ConfigError, match="--freeze-warmup-iters must be an integer >= 0"):
+        FreezeOptions.from_dict({"runtime": {"warmup_iters": -1}})

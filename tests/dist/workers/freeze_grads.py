@@ -432,7 +432,8 @@ def restored_masks(chunks, ratios, spec, cfg) -> dict[str, Any]:
 def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     """Each refusal must come as one TimelyFreezeError before any forward runs."""
     from megatron_tf.errors import TimelyFreezeError
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo
+    from megatron_tf.formats.schedule import ScheduleRecord
     from megatron_tf.megatron.hooks import install_hooks
     from megatron_tf.formats.schedule import ScheduleSpec
 
@@ -449,7 +450,7 @@ def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     ratios = ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
     other = ScheduleSpec(kind=spec.kind, pp=spec.pp, vpp=spec.vpp, microbatches=8)
     plan = Plan(
-        schedule=PlanSchedule.from_spec(other),
+        schedule=ScheduleRecord.from_spec(other),
         profile_sha256="0" * 64,
         max_freeze_ratio=1.0,  # the header must admit its own ratios
         tolerance=0.0,
