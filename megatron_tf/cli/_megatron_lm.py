@@ -19,6 +19,7 @@ import typer
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
 from megatron_tf.errors import LaunchError
 from megatron_tf.formats.job import job_env
+from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.launch.megatron_lm import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
 __all__ = [
@@ -76,7 +77,7 @@ def megatron_lm_job(
     megatron_lm: str | os.PathLike[str],
     script: str = "pretrain_gpt.py",
     plan: str | os.PathLike[str] | None = None,
-    freeze: Mapping[str, Any] | None = None,
+    freeze: FreezeConfig | None = None,
     mode: Mode = "pretrain",
     profile_out: str | os.PathLike[str] | None = None,
     profile: Mapping[str, Any] | None = None,
@@ -99,24 +100,23 @@ def megatron_lm_job(
 
         load_plan(plan)
         plan_path = Path(plan).resolve()
-    out = None
+    out, measure = None, None
     if mode == "profile":
         if profile_out is None:
             raise LaunchError("profile --megatron-lm needs -o/--output for profile.json")
         out = Path(profile_out).resolve()
         if not out.parent.is_dir():
             raise LaunchError(f"--output {profile_out}: folder {out.parent} does not exist")
-        if profile:
-            from megatron_tf.profile.config import ProfileConfig
+        from megatron_tf.profile.config import ProfileConfig
 
-            ProfileConfig(**profile)  # --iters etc. checked here, not on every rank
+        measure = ProfileConfig(**(profile or {}))  # --iters etc. checked here, not on every rank
     return MegatronLMJob(
         script=entry,
         mode=mode,
         plan=plan_path,
-        freeze=dict(freeze or {}),
+        freeze=freeze or FreezeConfig(),
         profile_out=out,
-        profile=dict(profile or {}),
+        profile=measure,
         cpu_trial=cpu_trial,
     )
 

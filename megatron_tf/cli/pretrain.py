@@ -427,7 +427,7 @@ def _pretrain_megatron_lm(
             "--plan auto needs the built-in trainer; with --megatron-lm pass a plan.json from "
             "`timelyfreeze solve`"
         )
-    freeze = opts.freeze_config().to_dict()
+    freeze = opts.freeze_config()
     job = megatron_lm_job(
         megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
     )

@@ -55,11 +55,16 @@ class _Strict(BaseModel):
 
 
 class UnitCost(_Strict):
-    """A freezable tensor of a chunk and its share of the chunk's weight-gradient time."""
+    """A freezable tensor of a chunk and its parameter count (what `--weighting params` reads).
+
+    The profiler writes one per freezable weight of each (rank, chunk), on tensor-parallel
+    rank 0 (a shard when tp > 1: the same fraction on every stage)."""
 
     name: str
-    share: float = Field(ge=0, le=1)
     params: int | None = Field(default=None, ge=0)
+    share: float | None = Field(default=None, ge=0, le=1)
+    """Read for files written before it was dropped (hand-edited profiles had it); nothing uses
+    it and nothing writes it."""
 
 
 class StageCost(_Strict):

@@ -20,11 +20,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_tf.console import worker_line
 from megatron_tf.errors import LaunchError
 from megatron_tf.formats.job import JobEnvelope, job_from_env
+from megatron_tf.freeze.config import FreezeConfig
+
+if TYPE_CHECKING:
+    from megatron_tf.profile.config import ProfileConfig
 
 __all__ = ["ENTRY_MODULE", "MegatronLMJob", "main", "resolve_checkout"]
 
@@ -51,12 +55,12 @@ class MegatronLMJob:
     call, write profile_out, and stop before any optimizer step."""
     plan: Path | None = None
     """plan.json (absolute; on a file system every node sees). None: train without freezing."""
-    freeze: dict[str, Any] = field(default_factory=dict)
-    """FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters) as a dict."""
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    """The freeze runtime's settings (seed, rescale, warm-up, ramp)."""
     profile_out: Path | None = None
     """Where profile mode writes profile.json."""
-    profile: dict[str, Any] = field(default_factory=dict)
-    """ProfileConfig fields (iters, warmup_iters, linearity) for profile mode."""
+    profile: ProfileConfig | None = None
+    """What profile mode measures (iters, warm-up, linearity); None: ProfileConfig()."""
     cpu_trial: bool = False
     """Run the script on CPU with a stand-in for torch.cuda (`megatron_tf.megatron.cpu_trial`);
     ignored on a machine with CUDA."""
@@ -70,9 +74,9 @@ class MegatronLMJob:
             "script": str(self.script),
             "mode": self.mode,
             "plan": None if self.plan is None else str(self.plan),
-            "freeze": dict(self.freeze),
+            "freeze": self.freeze.to_dict(),
             "profile_out": None if self.profile_out is None else str(self.profile_out),
-            "profile": dict(self.profile),
+            "profile": None if self.profile is None else self.profile.to_dict(),
             "cpu_trial": self.cpu_trial,
         }
 
@@ -86,15 +90,18 @@ class MegatronLMJob:
         if mode == "profile" and not data.get("profile_out"):
             raise LaunchError("a profile job needs 'profile_out' (where to write profile.json)")
         for name in ("freeze", "profile"):
-            if not isinstance(data.get(name, {}), dict):
+            if not isinstance(data.get(name) or {}, dict):
                 raise LaunchError(f"job field {name!r} must be a JSON object")
+        from megatron_tf.profile.config import ProfileConfig
+
+        profile = data.get("profile")
         return cls(
             script=Path(data["script"]),
             mode=mode,
             plan=Path(data["plan"]) if data.get("plan") else None,
-            freeze=dict(data.get("freeze", {})),
+            freeze=FreezeConfig.from_dict(data.get("freeze") or {}),
             profile_out=Path(data["profile_out"]) if data.get("profile_out") else None,
-            profile=dict(data.get("profile", {})),
+            profile=None if profile is None else ProfileConfig(**profile),
             cpu_trial=bool(data.get("cpu_trial", False)),
         )
 
@@ -171,7 +178,7 @@ def _profile_first_call(job: MegatronLMJob) -> Any:
 
     assert job.profile_out is not None
     return functools.partial(
-        measure_and_stop, config=ProfileConfig(**job.profile), output=job.profile_out
+        measure_and_stop, config=job.profile or ProfileConfig(), output=job.profile_out
     )
 
 

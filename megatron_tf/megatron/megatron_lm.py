@@ -38,6 +38,7 @@ from typing import Any
 from megatron_tf.console import rank_line
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
+from megatron_tf.freeze.config import FreezeConfig
 
 __all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 
@@ -107,14 +108,17 @@ class MegatronLMFreezer:
     """The per-process state behind the traps: plan, runtime, iteration, pending state."""
 
     def __init__(
-        self, *, plan: Path | None, freeze: dict[str, Any], first_call: FirstCall | None = None
+        self,
+        *,
+        plan: Path | None,
+        freeze: FreezeConfig | None = None,
+        first_call: FirstCall | None = None,
     ) -> None:
         from megatron_tf.formats.plan import load_plan
-        from megatron_tf.freeze.config import FreezeConfig
 
         self.plan = load_plan(plan) if plan is not None else None
         self.plan_sha256 = hashlib.sha256(plan.read_bytes()).hexdigest() if plan else ""
-        self.freeze_config = FreezeConfig.from_dict(freeze)
+        self.freeze_config = freeze or FreezeConfig()
         self.runtime: Any = None
         self.next_iteration = 0
         self.pending_state: dict[str, Any] | None = None
@@ -316,14 +320,14 @@ class MegatronLMFreezer:
 def install(
     *,
     plan: Path | None,
-    freeze: dict[str, Any] | None = None,
+    freeze: FreezeConfig | None = None,
     first_call: FirstCall | None = None,
 ) -> MegatronLMFreezer:
     """Set the traps for this process (once); see the module docstring.
 
     Args:
         plan: plan.json to train with; None runs the script unchanged (a baseline).
-        freeze: FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters).
+        freeze: the runtime's settings (seed, rescale, warm-up, ramp); None: FreezeConfig().
         first_call: takes over the first training schedule call (the profile mode).
     """
     global _ACTIVE
@@ -331,7 +335,7 @@ def install(
         return _ACTIVE
     from megatron_tf.megatron.compat import enable_cpu_compat
 
-    freezer = MegatronLMFreezer(plan=plan, freeze=freeze or {}, first_call=first_call)
+    freezer = MegatronLMFreezer(plan=plan, freeze=freeze, first_call=first_call)
     enable_cpu_compat()  # a no-op with CUDA; lets a stand-in script run on CPU with gloo
     freezer.install()
     _ACTIVE = freezer

@@ -54,7 +54,7 @@ def measure_and_stop(
     model = kwargs["model"]
     chunks = list(model) if isinstance(model, (list, tuple)) else [model]
     timings = _measure(fetch, kwargs, chunks, spec, config)
-    _write(timings, spec, config, output)
+    _write(timings, spec, config, output, chunks)
     dist.barrier()
     if dist.get_rank() == 0:
         worker_line(f"[profile] wrote {output}; stopping before any optimizer step")
@@ -86,10 +86,16 @@ def _measure(
     return out
 
 
-def _write(timings: Timings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
+def _write(
+    timings: Timings,
+    spec: ScheduleSpec,
+    config: ProfileConfig,
+    output: Path,
+    chunks: list[torch.nn.Module],
+) -> None:
     from megatron_tf.formats.profile import save_profile
 
-    profile = gather_profile(timings, spec, config, lambda: _provenance(config))
+    profile = gather_profile(timings, spec, config, lambda: _provenance(config), chunks=chunks)
     if profile is not None:
         save_profile(profile, output)
 

@@ -175,11 +175,17 @@ def gather_profile(
     spec: ScheduleSpec,
     config: ProfileConfig,
     provenance: Callable[[], dict[str, Any]],
+    *,
+    chunks: list[torch.nn.Module],
 ) -> Profile | None:
     """Call on every rank: global rank 0 gathers all ranks' timings and builds the profile
-    from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere."""
+    from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere.
+
+    `chunks` (this rank's model chunks) give each stage's freezable units and their parameter
+    counts (`stages[].units[].params`, read by `solve --weighting params`)."""
     from megatron.core import parallel_state as ps
 
+    from megatron_tf.megatron.freeze_runtime import chunk_units
     from megatron_tf.profile.stats import build_profile
 
     ids = (
@@ -187,17 +193,22 @@ def gather_profile(
         ps.get_data_parallel_rank(),
         ps.get_tensor_model_parallel_rank(),
     )
-    gathered = gather_to_rank0((ids, timings))
+    units = []
+    for chunk in chunks:
+        found, params, _ = chunk_units(chunk)
+        units.append([(u.name, p.numel()) for u, p in zip(found, params, strict=True)])
+    gathered = gather_to_rank0((ids, timings, units))
     if gathered is None:
         return None
-    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
-    phases = {name: [by_pp[r][name] for r in range(spec.pp)] for name, _ in config.phases}
+    by_pp = {pp: (t, u) for (pp, dp, tp), t, u in gathered if dp == 0 and tp == 0}
+    phases = {name: [by_pp[r][0][name] for r in range(spec.pp)] for name, _ in config.phases}
     return build_profile(
         phases,
         spec,
         outlier_mads=config.outlier_mads,
         phase_ratios=dict(config.phases),
         provenance=provenance(),
+        units={(r, c): by_pp[r][1][c] for r in range(spec.pp) for c in range(spec.vpp)},
     )
 
 

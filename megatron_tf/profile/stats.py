@@ -24,6 +24,7 @@ from megatron_tf.formats.profile import (
     MicrobatchCost,
     Profile,
     StageCost,
+    UnitCost,
 )
 from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 from megatron_tf.linefit import fit_line
@@ -242,8 +243,12 @@ def build_profile(
     provenance: dict[str, Any] | None = None,
     attribute_gaps: bool | None = None,
     calibrate: bool = True,
+    units: dict[tuple[int, int], list[tuple[str, int]]] | None = None,
 ) -> Profile:
     """The profile these timings describe (see the module docstring).
+
+    `units`: per (rank, chunk), the freezable weights' (name, parameter count), written as
+    `stages[].units` (what `solve --weighting params` needs).
 
     `attribute_gaps` adds the schedule's own time between timed calls to the compute actions
     (`_with_gaps`). By default it does so when no wait can hide in a gap: with blocking P2P
@@ -276,6 +281,9 @@ def build_profile(
                     backward=b,
                     # Noise can make the frozen median exceed the full one on a tiny chunk.
                     backward_frozen=min(frz[(r, c)].median, b),
+                    units=None
+                    if units is None
+                    else [UnitCost(name=n, params=count) for n, count in units[(r, c)]],
                 )
             )
     microbatches = []

@@ -54,7 +54,7 @@ def run_job(job: ProfileJob) -> None:
             raise RuntimeError(f"injected failure on rank {rank} ({FAULT_RANK_ENV})")
         timings = measure_phases(chunks, job.model, job.parallel, job.profile, _progress(rank))
         spec = job.parallel.schedule_spec()
-        profile = gather_profile(timings, spec, job.profile, lambda: provenance(job))
+        profile = gather_profile(timings, spec, job.profile, lambda: provenance(job), chunks=chunks)
         if profile is not None:
             save_profile(profile, job.output)
             worker_line(f"[profile] wrote {job.output}")

@@ -197,9 +197,10 @@ def build_tokenizer(data: DataConfig, model: ModelConfig) -> Any:
 
 def max_token_id(prefix: str, chunk: int = 1 << 24) -> int:
     """Largest token id in `prefix.bin`, read in chunks through a memory map (one pass)."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader
+    from megatron_tf.megatron import guard
 
-    dtype = _IndexReader(prefix + ".idx", multimodal=False).dtype
+    index_reader = guard.private(guard.current().index_reader)  # private in megatron-core
+    dtype = index_reader(prefix + ".idx", multimodal=False).dtype
     tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     best = -1
     for start in range(0, len(tokens), chunk):

@@ -45,7 +45,9 @@ def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, s
         "parallel": job.parallel.to_dict(),
         "source": f"in-job profile at iteration {trainer.iteration}",
     }
-    profile = gather_profile(timings, job.parallel.schedule_spec(), config, lambda: provenance)
+    profile = gather_profile(
+        timings, job.parallel.schedule_spec(), config, lambda: provenance, chunks=trainer.chunks
+    )
     box: list[Any] = [None]
     if profile is not None:
         plan, why = _solve_on_rank0(trainer, profile, out_dir)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tf.megatron.compat import optimizer_step
 from megatron_tf.solve.budget import noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.data import (
@@ -142,7 +143,7 @@ class Trainer:
         if self.freezer is not None:
             self.freezer.finish_iteration()
         schedule_seconds = time.perf_counter() - t0
-        ok, grad_norm = _optimizer_step(self.optimizer, self.cfg.clip_grad)
+        ok, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
             raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
         self.scheduler.step(increment=1)
@@ -517,38 +518,13 @@ def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
-        # On CPU the clip happens in `_optimizer_step` (Megatron's clip asserts CUDA tensors).
+        # On CPU the clip happens in `compat.optimizer_step` (Megatron's clip asserts CUDA).
         clip_grad=cfg.clip_grad if on_gpu else 0.0,
         bf16=on_gpu,
         params_dtype=torch.float32,
         use_distributed_optimizer=on_gpu,
     )
     return get_megatron_optimizer(config, chunks)
-
-
-def _optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
-    """Megatron's optimizer step; on CPU with the clip done here, in the same order.
-
-    megatron-core 0.19.2's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor`
-    grads, so on CPU the optimizer is built with `clip_grad=0` and this function performs
-    ChainedOptimizer.step's sequence itself: prepare_grads (main_grad -> grad), the global norm
-    from Megatron's `get_grad_norm` (across model-parallel ranks), the scale by
-    clip / (norm + 1e-6) when below 1 (Megatron's coefficient), then step_with_ready_grads.
-    """
-    if torch.cuda.is_available():
-        ok, grad_norm, _ = optimizer.step()
-        return ok, grad_norm
-    with torch.no_grad():
-        if optimizer.prepare_grads():  # found inf/nan: only fp16 loss scaling reports that
-            return False, None
-        grad_norm = float(optimizer.get_grad_norm())
-        coeff = clip_grad / (grad_norm + 1.0e-6)
-        if clip_grad > 0 and coeff < 1.0:
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        param.grad.mul_(coeff)
-        return optimizer.step_with_ready_grads(), grad_norm
 
 
 def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:

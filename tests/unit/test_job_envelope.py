@@ -10,6 +10,7 @@ import pytest
 from megatron_tf.errors import FormatError, LaunchError
 from megatron_tf.formats.job import JOB_ENV, JOB_FORMAT, JobEnvelope, job_env, job_from_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.launch.megatron_lm import MegatronLMJob
 from megatron_tf.profile.config import ProfileConfig, ProfileJob
 
@@ -46,7 +47,9 @@ def test_profile_and_megatron_lm_jobs_travel_the_same_way(tmp_path: Path) -> Non
     )
     env = job_env(profile.save(tmp_path / "profile_job.json"))
     assert set(env) == {JOB_ENV}
-    megatron = MegatronLMJob(script=tmp_path / "pretrain_gpt.py", freeze={"rescale": "none"})
+    megatron = MegatronLMJob(
+        script=tmp_path / "pretrain_gpt.py", freeze=FreezeConfig(rescale="none")
+    )
     menv = job_env(megatron.save(tmp_path / "megatron_lm_job.json"))
     assert set(menv) == set(env)
     assert MegatronLMJob.load(env=menv) == megatron

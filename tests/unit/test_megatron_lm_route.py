@@ -13,6 +13,7 @@ import pytest
 from megatron_tf.errors import ConfigError, FormatError, LaunchError, ScheduleMismatchError
 from megatron_tf.formats.job import JobEnvelope, job_env
 from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
 from megatron_tf.megatron import megatron_lm
 from megatron_tf.megatron.megatron_lm import MegatronLMFreezer, layout_from_args
@@ -60,7 +61,7 @@ def test_job_travels_as_an_envelope_named_by_one_variable(tmp_path: Path) -> Non
     job = MegatronLMJob(
         script=tmp_path / "pretrain_gpt.py",
         plan=tmp_path / "plan.json",
-        freeze={"seed": 3, "warmup_iters": 10},
+        freeze=FreezeConfig(seed=3, warmup_iters=10),
     )
     env = job_env(job.save(tmp_path / "job.json"))
     assert env == {"TIMELYFREEZE_JOB": str(tmp_path / "job.json")}
@@ -126,7 +127,7 @@ def _plan_file(tmp_path: Path, microbatches: int) -> Path:
 
 
 def test_arguments_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze=None)
     freezer.on_arguments(megatron_args())
     assert "matches Megatron-LM's arguments" in capsys.readouterr().out
     with pytest.raises(
@@ -151,7 +152,7 @@ def test_functions_are_replaced_wherever_imported_by_name(monkeypatch) -> None:
     user.save = save  # as `from tf_fake_home import save` leaves it
     monkeypatch.setitem(sys.modules, "tf_fake_home", home)
     monkeypatch.setitem(sys.modules, "tf_fake_user", user)
-    freezer = MegatronLMFreezer(plan=None, freeze={})
+    freezer = MegatronLMFreezer(plan=None, freeze=None)
     freezer._replace("tf_fake_home", "save", lambda f: lambda i: f(i).upper())
     assert (home.save(3), user.save(4)) == ("SAVED 3", "SAVED 4")
     freezer.uninstall()
@@ -176,20 +177,20 @@ def test_freezer_state_beside_megatron_checkpoints(tmp_path: Path, monkeypatch) 
     monkeypatch.setenv("RANK", "3")
     plan = _plan_file(tmp_path, 16)
 
-    writer = MegatronLMFreezer(plan=plan, freeze={})
+    writer = MegatronLMFreezer(plan=plan, freeze=None)
     writer.runtime = _FakeRuntime({"next_iteration": 20, "counts": [[1, 2]]})
     writer.after_save(20)
     saved = tmp_path / "ckpt" / "iter_0000020" / "timelyfreeze" / "rank00003.pt"
     assert saved.is_file()
 
     # A resumed job: the state waits for the runtime, which starts at the first schedule call.
-    reader = MegatronLMFreezer(plan=plan, freeze={})
+    reader = MegatronLMFreezer(plan=plan, freeze=None)
     reader.after_load(20)
     assert reader.pending_state == {"next_iteration": 20, "counts": [[1, 2]]}
     assert reader.next_iteration == 20
 
     # A checkpoint written without TimelyFreeze: start fresh, say so.
-    fresh = MegatronLMFreezer(plan=plan, freeze={})
+    fresh = MegatronLMFreezer(plan=plan, freeze=None)
     fresh.after_load(30)
     assert fresh.pending_state is None and fresh.next_iteration == 30
 
@@ -254,7 +255,7 @@ def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch
     args = SimpleNamespace(save=str(tmp_path), load=str(tmp_path))
     monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
     monkeypatch.setenv("RANK", "0")
-    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze=None)
     freezer.runtime = _FakeRuntime({"next_iteration": 7})
     calls = []
 

@@ -51,3 +51,19 @@ def test_megatron_schedule_drops_what_megatron_ignores_only_when_asked() -> None
         megatron_schedule(pp=4, vpp=1, microbatches=8, group_size=6)
     with pytest.raises(ConfigError, match="--overlap-p2p-comm applies to the interleaved"):
         ParallelConfig(pp=4, microbatches=8, overlap_p2p_comm=True)
+
+
+def test_the_record_layer_imports_nothing_of_megatron_tf_but_errors() -> None:
+    """formats/ holds what crosses a file or process boundary; every package may read it."""
+    import ast
+    from pathlib import Path
+
+    import megatron_tf.formats
+
+    allowed = ("megatron_tf.errors", "megatron_tf.formats")
+    for path in Path(megatron_tf.formats.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        found += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        bad = [m for m in found if m.startswith("megatron_tf") and not m.startswith(allowed)]
+        assert not bad, (path.name, bad)

@@ -321,6 +321,7 @@ def run_case(
     case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
 ) -> dict[str, Any]:
     from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
 
     from megatron_tf.megatron.hooks import install_hooks
 
@@ -356,7 +357,9 @@ def run_case(
         # Negative control: frozen in forward only. Under recompute the forward rerun inside
         # backward then builds wgrads again, and the comparison must catch it.
         runtime.before_backward = lambda chunk, microbatch: None  # type: ignore[method-assign]
+    stock_backward = vars(LinearWithFrozenWeight)["backward"]
     runtime.install()
+    result["backward_replaced"] = vars(LinearWithFrozenWeight)["backward"] is not stock_backward
     recorder = Recorder(chunks)
     rec_handle = install_hooks(recorder)
     result["route"] = installed_route()
@@ -409,6 +412,8 @@ def run_case(
         rec_handle.remove()
         recorder.close()
         runtime.remove()
+    # remove() puts Megatron's own backward back: the process runs stock megatron-core again.
+    result["backward_restored"] = vars(LinearWithFrozenWeight)["backward"] is stock_backward
     if case.get("checkpoint"):
         result["restored_masks"] = restored_masks(chunks, ratios, spec, cfg)
     return result
