@@ -23,8 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from megatron_tf.errors import LaunchError
-from megatron_tf.formats.job import job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
@@ -188,51 +186,51 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
     return result
 
 
-def launch_job(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-    from megatron_tf.launch.torchrun import TorchrunLaunch, run
-
-    launch = TorchrunLaunch(
-        nproc_per_node=2, env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
-    )
-    with open(log, "w") as handle:
-        code = run(launch, module, args, stdout=handle, stderr=handle)
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LaunchError(f"{module} failed (exit {code}); log {log}:\n{tail}")
-
-
 def profile_model(cfg: DemoConfig, out: Path) -> Path:
+    """Measure the demo model's profile, as `timelyfreeze profile` does (`measure_profile`)."""
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.launch import prepare_profile_job
+    from megatron_tf.profile.measure import measure_profile, prepare_profile_job
 
     path = out / "profile.json"
     job = prepare_profile_job(
         cfg.model, cfg.parallel, ProfileConfig(iters=cfg.profile_iters, warmup_iters=2), path
     )
-    job_path = job.save(out / "profile_job.json")
-    launch_job("megatron_tf.profile.worker", [], out / "profile.log", job_env(job_path))
+    with job_log(out / "profile.log", "profiling") as log:
+        measure_profile(
+            job,
+            LaunchOptions(),
+            job_file=out / "profile_job.json",
+            env=QUIET_WORKERS_ENV,
+            stdout=log,
+            stderr=log,
+        )
     return path
 
 
 def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, tuple[float, float]]:
-    """Solve at `cfg.max_freeze_ratio`, write the plan to `path`; returns the predictions."""
+    """Solve at `cfg.max_freeze_ratio` as `timelyfreeze solve` does (`solve_request`), write the
+    plan to `path`; returns the predictions."""
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
+    from megatron_tf.solve.request import SolveRequest, solve_request
 
-    outcome = solve_profile(
-        load_profile(profile_path), SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio)
-    )
+    request = SolveRequest(config=SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio))
+    outcome = solve_request(load_profile(profile_path), request).outcome
+    assert outcome is not None  # a fixed cap always gives a plan
     save_plan(outcome.plan, path)
     p = outcome.plan.predicted
     return path, (p.baseline_makespan, p.makespan)
 
 
 def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
+    """Train one run as `timelyfreeze pretrain` does (`prepare_job`, `run_pretrain`)."""
     from megatron_tf.freeze.config import FreezeConfig
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.train.data import DataConfig
-    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.job import prepare_job
+    from megatron_tf.train.launch import run_pretrain
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
 
     if (run_dir / "metrics.jsonl").exists():
@@ -250,8 +248,8 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
         ),
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
-    job_file = write_job(job, run_dir / "job.json")
-    launch_job("megatron_tf.train.main", [], run_dir / "train.log", job_env(job_file))
+    with job_log(run_dir / "train.log", f"training {run_dir.name}") as log:
+        run_pretrain(job, LaunchOptions(), env=QUIET_WORKERS_ENV, stdout=log, stderr=log)
     return job
 
 
@@ -261,6 +259,8 @@ def time_side_by_side(
     """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
     import json
 
+    from megatron_tf.formats.job import job_env
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.alternate import medians
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
@@ -279,7 +279,16 @@ def time_side_by_side(
     job_file = write_job(job, out / "job.json")
     args = [f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
     args += ["--warmup", str(warmup), "--out", str(out / "timings.json")]
-    launch_job("megatron_tf.train.alternate", args, out / "timing.log", job_env(job_file))
+    with job_log(out / "timing.log", "side-by-side timing") as log:
+        launch_job(
+            LaunchOptions(),
+            "megatron_tf.train.alternate",
+            args,
+            world_size=cfg.parallel.world_size,
+            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
+            stdout=log,
+            stderr=log,
+        )
     return medians(json.loads((out / "timings.json").read_text()))
 
 

@@ -36,7 +36,7 @@ def demo(
     the baseline's wall time, and compares iteration time and loss.
     """
     check_output_dir(out_dir, "--out-dir")
-    _quiet_imports()
+    quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
     from megatron_tf.demo_report import summary_rows, write_report
 
@@ -65,7 +65,7 @@ def demo(
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
-def _quiet_imports() -> None:
+def quiet_imports() -> None:
     """megatron-core warns at import about missing TransformerEngine/Apex and torch about CUDA;
     on a CPU demo both are expected, so keep them out of the terminal (workers log to files)."""
     import logging

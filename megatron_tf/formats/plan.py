@@ -30,12 +30,15 @@ class _Strict(BaseModel):
 
 
 class Predicted(_Strict):
-    """What the DAG model predicts for one iteration (seconds)."""
+    """What the DAG model predicts for one iteration (seconds, or unitless for synthetic costs)."""
 
     baseline_makespan: Seconds
     makespan: Seconds
     speedup: float = Field(gt=0.0, allow_inf_nan=False)
     """baseline_makespan / makespan."""
+    synthetic: bool = False
+    """Solved on synthetic (what-if) costs: the makespans are in the costs' own unit, not
+    seconds, and only their ratio means anything for a real run."""
 
 
 class SolverInfo(_Strict):

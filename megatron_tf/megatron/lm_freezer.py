@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.formats.plan import check_plan_matches, load_plan
 from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
@@ -59,7 +60,7 @@ FirstCall = Callable[[Callable[[], Callable[..., Any]], dict[str, Any]], Any]
 
 
 def _log(message: str) -> None:
-    print(f"timelyfreeze[rank {os.environ.get('RANK', '0')}]: {message}", flush=True)
+    rank_line(message)
 
 
 def layout_from_args(args: Any) -> ScheduleSpec | None:

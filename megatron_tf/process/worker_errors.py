@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import TimelyFreezeError
 from megatron_tf.process.lifeline import die_with_parent
 
@@ -41,7 +41,7 @@ def report_user_errors() -> Iterator[None]:
     except TimelyFreezeError as exc:
         message = " ".join(str(exc).split())
         rank = os.environ.get("RANK", "0")
-        print(f"timelyfreeze[rank {rank}] error: {message}", file=sys.stderr, flush=True)
+        rank_line(message, error=True)
         folder = os.environ.get(ERROR_DIR_ENV)
         if folder:
             with contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from megatron_tf.console import progress_line, worker_line
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.profile import save_profile
 from megatron_tf.formats.schedule import ScheduleSpec
@@ -57,7 +58,7 @@ def measure_and_stop(
     _write(timings, spec, config, output, chunks)
     dist.barrier()
     if dist.get_rank() == 0:
-        print(f"[profile] wrote {output}; stopping before any optimizer step", flush=True)
+        worker_line(f"[profile] wrote {output}; stopping before any optimizer step")
     dist.destroy_process_group()
     raise SystemExit(0)
 
@@ -79,7 +80,7 @@ def _measure(
 
     def progress(bar: str, done: int, total: int) -> None:
         if dist.get_rank() == 0:
-            print(f"[profile] {bar}: {done}/{total}", flush=True)
+            progress_line(bar, done, total)
 
     out = measure_rounds(one_call, chunks, spec, config, progress)
     zero_grads(chunks)

@@ -14,6 +14,7 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from megatron_tf.console import progress_line, worker_line
 from megatron_tf.formats.profile import save_profile
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.model.gpt import build_training_model, use_transformer_engine
@@ -25,7 +26,7 @@ from megatron_tf.profile.runner import gather_profile, measure_phases, measureme
 def _progress(rank: int) -> Any:
     def report(phase: str, done: int, total: int) -> None:
         if rank == 0:
-            print(f"[profile] {phase}: {done}/{total}", flush=True)
+            progress_line(phase, done, total)
 
     return report
 
@@ -55,7 +56,7 @@ def run_job(job: ProfileJob) -> None:
         profile = gather_profile(timings, spec, job.profile, lambda: provenance(job), chunks=chunks)
         if profile is not None:
             save_profile(profile, job.output)
-            print(f"[profile] wrote {job.output}", flush=True)
+            worker_line(f"[profile] wrote {job.output}")
     finally:
         destroy_distributed()
 

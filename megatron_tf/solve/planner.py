@@ -92,6 +92,7 @@ def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
             baseline_makespan=result.baseline_makespan,
             makespan=result.makespan,
             speedup=result.speedup,
+            synthetic=profile.provenance.get("source") == "synthetic",
         ),
         solver=SolverInfo(
             name=result.solver,

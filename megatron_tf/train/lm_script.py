@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from megatron_tf.console import worker_line
 from megatron_tf.errors import LaunchError
 from megatron_tf.formats.job import JobEnvelope, job_from_env
 from megatron_tf.freeze.config import FreezeConfig
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from megatron_tf.megatron.cpu_trial import enable_cpu_trial
 
             if not enable_cpu_trial() and os.environ.get("RANK", "0") == "0":
-                print("timelyfreeze: CUDA is available: the CPU trial mode stays off", flush=True)
+                worker_line("timelyfreeze: CUDA is available: the CPU trial mode stays off")
         from megatron_tf.megatron.lm_freezer import install
 
         if job.mode == "profile":

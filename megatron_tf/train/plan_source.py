@@ -25,6 +25,8 @@ class PlanSource:
     """Predicted seconds per iteration with the plan."""
     source: str
     """Path of the plan.json, or `auto:<n>` for the n-th in-job plan."""
+    synthetic: bool = False
+    """The makespans come from synthetic costs: unitless, not seconds."""
 
     @property
     def speedup(self) -> float:
@@ -52,4 +54,5 @@ def from_plan(plan: Any, *, source: str) -> PlanSource:
         baseline_makespan=plan.predicted.baseline_makespan,
         makespan=plan.predicted.makespan,
         source=source,
+        synthetic=plan.predicted.synthetic,
     )

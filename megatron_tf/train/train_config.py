@@ -121,7 +121,7 @@ class TrainConfig:
     exit_after_iters: int = 0
     """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
-    """Write TensorBoard events when `torch.utils.tensorboard` works."""
+    """Write TensorBoard events to `<out_dir>/tensorboard` (`--no-tensorboard`: off)."""
     eval_interval: int = 0
     """Iterations between validation losses on the held-out set (and at the last iteration);
     0: no validation. The training-batch loss sees other batches in every run, so comparisons

@@ -165,6 +165,7 @@ class Trainer:
             seconds=seconds,
             schedule_seconds=schedule_seconds,
             predicted_seconds=self._predicted(phase),
+            predicted_unitless=self.plan is not None and self.plan.synthetic,
             freeze_ratio=self._realised_ratios(),
             phase=phase,
             elapsed=self.elapsed,
@@ -311,6 +312,8 @@ class Trainer:
         f = self.cfg.freeze
         if f.drift_threshold <= 0 or m.phase != "freeze" or not m.predicted_seconds:
             return
+        if m.predicted_unitless:
+            return  # synthetic costs predict no time to drift from
         if self.iteration >= self.cfg.iters:
             return  # nothing left to train with a new plan
         # The prediction covers the pipeline schedule (forward and backward of all microbatches),

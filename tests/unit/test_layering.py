@@ -20,8 +20,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "megatron_tf"
 
 LAYERS: list[set[str]] = [
-    {"megatron_tf", "errors"},
-    {"outputs", "linefit", "process", "console"},
+    {"megatron_tf", "errors", "console"},
+    {"outputs", "linefit", "process"},
     {"formats"},
     {"freeze"},
     {"schedule"},

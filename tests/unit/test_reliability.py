@@ -530,14 +530,16 @@ def _worker_code(body: str) -> str:
 
 
 def _cli_with_fake(tmp: Path, fake: str) -> subprocess.Popen[str]:
-    """`launch_or_print` in a process of its own, as the CLI runs it, with the fake torchrun."""
+    """`launch_job` in a process of its own, as the CLI runs it, with the fake torchrun."""
     code = (
-        "import sys, typer\n"
+        "import sys\n"
         f"sys.executable = {fake!r}\n"
-        "from megatron_tf.cli._launch import LaunchOptions, launch_or_print\n"
+        "from megatron_tf.cli._app import print_error\n"
+        "from megatron_tf.launch.options import JobFailed, LaunchOptions, launch_job\n"
         "try:\n"
-        "    launch_or_print(LaunchOptions(collective_timeout=3), 'm', world_size=1)\n"
-        "except typer.Exit as stop:\n"
+        "    launch_job(LaunchOptions(collective_timeout=3), 'm', world_size=1)\n"
+        "except JobFailed as stop:\n"
+        "    print_error(str(stop))\n"
         "    sys.exit(stop.exit_code)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -190,6 +190,8 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
         "SLURM_JOB_NODELIST": "gpu[01-02]",
         "SLURM_GPUS_ON_NODE": "8",
     }
+    if "PYTHONPATH" in os.environ:  # the package under test, where it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     done = subprocess.run(
         ["bash", str(SLURM_DIR / "pretrain.sbatch"), *MEGATRON_ARGS],
         env=env,
