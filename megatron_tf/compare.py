@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.demo import demo_model
-from megatron_tf.errors import ConfigError, LaunchError
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.job import JobEnvelope
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 Say = Callable[[str], None]
 TIME_MODES = ("simulated", "measured")
@@ -279,17 +280,24 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
             )
         return cfg.profile
     if cfg.time == "measured":
-        from megatron_tf.profile.config import JOB_ENV, ProfileConfig
-        from megatron_tf.profile.launch import prepare_profile_job
+        from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
+        from megatron_tf.profile.config import ProfileConfig
+        from megatron_tf.profile.measure import measure_profile, prepare_profile_job
 
         say(f"profiling {spec.describe()} on this machine")
         path = out / "profile.json"
         job = prepare_profile_job(
             cfg.model, cfg.parallel, ProfileConfig(iters=20, warmup_iters=2), path
         )
-        job.save(out / "profile_job.json")
-        env = {JOB_ENV: str(out / "profile_job.json")}
-        _launch("megatron_tf.profile.worker", [], out / "profile.log", cfg, env)
+        with job_log(out / "profile.log", "profiling") as log:
+            measure_profile(
+                job,
+                LaunchOptions(),
+                job_file=out / "profile_job.json",
+                env=QUIET_WORKERS_ENV,
+                stdout=log,
+                stderr=log,
+            )
         return path
     path = out / "profile.json"
     save_profile(synthetic_profile(spec, parse_costs(cfg.costs, spec.pp)), path)
@@ -298,8 +306,8 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
 
 def _baseline_time(profile: Any) -> float:
     """The simulator's iteration time with nothing frozen."""
+    from megatron_tf.solve.critical_path import evaluate
     from megatron_tf.solve.planner import profile_dag
-    from megatron_tf.solve.timing import evaluate
 
     return float(evaluate(profile_dag(profile, "megatron")).makespan)
 
@@ -404,8 +412,11 @@ def _train(
     probe: bool,
     reprice_profile: Path | None = None,
 ) -> None:
+    from megatron_tf.freeze.config import FreezeConfig
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.train.data import DataConfig
-    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.job import prepare_job
+    from megatron_tf.train.launch import run_pretrain
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
 
     train = TrainConfig(
@@ -420,8 +431,7 @@ def _train(
         noise_probe_rounds=cfg.noise_probe_rounds,
         freeze=FreezeOptions(
             plan=None if plan is None else str(plan),
-            warmup_iters=cfg.warmup_iters,
-            seed=seed,
+            runtime=FreezeConfig(warmup_iters=cfg.warmup_iters, seed=seed),
             **(
                 {}
                 if reprice_profile is None
@@ -440,35 +450,19 @@ def _train(
         return  # the same job already ran to the end here: reuse it (losses are deterministic)
     if (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()  # a re-run replaces, never appends to, old metrics
-    job_file = write_job(job, run_dir / "job.json")
-    _launch("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log", cfg)
+    with job_log(run_dir / "train.log", f"training {run_dir.name}") as log:
+        run_pretrain(job, LaunchOptions(), env=QUIET_WORKERS_ENV, stdout=log, stderr=log)
 
 
 def _complete(run_dir: Path, job: dict[str, Any], iters: int) -> bool:
     """True when `run_dir` holds this very job, trained for all `iters` iterations."""
     try:
-        same = json.loads((run_dir / "job.json").read_text()) == json.loads(json.dumps(job))
+        written = JobEnvelope.load(run_dir / "job.json", "pretrain").job
+        same = written == json.loads(json.dumps(job))
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
+    except (OSError, ValueError, FormatError):
         return False
     return same and len(lines) == iters
-
-
-def _launch(
-    module: str, args: list[str], log: Path, cfg: CompareConfig, env: dict[str, str] | None = None
-) -> None:
-    from megatron_tf.launch.torchrun import TorchrunLaunch, run
-
-    launch = TorchrunLaunch(
-        nproc_per_node=cfg.parallel.world_size,
-        env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
-        code = run(launch, module, args, stdout=handle, stderr=handle)
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LaunchError(f"{module} failed (exit {code}); log {log}:\n{tail}")
 
 
 # ---------------------------------------------------------------------------------- report

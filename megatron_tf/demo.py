@@ -7,11 +7,9 @@
 4. time baseline and plan side by side in one job (the load-robust speedup);
 5. train TimelyFreeze once more for the iterations the baseline's wall time buys at that
    speedup: does it reach the baseline's final loss within the baseline's time?
-6. write `report.md` and PNGs (timeline before/after, loss curves, iteration times) to the
-   output folder and return the numbers for the terminal's summary table.
-7. (`deep`, on by default) the deep-pipeline section (`demo_deep.py`): on pp 4, which two
-   cores cannot time, the baseline and the auto budget's run compared by time to the
-   baseline's validation loss in SIMULATED time, appended to `report.md`.
+6. return the numbers; `demo_report.write_report` turns them into `report.md` and PNGs
+   (timeline before/after, loss curves, iteration times) in the output folder, and
+   `demo_report.summary_rows` into the terminal's summary table.
 
 Each worker job runs through the project's torchrun launcher with its output in a log file
 under the output folder, so the terminal shows progress and the summary, not megatron's logs.
@@ -25,9 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from megatron_tf.errors import LaunchError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 Say = Callable[[str], None]
 
@@ -63,9 +60,6 @@ class DemoConfig:
     """Iterations of each kind in the side-by-side timing job (baseline and plan alternating)."""
     cache_dir: str | None = None
     """Corpus cache (default ~/.cache/timelyfreeze)."""
-    deep: bool = True
-    """Add the deep-pipeline section (`demo_deep.py`: pp 4, `iters` iterations, simulated
-    time) after the pp 2 story."""
     model: ModelConfig = field(default_factory=demo_model)
     parallel: ParallelConfig = field(default_factory=lambda: ParallelConfig(pp=2, microbatches=8))
 
@@ -110,13 +104,16 @@ class DemoResult:
     frozen: RunSummary
     loss_floor: float | None
     report: Path
+    """Where `demo_report.write_report` writes report.md (its PNGs go next to it)."""
+    profile: Path
+    """The measured profile.json."""
+    plan: Path
+    """The solved plan.json."""
     side_by_side: dict[str, tuple[float, float]]
     """Median (iteration, forward-backward) seconds of `baseline` and `plan` iterations
     alternating in one job: the load-robust speed comparison."""
     equal_time: RunSummary | None = None
     """TimelyFreeze trained for the baseline's wall time: iterations x `measured_speedup`."""
-    deep: Any = None
-    """The deep-pipeline section's `CompareResult` (None without `DemoConfig.deep`)."""
 
     @property
     def predicted_speedup(self) -> float:
@@ -144,7 +141,8 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
-    """Profile, solve, train three times, report. Raises LaunchError if a worker job fails."""
+    """Profile, solve, train three times; the numbers for the report (`demo_report`, which
+    renders them, is the caller's next step). Raises LaunchError if a worker job fails."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     say(f"1/6 profiling the demo GPT on {cfg.parallel.schedule_spec().describe()}")
@@ -168,9 +166,6 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         f"(measured speedup {speedup:.3f})"
     )
     train_run(replace(cfg, iters=equal_iters), out / "timelyfreeze_equal_time", plan=plan_path)
-    say("6/6 writing the report")
-    from megatron_tf.demo_report import write_report
-
     corpus = job_base.prepared.corpus
     result = DemoResult(
         predicted_baseline=predicted[0],
@@ -179,6 +174,8 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
         frozen=run_summary("timelyfreeze", out / "timelyfreeze", cfg.freeze_warmup_iters),
         loss_floor=None if corpus is None else corpus.loss_floor,
         report=out / "report.md",
+        profile=profile_path,
+        plan=plan_path,
         side_by_side=side,
         equal_time=run_summary(
             "timelyfreeze, baseline's wall time",
@@ -186,62 +183,54 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
             cfg.freeze_warmup_iters,
         ),
     )
-    write_report(result, cfg, profile_path, plan_path)
-    if cfg.deep:
-        from megatron_tf.demo_deep import deep_markdown, run_deep
-
-        say(f"deep pipeline section: pp 4, {cfg.iters} iterations, SIMULATED time")
-        result.deep = run_deep(out / "deep_pp4", cfg.iters, cfg.cache_dir, say)
-        with open(result.report, "a") as handle:
-            handle.write("\n" + "\n".join(deep_markdown(result.deep, "deep_pp4")) + "\n")
     return result
 
 
-def launch_job(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-    from megatron_tf.launch.torchrun import TorchrunLaunch, run
-
-    launch = TorchrunLaunch(
-        nproc_per_node=2, env={"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
-    )
-    with open(log, "w") as handle:
-        code = run(launch, module, args, stdout=handle, stderr=handle)
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LaunchError(f"{module} failed (exit {code}); log {log}:\n{tail}")
-
-
 def profile_model(cfg: DemoConfig, out: Path) -> Path:
-    from megatron_tf.profile.config import JOB_ENV, ProfileConfig
-    from megatron_tf.profile.launch import prepare_profile_job
+    """Measure the demo model's profile, as `timelyfreeze profile` does (`measure_profile`)."""
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
+    from megatron_tf.profile.config import ProfileConfig
+    from megatron_tf.profile.measure import measure_profile, prepare_profile_job
 
     path = out / "profile.json"
     job = prepare_profile_job(
         cfg.model, cfg.parallel, ProfileConfig(iters=cfg.profile_iters, warmup_iters=2), path
     )
-    job_path = out / "profile_job.json"
-    job.save(job_path)
-    launch_job("megatron_tf.profile.worker", [], out / "profile.log", {JOB_ENV: str(job_path)})
+    with job_log(out / "profile.log", "profiling") as log:
+        measure_profile(
+            job,
+            LaunchOptions(),
+            job_file=out / "profile_job.json",
+            env=QUIET_WORKERS_ENV,
+            stdout=log,
+            stderr=log,
+        )
     return path
 
 
 def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, tuple[float, float]]:
-    """Solve at `cfg.max_freeze_ratio`, write the plan to `path`; returns the predictions."""
+    """Solve at `cfg.max_freeze_ratio` as `timelyfreeze solve` does (`solve_request`), write the
+    plan to `path`; returns the predictions."""
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
+    from megatron_tf.solve.request import SolveRequest, solve_request
 
-    outcome = solve_profile(
-        load_profile(profile_path), SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio)
-    )
+    request = SolveRequest(config=SolverConfig(max_freeze_ratio=cfg.max_freeze_ratio))
+    outcome = solve_request(load_profile(profile_path), request).outcome
+    assert outcome is not None  # a fixed cap always gives a plan
     save_plan(outcome.plan, path)
     p = outcome.plan.predicted
     return path, (p.baseline_makespan, p.makespan)
 
 
 def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
+    """Train one run as `timelyfreeze pretrain` does (`prepare_job`, `run_pretrain`)."""
+    from megatron_tf.freeze.config import FreezeConfig
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
     from megatron_tf.train.data import DataConfig
-    from megatron_tf.train.job import prepare_job, write_job
+    from megatron_tf.train.job import prepare_job
+    from megatron_tf.train.launch import run_pretrain
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
 
     if (run_dir / "metrics.jsonl").exists():
@@ -254,14 +243,13 @@ def train_run(cfg: DemoConfig, run_dir: Path, *, plan: Path | None) -> Any:
         tensorboard=False,
         freeze=FreezeOptions(
             plan=None if plan is None else str(plan),
-            warmup_iters=cfg.freeze_warmup_iters,
             max_freeze_ratio=cfg.max_freeze_ratio,
-            seed=cfg.model.seed,
+            runtime=FreezeConfig(warmup_iters=cfg.freeze_warmup_iters, seed=cfg.model.seed),
         ),
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
-    job_file = write_job(job, run_dir / "job.json")
-    launch_job("megatron_tf.train.main", ["--job", str(job_file)], run_dir / "train.log")
+    with job_log(run_dir / "train.log", f"training {run_dir.name}") as log:
+        run_pretrain(job, LaunchOptions(), env=QUIET_WORKERS_ENV, stdout=log, stderr=log)
     return job
 
 
@@ -271,6 +259,8 @@ def time_side_by_side(
     """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
     import json
 
+    from megatron_tf.formats.job import job_env
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.alternate import medians
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
@@ -287,9 +277,18 @@ def time_side_by_side(
     )
     job = prepare_job(cfg.model, cfg.parallel, DataConfig(cache_dir=cfg.cache_dir), train)
     job_file = write_job(job, out / "job.json")
-    args = ["--job", str(job_file), f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
+    args = [f"--plan=plan={plan}", "--steps", str(cfg.timing_steps)]
     args += ["--warmup", str(warmup), "--out", str(out / "timings.json")]
-    launch_job("megatron_tf.train.alternate", args, out / "timing.log")
+    with job_log(out / "timing.log", "side-by-side timing") as log:
+        launch_job(
+            LaunchOptions(),
+            "megatron_tf.train.alternate",
+            args,
+            world_size=cfg.parallel.world_size,
+            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
+            stdout=log,
+            stderr=log,
+        )
     return medians(json.loads((out / "timings.json").read_text()))
 
 

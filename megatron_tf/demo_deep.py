@@ -9,7 +9,8 @@ costs 1:1:1). Losses are exact (real megatron-core pipelines under torchrun); th
 measured, and every line this section prints says so. At the demo's default length (300
 iterations) it adds about 5 minutes on two idle cores.
 
-Kept apart from `demo.py` so the demo's pp 2 story and this section change independently.
+Kept apart from `demo.py` (which `compare` builds on) so the demo's pp 2 story and this section
+change independently; `cli/demo.py` runs it after the pp 2 report.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from megatron_tf.compare import CompareConfig, CompareResult, run_compare
-from megatron_tf.train.config import ParallelConfig
+from megatron_tf.formats.layout import ParallelConfig
 
 DEEP_SEED = 1
 """Seed of weights and data order: the bench's seed 1 (docs/results.md), so the demo's numbers

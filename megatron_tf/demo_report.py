@@ -16,9 +16,10 @@ if TYPE_CHECKING:
     from megatron_tf.demo import DemoConfig, DemoResult
 
 
-def write_report(result: DemoResult, cfg: DemoConfig, profile_path: Path, plan_path: Path) -> None:
+def write_report(result: DemoResult, cfg: DemoConfig) -> None:
+    """report.md and its PNGs at `result.report` (the demo's step 6)."""
     out = result.report.parent
-    _timeline(profile_path, plan_path, out / "timeline.png")
+    _timeline(result.profile, result.plan, out / "timeline.png")
     _loss_plot(result, out / "loss.png")
     _time_plot(result, out / "iteration_time.png")
     result.report.write_text(render_markdown(result, cfg))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import sys
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from megatron_tf import __version__
+from megatron_tf.console import console, err_console  # the project's; commands import them here
 from megatron_tf.errors import ConfigError, TimelyFreezeError
+from megatron_tf.launch.options import JobFailed
 
 app = typer.Typer(
     name="timelyfreeze",
@@ -25,15 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
 
 # click's base exception, as typer re-exports it (typer >= 0.20 vendors click, older use it).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def user_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn a `TimelyFreezeError` into one red line on stderr and exit code 2, never a traceback."""
+    """Turn a `TimelyFreezeError` into one red line on stderr and exit code 2, never a traceback.
+
+    A launched job that failed (`JobFailed`) is one line too, with the job's exit code.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -43,6 +46,9 @@ def user_errors[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
         except TimelyFreezeError as exc:
             print_error(str(exc))
             raise typer.Exit(code=2) from None
+        except JobFailed as exc:
+            print_error(str(exc))
+            raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             print_error("interrupted (Ctrl-C) before any job started; nothing was written")
             raise typer.Exit(code=130) from None
@@ -83,6 +89,27 @@ def _root(
     -> [bold]simulate[/] (look at the plan) -> [bold]pretrain[/] (train with the plan).
     [bold]demo[/] runs all of it on a CPU-only machine.
     """
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Let `--help` reflow every command's docstring to the terminal's width.
+
+    Docstrings are hard-wrapped at 100 columns for the source; typer's rich mode keeps those
+    line breaks, so on any other width the help came out ragged. Here each paragraph becomes one
+    line (blank lines still separate paragraphs) before typer reads it.
+    """
+    for info in typer_app.registered_commands:
+        if not isinstance(info.help, str) and info.callback is not None and info.callback.__doc__:
+            info.help = unwrap_paragraphs(inspect.getdoc(info.callback) or "")
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
+def unwrap_paragraphs(text: str) -> str:
+    """Join the lines of each blank-line-separated paragraph with single spaces."""
+    paragraphs = (" ".join(line.strip() for line in p.splitlines()) for p in text.split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ arguments are handed to the workers untouched; TimelyFreeze's own settings trave
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,9 @@ import typer
 
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
 from megatron_tf.errors import LaunchError
-from megatron_tf.launch.megatron_lm import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
+from megatron_tf.formats.job import job_env
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.train.lm_script import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
 __all__ = [
     "CpuTrialOption",
@@ -74,7 +77,7 @@ def megatron_lm_job(
     megatron_lm: str | os.PathLike[str],
     script: str = "pretrain_gpt.py",
     plan: str | os.PathLike[str] | None = None,
-    freeze: Mapping[str, Any] | None = None,
+    freeze: FreezeConfig | None = None,
     mode: Mode = "pretrain",
     profile_out: str | os.PathLike[str] | None = None,
     profile: Mapping[str, Any] | None = None,
@@ -97,24 +100,23 @@ def megatron_lm_job(
 
         load_plan(plan)
         plan_path = Path(plan).resolve()
-    out = None
+    out, measure = None, None
     if mode == "profile":
         if profile_out is None:
             raise LaunchError("profile --megatron-lm needs -o/--output for profile.json")
         out = Path(profile_out).resolve()
         if not out.parent.is_dir():
             raise LaunchError(f"--output {profile_out}: folder {out.parent} does not exist")
-        if profile:
-            from megatron_tf.profile.config import ProfileConfig
+        from megatron_tf.profile.config import ProfileConfig
 
-            ProfileConfig(**profile)  # --iters etc. checked here, not on every rank
+        measure = ProfileConfig(**(profile or {}))  # --iters etc. checked here, not on every rank
     return MegatronLMJob(
         script=entry,
         mode=mode,
         plan=plan_path,
-        freeze=dict(freeze or {}),
+        freeze=freeze or FreezeConfig(),
         profile_out=out,
-        profile=dict(profile or {}),
+        profile=measure,
         cpu_trial=cpu_trial,
     )
 
@@ -131,10 +133,23 @@ def check_cpu_trial(cpu_trial: bool, megatron_lm: Path | None) -> None:
 def launch_megatron_lm(
     job: MegatronLMJob, options: LaunchOptions, megatron_args: Sequence[str] | None
 ) -> None:
-    """Start (or print, under --dry-run) the job on this node; exits like `launch_or_print`."""
+    """Start (or print, under --dry-run) the job on this node; exits like `launch_or_print`.
+
+    The job file goes to a private temporary folder of this node (under Slurm every node runs
+    this command itself), removed when the job ends; under --dry-run it is kept, since the
+    printed command names it.
+    """
     if options.nproc_per_node is None and options.launcher == "local":
         raise LaunchError(
             "--nproc-per-node is required with --megatron-lm: Megatron-LM's world size "
             "(tensor x pipeline x data parallel) is decided by its own arguments"
         )
-    launch_or_print(options, ENTRY_MODULE, list(megatron_args or []), env=job.environment())
+    args = list(megatron_args or [])
+    if options.dry_run:
+        folder = tempfile.mkdtemp(prefix="timelyfreeze-job-")
+        env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))
+        launch_or_print(options, ENTRY_MODULE, args, env=env)
+        return
+    with tempfile.TemporaryDirectory(prefix="timelyfreeze-job-") as folder:
+        env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))
+        launch_or_print(options, ENTRY_MODULE, args, env=env)

@@ -1,11 +1,12 @@
 """Schedule and what-if cost flags shared by `simulate` and `profile --synthetic`.
 
-Both commands declare the options with these aliases (one "Schedule" help panel) and call
-`synthetic_from_flags`, so the two accept exactly the same spelling.
+Both commands take the option group `ScheduleFlags` (one "Schedule" help panel, see
+`cli/_options.py`) and call its `synthetic()`, so the two accept exactly the same spelling.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,7 +15,7 @@ from megatron_tf.errors import ConfigError
 
 if TYPE_CHECKING:
     from megatron_tf.formats.profile import Profile
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
 _PANEL = "Schedule (what-if costs)"
 
@@ -79,7 +80,7 @@ def spec_from_flags(
     group_size: int,
     overlap_p2p_comm: bool,
 ) -> ScheduleSpec:
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     missing = [
         flag
@@ -127,3 +128,34 @@ def synthetic_from_flags(
     if costs is None:
         raise ConfigError("missing --costs F,B,W (seconds of forward, input grad, weight grad)")
     return synthetic_profile(spec, parse_costs(costs, spec.pp), comm)
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleFlags:
+    """The schedule and what-if cost flags, as parsed (an option group)."""
+
+    schedule: ScheduleOption = None
+    pp: PpOption = None
+    vpp: VppOption = 1
+    microbatches: MicrobatchesOption = None
+    group_size: GroupSizeOption = 0
+    overlap_p2p_comm: OverlapOption = False
+    costs: CostsOption = None
+    comm: CommOption = 0.0
+
+    def given(self) -> bool:
+        """Whether any of the flags differs from its default (a what-if run was asked for)."""
+        return self != ScheduleFlags()
+
+    def synthetic(self) -> Profile:
+        """The synthetic profile the flags describe."""
+        return synthetic_from_flags(
+            schedule=self.schedule,
+            pp=self.pp,
+            vpp=self.vpp,
+            microbatches=self.microbatches,
+            group_size=self.group_size,
+            overlap_p2p_comm=self.overlap_p2p_comm,
+            costs=self.costs,
+            comm=self.comm,
+        )

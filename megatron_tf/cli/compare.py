@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from megatron_tf.compare import CompareConfig
 
 
 def _ints(flag: str, text: str) -> tuple[int, ...]:
@@ -21,68 +26,104 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
-@app.command("compare")
-@user_errors
-def compare(
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.")] = 4,
-    vpp: Annotated[int, typer.Option(help="Chunks per rank (>1: interleaved).")] = 1,
-    microbatches: Annotated[int, typer.Option(help="Microbatches per iteration.")] = 8,
-    num_layers: Annotated[int, typer.Option(help="Transformer layers (demo GPT family).")] = 8,
-    hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 128,
-    micro_batch_size: Annotated[int, typer.Option(help="Samples per microbatch.")] = 2,
-    iters: Annotated[int, typer.Option(help="Baseline iterations.")] = 300,
+@dataclass(kw_only=True, slots=True)
+class CompareFlags:
+    """The `compare` flags, as parsed."""
+
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.")] = 4
+    vpp: Annotated[int, typer.Option(help="Chunks per rank (>1: interleaved).")] = 1
+    microbatches: Annotated[int, typer.Option(help="Microbatches per iteration.")] = 8
+    num_layers: Annotated[int, typer.Option(help="Transformer layers (demo GPT family).")] = 8
+    hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 128
+    micro_batch_size: Annotated[int, typer.Option(help="Samples per microbatch.")] = 2
+    iters: Annotated[int, typer.Option(help="Baseline iterations.")] = 300
     warmup_iters: Annotated[
         int, typer.Option(help="LR and freeze warm-up; the noise probe runs at its end.")
-    ] = 30,
+    ] = 30
     seeds: Annotated[
         str, typer.Option(help="Seeds of weights and data order, one run set each.")
-    ] = "1,2,3",
+    ] = "1,2,3"
     corpus_seed: Annotated[
         int, typer.Option(help="Seed of the embedded corpus: the task, the same for all seeds.")
-    ] = 1234,
+    ] = 1234
     budgets: Annotated[
         str,
         typer.Option(
             help="Caps to compare, comma-separated; `auto` = from the noise scale; "
             "`auto+reprice` = auto, chosen again every --reprice-every iterations."
         ),
-    ] = "auto",
+    ] = "auto"
     reprice_every: Annotated[
         int, typer.Option(help="Iterations between re-pricings of an auto+reprice run.")
-    ] = 30,
+    ] = 30
     noise_from: Annotated[
         str,
         typer.Option(help="Noise probe that prices freezing for auto: warmup or final."),
-    ] = "warmup",
+    ] = "warmup"
     time: Annotated[
         str,
         typer.Option(
             help="simulated (charge the simulator's iteration time; deep layouts on few cores) "
             "or measured (wall time; only where ranks do not share cores)."
         ),
-    ] = "simulated",
+    ] = "simulated"
     costs: Annotated[
         str, typer.Option(help="Synthetic F,B,W (per rank: ';'-separated) for simulated time.")
-    ] = "1,1,1",
+    ] = "1,1,1"
     profile: Annotated[
         Path | None, typer.Option(help="A profile of this layout instead of synthetic costs.")
-    ] = None,
+    ] = None
     eval_interval: Annotated[
         int, typer.Option(help="Iterations between validation losses (held-out set).")
-    ] = 10,
-    eval_samples: Annotated[
-        int, typer.Option(help="Held-out samples in the validation set.")
-    ] = 128,
+    ] = 10
+    eval_samples: Annotated[int, typer.Option(help="Held-out samples in the validation set.")] = 128
     equal_iterations: Annotated[
         bool, typer.Option(help="Also train each budget for the baseline's iterations.")
-    ] = False,
-    out_dir: Annotated[Path, typer.Option(help="Runs, summary.json, report.md, plot.")] = Path(
-        "runs/compare"
-    ),
+    ] = False
+    out_dir: Annotated[Path, typer.Option(help="Runs, summary.json, report.md, plot.")] = (
+        Path("runs/compare"),
+    )
     cache_dir: Annotated[
         str | None, typer.Option(help="Corpus cache (default ~/.cache/timelyfreeze).")
-    ] = None,
-) -> None:
+    ] = None
+
+    def config(self) -> CompareConfig:
+        """The comparison these flags describe (ConfigError names a bad flag)."""
+        from megatron_tf.compare import CompareConfig, compare_model
+        from megatron_tf.formats.layout import ParallelConfig
+
+        model = replace(
+            compare_model(),
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            micro_batch_size=self.micro_batch_size,
+            ffn_hidden_size=4 * self.hidden_size,
+        )
+        return CompareConfig(
+            out_dir=self.out_dir,
+            model=model,
+            parallel=ParallelConfig(pp=self.pp, vpp=self.vpp, microbatches=self.microbatches),
+            iters=self.iters,
+            warmup_iters=self.warmup_iters,
+            seeds=_ints("--seeds", self.seeds),
+            corpus_seed=self.corpus_seed,
+            budgets=tuple(b.strip() for b in self.budgets.split(",") if b.strip()),
+            noise_from=self.noise_from,
+            reprice_every=self.reprice_every,
+            time=self.time,
+            costs=self.costs,
+            profile=self.profile,
+            eval_interval=self.eval_interval,
+            eval_samples=self.eval_samples,
+            equal_iterations=self.equal_iterations,
+            cache_dir=self.cache_dir,
+        )
+
+
+@app.command("compare")
+@user_errors
+@option_groups
+def compare(*, flags: CompareFlags) -> None:
     """Train a baseline and TimelyFreeze on the same model, data, seeds and LR schedule; report
     when each reaches the baseline's final validation loss, and the loss at equal time.
 
@@ -93,41 +134,14 @@ def compare(
     predicted time for the plan in force; the report says which time it shows. A run folder
     that already holds the same finished job is reused.
     """
-    from megatron_tf.cli.demo import _quiet_imports
+    from megatron_tf.cli.demo import quiet_imports
 
-    _quiet_imports()
-    from dataclasses import replace
+    quiet_imports()
+    from megatron_tf.compare import format_table, run_compare
 
-    from megatron_tf.compare import CompareConfig, compare_model, format_table, run_compare
-    from megatron_tf.train.config import ParallelConfig
-
-    model = replace(
-        compare_model(),
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        micro_batch_size=micro_batch_size,
-        ffn_hidden_size=4 * hidden_size,
+    result = run_compare(
+        flags.config(), lambda text: console.print(text, highlight=False, soft_wrap=True)
     )
-    cfg = CompareConfig(
-        out_dir=out_dir,
-        model=model,
-        parallel=ParallelConfig(pp=pp, vpp=vpp, microbatches=microbatches),
-        iters=iters,
-        warmup_iters=warmup_iters,
-        seeds=_ints("--seeds", seeds),
-        corpus_seed=corpus_seed,
-        budgets=tuple(b.strip() for b in budgets.split(",") if b.strip()),
-        noise_from=noise_from,
-        reprice_every=reprice_every,
-        time=time,
-        costs=costs,
-        profile=profile,
-        eval_interval=eval_interval,
-        eval_samples=eval_samples,
-        equal_iterations=equal_iterations,
-        cache_dir=cache_dir,
-    )
-    result = run_compare(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
     for line in format_table(result):
         console.print(line, highlight=False, soft_wrap=True)
-    console.print(f"report: {out_dir / 'report.md'}", highlight=False, soft_wrap=True)
+    console.print(f"report: {flags.out_dir / 'report.md'}", highlight=False, soft_wrap=True)

@@ -45,9 +45,9 @@ def demo(
     baseline's validation loss in simulated time (losses exact, time the simulator's).
     """
     check_output_dir(out_dir, "--out-dir")
-    _quiet_imports()
+    quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
-    from megatron_tf.demo_report import summary_rows
+    from megatron_tf.demo_report import summary_rows, write_report
 
     cfg = DemoConfig(
         out_dir=out_dir,
@@ -56,9 +56,22 @@ def demo(
         freeze_warmup_iters=max(1, iters // 10),
         timing_steps=min(80, max(10, iters // 4)),
         cache_dir=cache_dir,
-        deep=deep,
     )
-    result = run_demo(cfg, lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    result = run_demo(cfg, say)
+    say("6/6 writing the report")
+    write_report(result, cfg)
+    deep_result = None
+    if deep:  # demo_deep.py: pp 4 in simulated time, appended to the report
+        from megatron_tf.demo_deep import deep_markdown, run_deep
+
+        say(f"deep pipeline section: pp 4, {iters} iterations, SIMULATED time")
+        deep_result = run_deep(out_dir / "deep_pp4", iters, cache_dir, say)
+        with open(result.report, "a") as handle:
+            handle.write("\n" + "\n".join(deep_markdown(deep_result, "deep_pp4")) + "\n")
     table = Table(title="TimelyFreeze demo", title_justify="left")
     table.add_column("quantity")
     table.add_column("baseline", justify="right")
@@ -66,14 +79,14 @@ def demo(
     for row in summary_rows(result):
         table.add_row(*row)
     console.print(table)
-    if result.deep is not None:
+    if deep_result is not None:
         from megatron_tf.demo_deep import deep_summary
 
-        console.print(deep_summary(result.deep), highlight=False, soft_wrap=True)
+        console.print(deep_summary(deep_result), highlight=False, soft_wrap=True)
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
-def _quiet_imports() -> None:
+def quiet_imports() -> None:
     """megatron-core warns at import about missing TransformerEngine/Apex and torch about CUDA;
     on a CPU demo both are expected, so keep them out of the terminal (workers log to files)."""
     import logging

@@ -1,32 +1,23 @@
 """`timelyfreeze pretrain`: GPT pretraining on Megatron-Core with the freeze runtime, via torchrun.
 
-The command checks everything it can in this process (flags, plan vs layout, checkpoint vs
-layout, data and tokenizer vs model), writes `<out-dir>/job.json`, and launches
-`python -m megatron_tf.train.main --job job.json` on tp * pp * dp ranks with the shared launch
-flags. `pretrain_job_from_options` holds the whole option-to-job translation so other routes
-(a Megatron-LM script, more launch flags) can extend it in one place.
+The command parses its flags into `PretrainOptions` (typed fields, one per flag), turns them into
+the library's configs, checks everything it can in this process (`train.job.prepare_job`: plan vs
+layout, checkpoint vs layout, data and tokenizer vs model) and starts the workers
+(`train.launch.run_pretrain`: job.json, a `pretrain` job envelope named by `$TIMELYFREEZE_JOB`).
+The `--megatron-lm` route runs a user's Megatron-LM script instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from megatron_tf.cli._app import app, console, err_console, user_errors
-from megatron_tf.cli._launch import (
-    CollectiveTimeoutOption,
-    DryRunOption,
-    LauncherOption,
-    LaunchOptions,
-    NnodesOption,
-    NprocPerNodeOption,
-    RdzvEndpointOption,
-    launch_or_print,
-)
+from megatron_tf.cli._launch import LaunchFlags, LaunchOptions, echo_dry_run
 from megatron_tf.cli._megatron_lm import (
     CpuTrialOption,
     MegatronArgsArgument,
@@ -36,11 +27,14 @@ from megatron_tf.cli._megatron_lm import (
     launch_megatron_lm,
     megatron_lm_job,
 )
-from megatron_tf.cli._model_opts import model_kwargs, model_option
+from megatron_tf.cli._model_opts import model_option
+from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.launch.torchrun import DEFAULT_COLLECTIVE_TIMEOUT
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
 from megatron_tf.outputs import check_output_dir
+
+if TYPE_CHECKING:
+    from megatron_tf.train.job import Job
 
 _MODEL = "Model"
 _LAYOUT = "Parallel layout"
@@ -51,114 +45,41 @@ _FREEZE = "Freezing"
 
 @dataclass(kw_only=True, slots=True)
 class PretrainOptions:
-    """Every `pretrain` flag except the launch ones, as parsed (the one place they meet)."""
+    """Every `pretrain` flag except the launch and Megatron-LM ones, as parsed."""
 
-    values: dict[str, Any]
-
-
-def pretrain_job_from_options(opts: PretrainOptions) -> Any:
-    """Build and check the Job for these flags; raises TimelyFreezeError (exit 2) on bad input."""
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
-    from megatron_tf.train.data import DataConfig
-    from megatron_tf.train.job import prepare_job
-    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
-
-    v = opts.values
-    model = ModelConfig(**model_kwargs(v))
-    parallel = ParallelConfig(
-        tp=v["tp"],
-        pp=v["pp"],
-        vpp=v["vpp"],
-        dp=v["dp"],
-        microbatches=v["microbatches"],
-        group_size=v["group_size"],
-        overlap_p2p_comm=v["overlap_p2p_comm"],
-    )
-    source = "mock" if v["mock_data"] else ("path" if v["data_path"] else "synthetic")
-    data = DataConfig(
-        source=source,
-        data_path=v["data_path"],
-        tokenizer_type=v["tokenizer_type"],
-        tokenizer_model=v["tokenizer_model"],
-        vocab_file=v["vocab_file"],
-        merge_file=v["merge_file"],
-        cache_dir=v["cache_dir"],
-        corpus_seed=v["corpus_seed"],
-        data_seed=v["data_seed"],
-    )
-    freeze = FreezeOptions(
-        plan=v["plan"],
-        no_freeze=v["no_freeze"],
-        max_freeze_ratio=v["max_freeze_ratio"],
-        warmup_iters=v["freeze_warmup_iters"],
-        ramp_iters=v["freeze_ramp_iters"],
-        profile_iters=v["profile_iters"],
-        drift_threshold=v["drift_threshold"],
-        drift_patience=v["drift_patience"],
-        reprice_every=v["reprice_every"],
-        reprice_profile=v["reprice_profile"],
-        seed=v["seed"],
-    )
-    train = TrainConfig(
-        iters=v["iters"],
-        lr=v["lr"],
-        min_lr=v["min_lr"],
-        lr_warmup_iters=v["lr_warmup_iters"],
-        lr_decay_style=v["lr_decay_style"],
-        weight_decay=v["weight_decay"],
-        clip_grad=v["clip_grad"],
-        log_interval=v["log_interval"],
-        out_dir=str(v["out_dir"]),
-        save=v["save"],
-        save_interval=v["save_interval"],
-        load=v["load"],
-        overwrite_checkpoints=v["overwrite_checkpoints"],
-        exit_after_iters=v["exit_after_iters"],
-        eval_interval=v["eval_interval"],
-        eval_samples=v["eval_samples"],
-        noise_probe_at=tuple(v["noise_probe_at"] or ()),
-        noise_probe_rounds=v["noise_probe_rounds"],
-        freeze=freeze,
-    )
-    return prepare_job(model, parallel, data, train)
-
-
-@app.command("pretrain")
-@user_errors
-def pretrain(
     # -- model
-    num_layers: Annotated[int, model_option("num_layers", _MODEL)] = 4,
-    hidden_size: Annotated[int, model_option("hidden_size", _MODEL)] = 64,
-    num_attention_heads: Annotated[int, model_option("num_attention_heads", _MODEL)] = 4,
-    ffn_hidden_size: Annotated[int, model_option("ffn_hidden_size", _MODEL)] = 0,
-    seq_length: Annotated[int, model_option("seq_length", _MODEL)] = 64,
+    num_layers: Annotated[int, model_option("num_layers", _MODEL)] = 4
+    hidden_size: Annotated[int, model_option("hidden_size", _MODEL)] = 64
+    num_attention_heads: Annotated[int, model_option("num_attention_heads", _MODEL)] = 4
+    ffn_hidden_size: Annotated[int, model_option("ffn_hidden_size", _MODEL)] = 0
+    seq_length: Annotated[int, model_option("seq_length", _MODEL)] = 64
     vocab_size: Annotated[
         int, model_option("vocab_size", _MODEL, help_text="Vocabulary size of the model.")
-    ] = 512,
-    micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2,
-    recompute: Annotated[str, model_option("recompute", _MODEL)] = "none",
+    ] = 512
+    micro_batch_size: Annotated[int, model_option("micro_batch_size", _MODEL)] = 2
+    recompute: Annotated[str, model_option("recompute", _MODEL)] = "none"
     seed: Annotated[
         int,
         model_option(
             "seed", _MODEL, help_text="Seed of weights and freezing (and data order by default)."
         ),
-    ] = 1234,
+    ] = 1234
     # -- layout
-    tp: Annotated[int, model_option("tp", _LAYOUT)] = 1,
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.", rich_help_panel=_LAYOUT)] = 2,
+    tp: Annotated[int, model_option("tp", _LAYOUT)] = 1
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.", rich_help_panel=_LAYOUT)] = 2
     vpp: Annotated[
         int, typer.Option(help="Chunks per rank (>1: interleaved).", rich_help_panel=_LAYOUT)
-    ] = 1,
-    dp: Annotated[int, model_option("dp", _LAYOUT)] = 1,
+    ] = 1
+    dp: Annotated[int, model_option("dp", _LAYOUT)] = 1
     microbatches: Annotated[
         int, typer.Option(help="Microbatches per iteration.", rich_help_panel=_LAYOUT)
-    ] = 8,
+    ] = 8
     group_size: Annotated[
         int,
         typer.Option(
             help="Microbatch group size per virtual stage (0 = pp).", rich_help_panel=_LAYOUT
         ),
-    ] = 0,
+    ] = 0
     overlap_p2p_comm: Annotated[
         bool,
         typer.Option(
@@ -166,7 +87,7 @@ def pretrain(
             help="Megatron's overlap_p2p_comm (interleaved; required at pp 2).",
             rich_help_panel=_LAYOUT,
         ),
-    ] = False,
+    ] = False
     # -- data
     data_path: Annotated[
         str | None,
@@ -175,72 +96,72 @@ def pretrain(
             "synthetic corpus with a known entropy floor.",
             rich_help_panel=_DATA,
         ),
-    ] = None,
+    ] = None
     mock_data: Annotated[
         bool, typer.Option(help="Megatron's mock GPT dataset.", rich_help_panel=_DATA)
-    ] = False,
+    ] = False
     tokenizer_type: Annotated[
         str, typer.Option(help="Megatron tokenizer type for --data-path.", rich_help_panel=_DATA)
-    ] = "NullTokenizer",
+    ] = "NullTokenizer"
     tokenizer_model: Annotated[
         str | None, typer.Option(help="Tokenizer model / HF name.", rich_help_panel=_DATA)
-    ] = None,
+    ] = None
     vocab_file: Annotated[
         str | None, typer.Option(help="Vocab file (GPT2BPETokenizer).", rich_help_panel=_DATA)
-    ] = None,
+    ] = None
     merge_file: Annotated[
         str | None, typer.Option(help="Merges file (GPT2BPETokenizer).", rich_help_panel=_DATA)
-    ] = None,
+    ] = None
     cache_dir: Annotated[
         str | None,
         typer.Option(
             help="Corpus and index cache (default ~/.cache/timelyfreeze).", rich_help_panel=_DATA
         ),
-    ] = None,
+    ] = None
     data_seed: Annotated[
         int | None,
         typer.Option(help="Seed of the sample order (default: --seed).", rich_help_panel=_DATA),
-    ] = None,
+    ] = None
     corpus_seed: Annotated[
         int,
         typer.Option(
             help="Seed of the embedded corpus: the task itself, apart from --seed.",
             rich_help_panel=_DATA,
         ),
-    ] = 1234,
+    ] = 1234
     # -- training
-    iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel=_TRAIN)] = 100,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)] = 3e-3,
-    min_lr: Annotated[
-        float, typer.Option(help="Final learning rate.", rich_help_panel=_TRAIN)
-    ] = 3e-4,
+    iters: Annotated[int, typer.Option(help="Training iterations.", rich_help_panel=_TRAIN)] = 100
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)] = 3e-3
+    min_lr: Annotated[float, typer.Option(help="Final learning rate.", rich_help_panel=_TRAIN)] = (
+        3e-4
+    )
     lr_warmup_iters: Annotated[
         int, typer.Option(help="LR warm-up iterations.", rich_help_panel=_TRAIN)
-    ] = 10,
+    ] = 10
     lr_decay_style: Annotated[
         str,
         typer.Option(help="constant, linear, cosine, inverse-square-root.", rich_help_panel=_TRAIN),
-    ] = "cosine",
+    ] = "cosine"
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay.", rich_help_panel=_TRAIN)
-    ] = 0.01,
+    ] = 0.01
     clip_grad: Annotated[
         float, typer.Option(help="Gradient-norm clip (0 = off).", rich_help_panel=_TRAIN)
-    ] = 1.0,
+    ] = 1.0
     log_interval: Annotated[
         int, typer.Option(help="Iterations per console line.", rich_help_panel=_TRAIN)
-    ] = 10,
+    ] = 10
     out_dir: Annotated[
         Path,
         typer.Option(help="job.json, metrics.jsonl, TensorBoard events.", rich_help_panel=_TRAIN),
-    ] = Path("runs/pretrain"),
+    ] = Path("runs/pretrain")
     save: Annotated[
         str | None, typer.Option(help="Checkpoint folder to write.", rich_help_panel=_TRAIN)
-    ] = None,
+    ] = None
     save_interval: Annotated[
         int,
         typer.Option(help="Iterations per checkpoint (0 = at the end).", rich_help_panel=_TRAIN),
-    ] = 0,
+    ] = 0
     load: Annotated[
         str | None,
         typer.Option(
@@ -249,7 +170,7 @@ def pretrain(
             "one is refused.",
             rich_help_panel=_TRAIN,
         ),
-    ] = None,
+    ] = None
     overwrite_checkpoints: Annotated[
         bool,
         typer.Option(
@@ -258,31 +179,39 @@ def pretrain(
             "`latest` back). Without it such a run is refused.",
             rich_help_panel=_TRAIN,
         ),
-    ] = False,
+    ] = False
     exit_after_iters: Annotated[
         int, typer.Option(help="Stop after N iterations of this run.", rich_help_panel=_TRAIN)
-    ] = 0,
+    ] = 0
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Write TensorBoard events to <out-dir>/tensorboard.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = True
     eval_interval: Annotated[
         int,
         typer.Option(
             help="Iterations between validation losses on the corpus's held-out set (0 = off).",
             rich_help_panel=_TRAIN,
         ),
-    ] = 0,
+    ] = 0
     eval_samples: Annotated[
         int, typer.Option(help="Held-out samples in the validation set.", rich_help_panel=_TRAIN)
-    ] = 128,
+    ] = 128
     noise_probe_at: Annotated[
         list[int] | None,
         typer.Option(
             help="Measure the gradient noise scale before this iteration (repeatable).",
             rich_help_panel=_TRAIN,
         ),
-    ] = None,
+    ] = None
     noise_probe_rounds: Annotated[
         int,
         typer.Option(help="Gradient pairs averaged per noise probe.", rich_help_panel=_TRAIN),
-    ] = 8,
+    ] = 8
     # -- freezing
     plan: Annotated[
         str | None,
@@ -290,14 +219,16 @@ def pretrain(
             help="plan.json from `solve`, or `auto` (profile and solve in-job after the warm-up).",
             rich_help_panel=_FREEZE,
         ),
-    ] = None,
-    no_freeze: Annotated[
+    ] = None
+    freeze: Annotated[
         bool,
         typer.Option(
-            help="Ignore --plan: the baseline run (on resume it replaces the checkpoint's plan).",
+            "--freeze/--no-freeze",
+            help="--no-freeze ignores --plan: the baseline run (on resume it replaces the "
+            "checkpoint's plan).",
             rich_help_panel=_FREEZE,
         ),
-    ] = False,
+    ] = True
     max_freeze_ratio: Annotated[
         str,
         typer.Option(
@@ -305,28 +236,36 @@ def pretrain(
             "gradient noise scale after the warm-up; least predicted time to a target loss).",
             rich_help_panel=_FREEZE,
         ),
-    ] = str(DEFAULT_MAX_FREEZE_RATIO),
+    ] = str(DEFAULT_MAX_FREEZE_RATIO)
     freeze_warmup_iters: Annotated[
         int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
-    ] = 0,
+    ] = 0
     freeze_ramp_iters: Annotated[
         int,
         typer.Option(help="Iterations ramping ratios from 0 to the plan.", rich_help_panel=_FREEZE),
-    ] = 0,
+    ] = 0
+    freeze_rescale: Annotated[
+        str,
+        typer.Option(
+            help="Gradient of a partly frozen tensor: `mean` over the microbatches that trained "
+            "it, or `none` (their sum, as it falls out).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = "mean"
     profile_iters: Annotated[
         int,
         typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
-    ] = 10,
+    ] = 10
     drift_threshold: Annotated[
         float,
         typer.Option(
             help="Re-profile when |measured/predicted - 1| exceeds this (0 = off).",
             rich_help_panel=_FREEZE,
         ),
-    ] = 0.0,
+    ] = 0.0
     drift_patience: Annotated[
         int, typer.Option(help="Drifting iterations before re-profiling.", rich_help_panel=_FREEZE)
-    ] = 5,
+    ] = 5
     reprice_every: Annotated[
         int,
         typer.Option(
@@ -334,7 +273,7 @@ def pretrain(
             "again every this many iterations after the warm-up (0 = price once).",
             rich_help_panel=_FREEZE,
         ),
-    ] = 0,
+    ] = 0
     reprice_profile: Annotated[
         str | None,
         typer.Option(
@@ -342,15 +281,99 @@ def pretrain(
             "in-job profile of --plan auto).",
             rich_help_panel=_FREEZE,
         ),
-    ] = None,
-    # -- launch
-    nnodes: NnodesOption = 1,
-    nproc_per_node: NprocPerNodeOption = None,
-    rdzv_endpoint: RdzvEndpointOption = None,
-    launcher: LauncherOption = "local",
-    dry_run: DryRunOption = False,
-    collective_timeout: CollectiveTimeoutOption = DEFAULT_COLLECTIVE_TIMEOUT,
-    # -- a user's Megatron-LM script instead of the built-in trainer
+    ] = None
+
+    def freeze_config(self) -> FreezeConfig:
+        """The runtime's settings, one object for both routes (validated by FreezeConfig)."""
+        return FreezeConfig(
+            seed=self.seed,
+            rescale=self.freeze_rescale,  # type: ignore[arg-type]  # checked by FreezeConfig
+            warmup_iters=self.freeze_warmup_iters,
+            ramp_iters=self.freeze_ramp_iters,
+        )
+
+    def job(self) -> Job:
+        """Build and check the Job for these flags (TimelyFreezeError, exit 2, on bad input)."""
+        from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+        from megatron_tf.train.data import DataConfig
+        from megatron_tf.train.job import prepare_job
+        from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+        model = ModelConfig(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            ffn_hidden_size=self.ffn_hidden_size,
+            seq_length=self.seq_length,
+            vocab_size=self.vocab_size,
+            micro_batch_size=self.micro_batch_size,
+            recompute=self.recompute,
+            seed=self.seed,
+        )
+        parallel = ParallelConfig(
+            tp=self.tp,
+            pp=self.pp,
+            vpp=self.vpp,
+            dp=self.dp,
+            microbatches=self.microbatches,
+            group_size=self.group_size,
+            overlap_p2p_comm=self.overlap_p2p_comm,
+        )
+        source = "mock" if self.mock_data else ("path" if self.data_path else "synthetic")
+        data = DataConfig(
+            source=source,
+            data_path=self.data_path,
+            tokenizer_type=self.tokenizer_type,
+            tokenizer_model=self.tokenizer_model,
+            vocab_file=self.vocab_file,
+            merge_file=self.merge_file,
+            cache_dir=self.cache_dir,
+            corpus_seed=self.corpus_seed,
+            data_seed=self.data_seed,
+        )
+        freeze = FreezeOptions(
+            plan=self.plan,
+            no_freeze=not self.freeze,
+            max_freeze_ratio=self.max_freeze_ratio,
+            runtime=self.freeze_config(),
+            profile_iters=self.profile_iters,
+            drift_threshold=self.drift_threshold,
+            drift_patience=self.drift_patience,
+            reprice_every=self.reprice_every,
+            reprice_profile=self.reprice_profile,
+        )
+        train = TrainConfig(
+            iters=self.iters,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            lr_warmup_iters=self.lr_warmup_iters,
+            lr_decay_style=self.lr_decay_style,
+            weight_decay=self.weight_decay,
+            clip_grad=self.clip_grad,
+            log_interval=self.log_interval,
+            out_dir=str(self.out_dir),
+            save=self.save,
+            save_interval=self.save_interval,
+            load=self.load,
+            overwrite_checkpoints=self.overwrite_checkpoints,
+            exit_after_iters=self.exit_after_iters,
+            tensorboard=self.tensorboard,
+            eval_interval=self.eval_interval,
+            eval_samples=self.eval_samples,
+            noise_probe_at=tuple(self.noise_probe_at or ()),
+            noise_probe_rounds=self.noise_probe_rounds,
+            freeze=freeze,
+        )
+        return prepare_job(model, parallel, data, train)
+
+
+@app.command("pretrain")
+@user_errors
+@option_groups
+def pretrain(
+    *,
+    opts: PretrainOptions,
+    launch: LaunchFlags,
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
     cpu_trial: CpuTrialOption = False,
@@ -368,38 +391,25 @@ def pretrain(
     --nproc-per-node 8 -- <Megatron-LM arguments>[/] runs PATH/pretrain_gpt.py with its
     arguments untouched; the model, layout, data and training flags above are then Megatron's.
     """
-    options = LaunchOptions(
-        nnodes=nnodes,
-        nproc_per_node=nproc_per_node,
-        rdzv_endpoint=rdzv_endpoint,
-        launcher=launcher,
-        dry_run=dry_run,
-        collective_timeout=collective_timeout,
-    )
+    options = launch.options()
     check_cpu_trial(cpu_trial, megatron_lm)
     if megatron_lm is not None or megatron_args:
-        _pretrain_megatron_lm(
-            megatron_lm=megatron_lm,
-            script=script,
-            cpu_trial=cpu_trial,
-            megatron_args=megatron_args,
-            plan=None if no_freeze else plan,
-            freeze={
-                "seed": seed,
-                "warmup_iters": freeze_warmup_iters,
-                "ramp_iters": freeze_ramp_iters,
-            },
-            options=options,
-        )
+        _pretrain_megatron_lm(opts, megatron_lm, script, cpu_trial, megatron_args, options)
         return
-    values = {k: v for k, v in locals().items() if k not in _LAUNCH_KEYS}
-    check_output_dir(out_dir, "--out-dir")
-    if save is not None:
-        check_output_dir(save, "--save")
-    job = pretrain_job_from_options(PretrainOptions(values=values))
-    from megatron_tf.train.job import write_job
+    check_output_dir(opts.out_dir, "--out-dir")
+    if opts.save is not None:
+        check_output_dir(opts.save, "--save")
+    from megatron_tf.train.launch import run_pretrain
 
-    job_file = write_job(job, Path(job.train.out_dir) / "job.json")
+    job = opts.job()
+    _say_before_start(job, opts.load, options.dry_run)
+    text = run_pretrain(job, options)
+    if text is not None:
+        echo_dry_run(text)
+
+
+def _say_before_start(job: Job, load: str | None, dry_run: bool) -> None:
+    """Where a resumed run starts, and the embedded corpus's entropy floor."""
     if load is not None:
         said = (
             f"resuming from {job.train.resume_from}"
@@ -413,52 +423,29 @@ def pretrain(
             f"(entropy floor {job.prepared.corpus.loss_floor:.4f} nats/token)[/]",
             soft_wrap=True,
         )
-    launch_or_print(
-        options,
-        "megatron_tf.train.main",
-        ["--job", str(job_file)],
-        world_size=job.parallel.world_size,
-    )
-
-
-_LAUNCH_KEYS = frozenset(
-    {
-        "nnodes",
-        "nproc_per_node",
-        "rdzv_endpoint",
-        "launcher",
-        "dry_run",
-        "collective_timeout",
-        "options",
-        "megatron_lm",
-        "script",
-        "cpu_trial",
-        "megatron_args",
-    }
-)
 
 
 def _pretrain_megatron_lm(
-    *,
+    opts: PretrainOptions,
     megatron_lm: Path | None,
     script: str,
     cpu_trial: bool,
     megatron_args: list[str] | None,
-    plan: str | None,
-    freeze: dict[str, Any],
     options: LaunchOptions,
 ) -> None:
-    """The --megatron-lm route (helper C): check here, then run the user's script per rank."""
+    """The --megatron-lm route: check here, then run the user's script per rank."""
     if megatron_lm is None:
         raise ConfigError(
             "arguments after `--` are for a Megatron-LM script: add --megatron-lm PATH "
             f"(got {' '.join(megatron_args or [])!r})"
         )
+    plan = opts.plan if opts.freeze else None
     if plan == "auto":
         raise ConfigError(
             "--plan auto needs the built-in trainer; with --megatron-lm pass a plan.json from "
             "`timelyfreeze solve`"
         )
+    freeze = opts.freeze_config()
     job = megatron_lm_job(
         megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
     )

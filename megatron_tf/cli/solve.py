@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.outputs import check_output_file
@@ -18,14 +20,86 @@ from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.progress import solve_status
 
 if TYPE_CHECKING:
-    from megatron_tf.formats.profile import Profile
+    from megatron_tf.solve.budget import BudgetChoice
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import SolveOutcome
+    from megatron_tf.solve.request import SolveAnswer, SolveRequest
     from megatron_tf.solve.sweep import SweepPoint
+
+
+@dataclass(kw_only=True, slots=True)
+class SolverFlags:
+    """The LP's flags (and the auto budget's inputs), as parsed."""
+
+    max_freeze_ratio: Annotated[
+        str,
+        typer.Option(
+            help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1], or `auto`: the cap "
+            "with the least predicted time to a target loss (needs --noise-scale, --batch-samples)."
+        ),
+    ] = str(DEFAULT_MAX_FREEZE_RATIO)
+    noise_scale: Annotated[
+        float | None,
+        typer.Option(help="For auto: gradient noise scale B_noise in samples (pretrain's probe)."),
+    ] = None
+    batch_samples: Annotated[
+        int | None,
+        typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
+    ] = None
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
+    ] = 1e-6
+    min_trained_microbatches: Annotated[
+        int,
+        typer.Option(help="Each (rank, chunk) keeps sum of (1 - ratio) at least this."),
+    ] = 1
+    comm_model: Annotated[
+        str, typer.Option(help="DAG comm model: megatron (P2P rendezvous) or dataflow.")
+    ] = "megatron"
+    weighting: Annotated[
+        str,
+        typer.Option(help="Pass-2 weights: uniform, or params (needs stages[].units[].params)."),
+    ] = "uniform"
+    solver: Annotated[
+        str,
+        typer.Option(
+            help="glop (exact simplex), pdlp (first-order, to --pdlp-eps), or auto: GLOP up to "
+            f"{AUTO_GLOP_MAX_VARIABLES:,} LP variables, PDLP above."
+        ),
+    ] = "auto"
+    pdlp_eps: Annotated[
+        float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
+    ] = DEFAULT_PDLP_EPS
+
+    def request(self, sweep: list[float] | None, plan: bool) -> SolveRequest:
+        """What to solve (ConfigError names a bad flag)."""
+        from megatron_tf.solve.lp import SolverConfig
+        from megatron_tf.solve.request import SolveRequest
+
+        auto = self.max_freeze_ratio.strip() == "auto"
+        config = SolverConfig(
+            max_freeze_ratio=0.0 if auto else _ratio(self.max_freeze_ratio),
+            tolerance=self.tolerance,
+            min_trained_microbatches=self.min_trained_microbatches,
+            comm_model=self.comm_model,
+            weighting=self.weighting,
+            solver=self.solver,
+            pdlp_eps=self.pdlp_eps,
+        )
+        return SolveRequest(
+            config=config,
+            sweep=None if sweep is None else tuple(sweep),
+            plan=plan,
+            auto_budget=auto,
+            noise_scale=self.noise_scale,
+            batch_samples=self.batch_samples,
+        )
 
 
 @app.command("solve")
 @user_errors
+@option_groups
 def solve(
     profile: Annotated[
         Path, typer.Argument(help="profile.json from `timelyfreeze profile`.", show_default=False)
@@ -34,46 +108,8 @@ def solve(
         Path | None,
         typer.Option("-o", "--output", help="Write the plan here (atomically).", metavar="PLAN"),
     ] = None,
-    max_freeze_ratio: Annotated[
-        str,
-        typer.Option(
-            help="Cap on each (rank, chunk)'s mean freeze ratio, in [0, 1], or `auto`: the cap "
-            "with the least predicted time to a target loss (needs --noise-scale, --batch-samples)."
-        ),
-    ] = str(DEFAULT_MAX_FREEZE_RATIO),
-    noise_scale: Annotated[
-        float | None,
-        typer.Option(help="For auto: gradient noise scale B_noise in samples (pretrain's probe)."),
-    ] = None,
-    batch_samples: Annotated[
-        int | None,
-        typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
-    ] = None,
-    tolerance: Annotated[
-        float,
-        typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
-    ] = 1e-6,
-    min_trained_microbatches: Annotated[
-        int,
-        typer.Option(help="Each (rank, chunk) keeps sum of (1 - ratio) at least this."),
-    ] = 1,
-    comm_model: Annotated[
-        str, typer.Option(help="DAG comm model: megatron (P2P rendezvous) or dataflow.")
-    ] = "megatron",
-    weighting: Annotated[
-        str,
-        typer.Option(help="Pass-2 weights: uniform, or params (needs stages[].units[].params)."),
-    ] = "uniform",
-    solver: Annotated[
-        str,
-        typer.Option(
-            help="glop (exact simplex), pdlp (first-order, to --pdlp-eps), or auto: GLOP up to "
-            f"{AUTO_GLOP_MAX_VARIABLES:,} LP variables, PDLP above."
-        ),
-    ] = "auto",
-    pdlp_eps: Annotated[
-        float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
-    ] = DEFAULT_PDLP_EPS,
+    *,
+    lp: SolverFlags,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     sweep: Annotated[
         str | None,
@@ -87,23 +123,15 @@ def solve(
 
     Example: [bold]timelyfreeze solve profile.json -o plan.json --max-freeze-ratio 0.1[/]
 
-    With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints predicted
-    gain against mean freeze ratio, next to uniform freezing at the same ratio.
+    With [bold]--sweep 0,0.05,0.1,0.2,0.4[/] it solves once per budget and prints the predicted
+    iteration speed gain (speedup - 1) against mean freeze ratio, next to uniform freezing at the
+    same ratio.
     """
+    from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import load_profile
-    from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.sweep import parse_ratio_list
+    from megatron_tf.solve.request import solve_request
+    from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
 
-    auto = max_freeze_ratio.strip() == "auto"
-    config = SolverConfig(
-        max_freeze_ratio=0.0 if auto else _ratio(max_freeze_ratio),
-        tolerance=tolerance,
-        min_trained_microbatches=min_trained_microbatches,
-        comm_model=comm_model,
-        weighting=weighting,
-        solver=solver,
-        pdlp_eps=pdlp_eps,
-    )
     ratios = parse_ratio_list(sweep) if sweep is not None else None
     if plot is not None and ratios is None:
         raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
@@ -111,67 +139,45 @@ def solve(
         check_output_file(plot, "--plot", suffixes=(".png", ".svg"))
     if output is not None:
         check_output_file(output, "-o/--output")
+    # A sweep alone writes no plan; otherwise a plan is solved (and shown) even without -o.
+    request = lp.request(ratios, plan=ratios is None or output is not None)
     data = load_profile(profile)
     # Long solves report their steps on stderr (solve_status); no second live display here.
-    _solve_and_report(
-        data,
-        config,
-        ratios,
-        output=output,
-        plot=plot,
-        as_json=as_json,
-        auto=auto,
-        noise_scale=noise_scale,
-        batch_samples=batch_samples,
-    )
+    with solve_status() as progress:
+        answer = solve_request(data, request, progress=progress)
+    if answer.points is not None and plot is not None:
+        plot_sweep(answer.points, answer.dag, plot)
+    if answer.outcome is not None and output is not None:
+        save_plan(answer.outcome.plan, output)
+    _render(answer, request.config, output=output, plot=plot, as_json=as_json)
 
 
-def _solve_and_report(
-    data: Profile,
+def _render(
+    answer: SolveAnswer,
     config: SolverConfig,
-    ratios: list[float] | None,
     *,
     output: Path | None,
     plot: Path | None,
     as_json: bool,
-    auto: bool,
-    noise_scale: float | None,
-    batch_samples: int | None,
 ) -> None:
-    from megatron_tf.formats.plan import save_plan
-    from megatron_tf.solve.planner import profile_dag, solve_profile, stage_param_weights
-    from megatron_tf.solve.sweep import plot_sweep
-    from megatron_tf.solve.sweep import sweep as run_sweep
-
-    if ratios is not None:
-        dag = profile_dag(data, config.comm_model)
-        weights = stage_param_weights(data) if config.weighting == "params" else None
-        with solve_status() as progress:
-            points = run_sweep(dag, ratios, config, stage_weights=weights, progress=progress)
-        if plot is not None:
-            plot_sweep(points, dag, plot)
+    """Print the sweep's table, the auto budget's reason and the plan's table (or their JSON)."""
+    if answer.points is not None:
         if as_json:
-            typer.echo(json.dumps({"sweep": [_point_json(p) for p in points]}))
+            typer.echo(json.dumps({"sweep": [_point_json(p) for p in answer.points]}))
         else:
-            console.print(_sweep_table(points, dag.spec.describe(), config.comm_model))
+            console.print(_sweep_table(answer, config.comm_model))
             if plot is not None:
                 console.print(f"Pareto plot: {plot}")
-        if output is None:
+    if answer.budget is not None:
+        _render_budget(answer.budget, as_json)
+        if answer.outcome is None:
             return
-
-    if auto:
-        outcome = _auto(data, config, noise_scale, batch_samples, as_json)
-        if outcome is None:  # no freezing pays: say why, write no plan
-            return
-    else:
-        with solve_status() as progress:
-            outcome = solve_profile(data, config, progress=progress)
-    if output is not None:
-        save_plan(outcome.plan, output)
-    if as_json and ratios is None and not auto:
-        typer.echo(json.dumps(outcome.summary()))
+    if answer.outcome is None:
+        return
+    if as_json and answer.points is None and answer.budget is None:
+        typer.echo(json.dumps(answer.outcome.summary()))
     elif not as_json:
-        console.print(_plan_table(outcome, output))
+        console.print(_plan_table(answer.outcome, output, answer.synthetic))
 
 
 def _ratio(text: str) -> float:
@@ -183,32 +189,24 @@ def _ratio(text: str) -> float:
         ) from None
 
 
-def _auto(
-    data: object, config: object, noise: float | None, batch: int | None, as_json: bool
-) -> SolveOutcome | None:
-    """`--max-freeze-ratio auto`: the cap from the loss-cost model (solve/budget.py)."""
-    from megatron_tf.solve.budget import LossCost, choose_budget
-
-    if noise is None:
-        raise ConfigError("--max-freeze-ratio auto needs --noise-scale (pretrain --noise-probe-at)")
-    if batch is None or batch < 1:
-        raise ConfigError("--max-freeze-ratio auto needs --batch-samples >= 1")
-    choice = choose_budget(data, LossCost(noise_scale=noise, batch=batch), config)  # type: ignore[arg-type]
+def _render_budget(choice: BudgetChoice, as_json: bool) -> None:
+    """`--max-freeze-ratio auto`: the cap from the loss-cost model (solve/budget.py) and why."""
     if as_json:
+        candidates = [
+            {
+                "max_freeze_ratio": p.max_freeze_ratio,
+                "speedup": p.speedup,
+                "iteration_factor": p.iteration_factor,
+                "time_factor": p.time_factor,
+            }
+            for p in choice.points
+        ]
         typer.echo(
             json.dumps(
                 {
                     "max_freeze_ratio": choice.max_freeze_ratio,
                     "reason": choice.reason,
-                    "candidates": [
-                        {
-                            "max_freeze_ratio": p.max_freeze_ratio,
-                            "speedup": p.speedup,
-                            "iteration_factor": p.iteration_factor,
-                            "time_factor": p.time_factor,
-                        }
-                        for p in choice.points
-                    ],
+                    "candidates": candidates,
                 }
             )
         )
@@ -216,7 +214,6 @@ def _auto(
         console.print(f"auto budget: {choice.reason}", highlight=False, soft_wrap=True)
     if choice.outcome is None:
         console.print("no plan written: train without freezing", highlight=False)
-    return choice.outcome
 
 
 def _point_json(p: SweepPoint) -> dict[str, float | None]:
@@ -225,17 +222,21 @@ def _point_json(p: SweepPoint) -> dict[str, float | None]:
         "mean_freeze_ratio": p.mean_freeze_ratio,
         "baseline_makespan": p.baseline_makespan,
         "makespan": p.makespan,
-        "gain": p.gain,
+        "speed_gain": p.speed_gain,
         "uniform_makespan": p.uniform_makespan,
-        "uniform_gain": p.uniform_gain,
+        "uniform_speed_gain": p.uniform_speed_gain,
         "leverage": p.leverage,
         "solve_seconds": p.solve_seconds,
     }
 
 
-def _sweep_table(points: list[SweepPoint], schedule: str, comm_model: str) -> Table:
-    table = Table(title=f"Pareto sweep: {schedule}, {comm_model} comm model")
-    for name in ("max ratio", "mean ratio", "makespan (s)", "gain", "uniform gain", "leverage"):
+def _sweep_table(answer: SolveAnswer, comm_model: str) -> Table:
+    points = answer.points or []
+    title = f"Pareto sweep: {answer.dag.spec.describe()}, {comm_model} comm model"
+    table = Table(title=title)
+    makespan = "makespan (unitless)" if answer.synthetic else "makespan (s)"
+    columns = ("max ratio", "mean ratio", makespan, "iteration speed", "uniform", "leverage")
+    for name in columns:
         table.add_column(name, justify="right")
     for p in points:
         leverage = "-" if p.leverage is None else f"{p.leverage:.2f}x"
@@ -243,23 +244,24 @@ def _sweep_table(points: list[SweepPoint], schedule: str, comm_model: str) -> Ta
             f"{p.max_freeze_ratio:g}",
             f"{p.mean_freeze_ratio:.4f}",
             f"{p.makespan:.6g}",
-            f"{100 * p.gain:.2f}%",
-            f"{100 * p.uniform_gain:.2f}%",
+            f"{100 * p.speed_gain:+.2f}%",
+            f"{100 * p.uniform_speed_gain:+.2f}%",
             leverage,
         )
     return table
 
 
-def _plan_table(outcome: SolveOutcome, output: Path | None) -> Table:
+def _plan_table(outcome: SolveOutcome, output: Path | None, synthetic: bool) -> Table:
     plan, r = outcome.plan, outcome.result
     table = Table(title=f"Freeze plan: {plan.schedule_spec().describe()}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("comm model", plan.comm_model)
     table.add_row("max freeze ratio", f"{plan.max_freeze_ratio:g}")
-    table.add_row("baseline iteration", f"{r.baseline_makespan:.6g} s")
-    table.add_row("planned iteration", f"{r.makespan:.6g} s")
-    table.add_row("predicted speedup", f"{r.speedup:.4f}x")
+    unit = " (unitless: synthetic costs)" if synthetic else " s"
+    table.add_row("baseline iteration", f"{r.baseline_makespan:.6g}{unit}")
+    table.add_row("planned iteration", f"{r.makespan:.6g}{unit}")
+    table.add_row("predicted speedup", f"{r.speedup:.4f}x (iteration speed {r.speedup - 1:+.2%})")
     table.add_row("mean freeze ratio", f"{r.mean_freeze_ratio:.4f}")
     per_rank = " ".join(f"{x:.3f}" for x in r.per_rank_mean_freeze_ratio)
     table.add_row("per rank", per_rank)

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from megatron_tf.errors import ConfigError, FormatError, ScheduleMismatchError
+from megatron_tf.errors import FormatError, ScheduleMismatchError
 from megatron_tf.formats.profile import write_json_atomic
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 PLAN_FORMAT = "timelyfreeze.plan/1"
 
@@ -29,39 +29,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class PlanSchedule(_Strict):
-    """The schedule the plan was solved for (the fields of `ScheduleSpec`)."""
-
-    kind: Literal["1f1b", "interleaved"]
-    pp: int = Field(ge=2)
-    vpp: int = Field(ge=1)
-    microbatches: int = Field(ge=1)
-    group_size: int = Field(ge=1)
-    overlap_p2p_comm: bool = False
-
-    @model_validator(mode="after")
-    def _megatron_accepts(self) -> PlanSchedule:
-        try:
-            self.to_spec()
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-    def to_spec(self) -> ScheduleSpec:
-        return ScheduleSpec(**self.model_dump())
-
-    @classmethod
-    def from_spec(cls, spec: ScheduleSpec) -> PlanSchedule:
-        return cls(**spec.to_dict())
-
-
 class Predicted(_Strict):
-    """What the DAG model predicts for one iteration (seconds)."""
+    """What the DAG model predicts for one iteration (seconds, or unitless for synthetic costs)."""
 
     baseline_makespan: Seconds
     makespan: Seconds
     speedup: float = Field(gt=0.0, allow_inf_nan=False)
     """baseline_makespan / makespan."""
+    synthetic: bool = False
+    """Solved on synthetic (what-if) costs: the makespans are in the costs' own unit, not
+    seconds, and only their ratio means anything for a real run."""
 
 
 class SolverInfo(_Strict):
@@ -83,7 +60,7 @@ class Plan(_Strict):
     """One `plan.json`."""
 
     format: Literal["timelyfreeze.plan/1"] = PLAN_FORMAT
-    schedule: PlanSchedule
+    schedule: ScheduleRecord
     profile_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """sha256 of the profile the plan was solved on (formats/profile.py's fingerprint)."""
     max_freeze_ratio: Ratio

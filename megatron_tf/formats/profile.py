@@ -15,13 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from megatron_tf.errors import ConfigError, FormatError
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.errors import FormatError
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = [
     "PROFILE_FORMAT",
     "WAIT_PREFIX",
-    "ScheduleModel",
     "UnitCost",
     "StageCost",
     "MicrobatchCost",
@@ -55,32 +54,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-class ScheduleModel(_Strict):
-    """The schedule a profile or plan belongs to (the fields of `ScheduleSpec`)."""
-
-    kind: Literal["1f1b", "interleaved"]
-    pp: int = Field(ge=2)
-    vpp: int = Field(default=1, ge=1)
-    microbatches: int = Field(ge=1)
-    group_size: int = Field(default=0, ge=0)
-    """0 means Megatron's default, pp."""
-    overlap_p2p_comm: bool = False
-
-    def to_spec(self) -> ScheduleSpec:
-        """The validated spec; Megatron's rules apply (ConfigError names the rule)."""
-        return ScheduleSpec(**self.model_dump())
-
-    @classmethod
-    def from_spec(cls, spec: ScheduleSpec) -> ScheduleModel:
-        return cls(**spec.to_dict())
-
-
 class UnitCost(_Strict):
-    """A freezable tensor of a chunk and its share of the chunk's weight-gradient time."""
+    """A freezable tensor of a chunk and its parameter count (what `--weighting params` reads).
+
+    The profiler writes one per freezable weight of each (rank, chunk), on tensor-parallel
+    rank 0 (a shard when tp > 1: the same fraction on every stage)."""
 
     name: str
-    share: float = Field(ge=0, le=1)
     params: int | None = Field(default=None, ge=0)
+    share: float | None = Field(default=None, ge=0, le=1)
+    """Read for files written before it was dropped (hand-edited profiles had it); nothing uses
+    it and nothing writes it."""
 
 
 class StageCost(_Strict):
@@ -150,7 +134,7 @@ class Profile(_Strict):
     """A whole `profile.json`."""
 
     format: Literal["timelyfreeze.profile/1"] = PROFILE_FORMAT
-    schedule: ScheduleModel
+    schedule: ScheduleRecord
     stages: list[StageCost]
     microbatches: list[MicrobatchCost] | None = None
     comm: Annotated[Seconds, Field(ge=0, le=MAX_SECONDS)] | list[CommLink] = 0.0
@@ -244,10 +228,6 @@ def parse_profile(data: object, source: str = "profile") -> Profile:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
         raise FormatError(f"{source}: invalid profile: {_describe(exc)}") from None
-    try:
-        profile.schedule.to_spec()
-    except ConfigError as exc:
-        raise FormatError(f"{source}: schedule: {exc}") from None
     return profile
 
 

@@ -6,21 +6,14 @@ applies the decisions to a model.
 
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks, validate_ratios
-from megatron_tf.freeze.units import (
-    UnitSpec,
-    classify,
-    forward_position,
-    make_units,
-    prefix_closure,
-)
+from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
 
 __all__ = [
     "FreezeConfig",
     "FreezePolicy",
     "IterationMasks",
+    "ParamNames",
     "UnitSpec",
-    "classify",
-    "forward_position",
     "make_units",
     "prefix_closure",
     "validate_ratios",

@@ -9,6 +9,10 @@ from megatron_tf.errors import ConfigError
 
 RESCALE_CHOICES: tuple[str, ...] = ("mean", "none")
 
+DEFAULT_FREEZE_SEED = 1234
+"""The seed of the unit choice unless told otherwise: `ModelConfig.seed`'s default, which
+`pretrain --seed` sets for both."""
+
 DEFAULT_MAX_FREEZE_RATIO = 0.3
 """The accuracy budget every command defaults to. On the embedded task (docs/results.md) a cap of
 0.3 cost +0.32% of final loss at 1000 iterations (+0.8% to +1.3% at 300) and reached the
@@ -18,9 +22,13 @@ iterations and never caught up. Check any budget on your own task before raising
 
 @dataclass(kw_only=True, slots=True)
 class FreezeConfig:
-    """How the runtime turns freeze ratios into frozen tensors, and what gradients mean."""
+    """How the runtime turns freeze ratios into frozen tensors, and what gradients mean.
 
-    seed: int = 0
+    The one home of these settings: `pretrain`'s `FreezeOptions.runtime`, the Megatron-LM route
+    and the profiler all hand one of these to the runtime.
+    """
+
+    seed: int = DEFAULT_FREEZE_SEED
     """Seed of the unit choice; the same on every data- and tensor-parallel replica."""
     rescale: Literal["mean", "none"] = "mean"
     """`mean`: a parameter's gradient is the mean over the microbatches that trained it
@@ -34,6 +42,8 @@ class FreezeConfig:
     (profiling the all-frozen backward) turn this off; their gradients must not be applied."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"--seed must be an integer, got {self.seed!r}")
         if self.rescale not in RESCALE_CHOICES:
             raise ConfigError(
                 f"--freeze-rescale must be one of {', '.join(RESCALE_CHOICES)}, "

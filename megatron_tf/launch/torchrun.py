@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from megatron_tf.errors import LaunchError
-from megatron_tf.launch.lifeline import LAUNCHER_ENV
+from megatron_tf.process.lifeline import LAUNCHER_ENV, prctl_function
 
 __all__ = ["JobResult", "TorchrunLaunch", "format_dry_run", "parse_endpoint", "run", "run_job"]
 
@@ -349,7 +349,6 @@ def _die_with_parent_preexec() -> Any:
     torchrun stops its workers when it gets SIGTERM, so even a SIGKILLed CLI leaves no worker
     running. The libc function is looked up here, before the fork, so the child only calls it.
     """
-    from megatron_tf.launch.lifeline import prctl_function
 
     prctl = prctl_function()
     if prctl is None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_compat_enabled", "enable_cpu_compat"]
+from megatron_tf.megatron import guard
+
+__all__ = ["cpu_compat_enabled", "enable_cpu_compat", "optimizer_step"]
 
 _LOCK = threading.Lock()
 _ENABLED = False
@@ -273,3 +275,31 @@ def _patch_rng() -> None:
     # get_all_rng_states' isinstance check true.
     mrandom.CudaRNGStatesTracker = CpuRNGStatesTracker
     mrandom.initialize_rng_tracker(force_reset=True)
+
+
+def optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
+    """Megatron's optimizer step; on CPU with the gradient clip done here, in the same order.
+
+    megatron-core's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor` grads, so
+    on CPU the optimizer is built with `clip_grad=0` and this function makes the calls of
+    `MegatronOptimizer.step()` itself, as the guard's table lists them for the installed
+    version (`SupportedVersion.optimizer_step`: prepare_grads, i.e. main_grad -> grad; the
+    global norm across model-parallel ranks; step_with_ready_grads), scaling the gradients by
+    Megatron's coefficient clip / (norm + 1e-6) when it is below 1 before the last call.
+    """
+    if torch.cuda.is_available():
+        ok, grad_norm, _ = optimizer.step()
+        return ok, grad_norm
+
+    prepare, norm, step = (getattr(optimizer, name) for name in guard.current().optimizer_step)
+    with torch.no_grad():
+        if prepare():  # found inf/nan: only fp16 loss scaling reports that
+            return False, None
+        grad_norm = float(norm())
+        coeff = clip_grad / (grad_norm + 1.0e-6)
+        if clip_grad > 0 and coeff < 1.0:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        param.grad.mul_(coeff)
+        return step(), grad_norm

@@ -11,15 +11,25 @@ from __future__ import annotations
 import datetime
 import os
 import random
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.layout import ParallelConfig
 from megatron_tf.megatron.compat import enable_cpu_compat
-from megatron_tf.train.config import ParallelConfig
 
-__all__ = ["destroy_distributed", "init_distributed"]
+__all__ = [
+    "RankPlace",
+    "destroy_distributed",
+    "init_distributed",
+    "rank_place",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 def init_distributed(
@@ -79,12 +89,7 @@ def seed_everything(seed: int) -> None:
     """Seed Python, torch (CPU and, lazily, CUDA) with the same value on every rank."""
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # numpy is a dependency; this only keeps odd environments working
-        pass
+    np.random.seed(seed % 2**32)
 
 
 def destroy_distributed() -> None:
@@ -95,3 +100,56 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True, slots=True)
+class RankPlace:
+    """Where this rank sits in Megatron's parallel groups."""
+
+    pp_rank: int
+    tp_rank: int
+    dp_rank: int
+    dp_size: int
+    last_stage: bool
+    """Holds the last pipeline stage (computes the loss)."""
+
+
+def rank_place() -> RankPlace:
+    """This rank's place; call after `init_distributed`."""
+    from megatron.core import parallel_state as ps
+
+    return RankPlace(
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+        last_stage=ps.is_pipeline_last_stage(ignore_virtual=True),
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from (Python, numpy, torch, and on GPU CUDA and
+    Megatron's model-parallel tracker), for a checkpoint."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        state["cuda"] = torch.cuda.get_rng_state()
+        state["tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        torch.cuda.set_rng_state(state["cuda"])
+        get_cuda_rng_tracker().set_states(state["tracker"])

@@ -41,21 +41,26 @@ from typing import Any
 
 import torch
 
-from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.errors import ConfigError, ScheduleMismatchError
+from megatron_tf.formats.plan import Plan, check_plan_matches
+from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
-from megatron_tf.freeze.units import UnitSpec, classify, make_units, prefix_closure
+from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
 from megatron_tf.megatron import guard
-from megatron_tf.megatron.frozen_linear import fix_frozen_linear_bias_grad
+from megatron_tf.megatron.frozen_linear import install_bias_grad_fix, remove_bias_grad_fix
 from megatron_tf.megatron.hooks import (
     HookHandle,
     ScheduleObserver,
     current_num_microbatches,
     install_hooks,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
 
-__all__ = ["FreezeRuntime", "chunk_units"]
+__all__ = ["FreezeRuntime", "Ratios", "chunk_units"]
+
+type Ratios = Plan | Sequence[Sequence[Sequence[float]]]
+"""What the runtime freezes by: a plan (checked against the run's schedule) or the bare
+`ratios[rank][chunk][microbatch]` array in [0, 1]."""
 
 
 def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
@@ -70,37 +75,39 @@ def _is_ddp(chunk: torch.nn.Module) -> bool:
 
 
 def chunk_units(
-    chunk: torch.nn.Module, costs: dict[str, float] | None = None
+    chunk: torch.nn.Module, table: ParamNames | None = None
 ) -> tuple[list[UnitSpec], list[torch.nn.Parameter], list[torch.nn.Parameter]]:
     """(units, their parameters, all trainable parameters) of one model chunk.
 
     A unit's default cost is its wgrad work per token: numel for a linear weight, one row
     (the embedding dim) for an embedding, whose backward only scatters each token's gradient
     into its row (tensor_parallel/layers.py, VocabParallelEmbedding). By numel the word
-    embedding would look like a quarter of a small first stage and skew its prefix."""
+    embedding would look like a quarter of a small first stage and skew its prefix.
+
+    `table`: the parameter names of the megatron-core in use (default: the guard's entry)."""
+    table = table or guard.current().param_names
     named = [(n, p) for n, p in _unwrap(chunk).named_parameters() if p.requires_grad]
-    sizes = [(n, p.shape[-1] if classify(n) == "embedding" else p.numel()) for n, p in named]
-    units = make_units(sizes, costs)
+    sizes = [(n, p.shape[-1] if table.classify(n) == "embedding" else p.numel()) for n, p in named]
+    units = make_units(sizes, table)
     by_name = dict(named)
     return units, [by_name[u.name] for u in units], [p for _, p in named]
 
 
-def _rank_ratios(ratios: Any, spec: ScheduleSpec, rank: int) -> list[list[float]]:
+def _rank_ratios(ratios: Ratios, spec: ScheduleSpec, rank: int) -> list[list[float]]:
     """This rank's [chunk][microbatch] ratios from a Plan or a [rank][chunk][mb] array."""
-    from megatron_tf.formats.plan import Plan, check_plan_matches
 
     if isinstance(ratios, Plan):
         check_plan_matches(ratios, spec)
         ratios = ratios.ratios
-    ratios = [[list(map(float, row)) for row in per_rank] for per_rank in ratios]
-    shape = (len(ratios), {len(r) for r in ratios}, {len(row) for r in ratios for row in r})
+    table = [[list(map(float, row)) for row in per_rank] for per_rank in ratios]
+    shape = (len(table), {len(r) for r in table}, {len(row) for r in table for row in r})
     if shape != (spec.pp, {spec.vpp}, {spec.microbatches}):
         raise ScheduleMismatchError(
             f"ratios have shape [rank={shape[0]}][chunk={sorted(shape[1])}]"
             f"[microbatch={sorted(shape[2])}] but this run is {spec.describe()} "
             f"(expected [{spec.pp}][{spec.vpp}][{spec.microbatches}])"
         )
-    return ratios[rank]
+    return table[rank]
 
 
 def _group_trains(function: Any) -> bool | None:
@@ -125,12 +132,11 @@ class FreezeRuntime(ScheduleObserver):
     def __init__(
         self,
         model_chunks: Sequence[torch.nn.Module],
-        ratios: Any,
+        ratios: Ratios,
         spec: ScheduleSpec,
         config: FreezeConfig | None = None,
         *,
         rank: int | None = None,
-        unit_costs: dict[str, float] | None = None,
     ) -> None:
         """`ratios` is a `formats.plan.Plan` or `ratios[rank][chunk][microbatch]`; `rank` is
         the pipeline rank (default: Megatron's parallel_state)."""
@@ -147,7 +153,8 @@ class FreezeRuntime(ScheduleObserver):
                 f"this rank has {len(self.chunks)} model chunk(s) but the schedule "
                 f"{spec.describe()} has vpp={spec.vpp}"
             )
-        found = [chunk_units(c, unit_costs) for c in self.chunks]
+        self._table = guard.current().param_names
+        found = [chunk_units(c, self._table) for c in self.chunks]
         self.units = [f[0] for f in found]
         self.unit_params = [f[1] for f in found]
         self.all_params = [f[2] for f in found]
@@ -157,6 +164,7 @@ class FreezeRuntime(ScheduleObserver):
         self._leaf_now = False
         self._embedding_hook: Any = None
         self._checkpoint_patch: tuple[Any, Any] | None = None
+        self._bias_fix = False
         self.policy = FreezePolicy(
             units=self.units,
             ratios=_rank_ratios(ratios, spec, rank),
@@ -187,7 +195,8 @@ class FreezeRuntime(ScheduleObserver):
         config = get_model_config(self.chunks[0])
         guard.check_all(config)
         self._check_layout(config)
-        fix_frozen_linear_bias_grad()
+        install_bias_grad_fix()
+        self._bias_fix = True
         self._install_recompute_leaf(config)
         self._handle = install_hooks(self)
         for chunk in self.chunks:
@@ -201,6 +210,9 @@ class FreezeRuntime(ScheduleObserver):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._bias_fix:  # the last runtime out puts LinearWithFrozenWeight.backward back
+            remove_bias_grad_fix()
+            self._bias_fix = False
         for group, previous in reversed(self._bucket_patches):
             if previous is None:
                 del group.start_grad_sync  # the instance attribute shadowed the class method
@@ -228,20 +240,24 @@ class FreezeRuntime(ScheduleObserver):
         from megatron.core import parallel_state
 
         pp = parallel_state.get_pipeline_model_parallel_world_size()
-        found = {
-            "pp": pp,
-            "vpp": len(self.chunks),
-            "group_size": (
-                getattr(config, "microbatch_group_size_per_vp_stage", None) or pp
-                if len(self.chunks) > 1
-                else pp
-            ),
-        }
-        wanted = {"pp": self.spec.pp, "vpp": self.spec.vpp, "group_size": self.spec.group_size}
-        if found != wanted:
+        try:
+            found = megatron_schedule(
+                pp=pp,
+                vpp=len(self.chunks),
+                microbatches=self.spec.microbatches,  # the schedule call checks M itself
+                group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+                drop_interleaved_only=True,
+            )
+        except ConfigError as exc:
+            found, why = None, str(exc)
+        if found is None or not found.same_compute_order(self.spec):
+            runs = (
+                f"runs {found.describe()}"
+                if found is not None
+                else f"(pp={pp}, vpp={len(self.chunks)}) runs no such schedule: {why}"
+            )
             raise ScheduleMismatchError(
-                f"the freeze plan is for {self.spec.describe()} but the model runs with "
-                + ", ".join(f"{k}={v}" for k, v in found.items())
+                f"the freeze plan is for {self.spec.describe()} but the model {runs}"
             )
 
     def _install_recompute_leaf(self, config: Any) -> None:
@@ -329,7 +345,7 @@ class FreezeRuntime(ScheduleObserver):
         """The frozen prefix's units and every parameter used before the first trainable one."""
         params = self.all_params[chunk]
         names = [self._names[chunk][p] for p in params]
-        keep = set(prefix_closure(names, self.units[chunk], frozen))
+        keep = set(prefix_closure(names, self.units[chunk], frozen, self._table))
         return [p for p, n in zip(params, names, strict=True) if n in keep]
 
     @staticmethod
@@ -436,7 +452,7 @@ class FreezeRuntime(ScheduleObserver):
 
     # -- plan, checkpoint, reporting --------------------------------------------------------
 
-    def set_ratios(self, ratios: Any) -> None:
+    def set_ratios(self, ratios: Ratios) -> None:
         """Re-plan within the job: new ratios from the next iteration on."""
         self.policy.set_ratios(_rank_ratios(ratios, self.spec, self.rank))
 

@@ -15,17 +15,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["fix_frozen_linear_bias_grad"]
+__all__ = ["install_bias_grad_fix", "remove_bias_grad_fix"]
 
-_FIXED_ATTR = "_timelyfreeze_bias_grad_fix"
+_MISSING = object()
+_installed: list[Any] = []
+"""One entry per runtime that installed the fix; the first holds Megatron's own `backward`
+(as found in the class's __dict__, or _MISSING when inherited)."""
 
 
-def fix_frozen_linear_bias_grad() -> None:
-    """Idempotent: replace `LinearWithFrozenWeight.backward` with one that returns dbias."""
+def install_bias_grad_fix() -> None:
+    """Replace `LinearWithFrozenWeight.backward` with one that also returns dbias.
+
+    Counted: every call needs one `remove_bias_grad_fix`; the last one puts Megatron's own
+    backward back, so a process that stops freezing runs stock megatron-core again.
+    """
     from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
 
-    if getattr(LinearWithFrozenWeight, _FIXED_ATTR, False):
+    if _installed:
+        _installed.append(None)
         return
+    stored = vars(LinearWithFrozenWeight).get("backward", _MISSING)
     original = LinearWithFrozenWeight.backward
 
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
@@ -36,4 +45,19 @@ def fix_frozen_linear_bias_grad() -> None:
         return grads
 
     LinearWithFrozenWeight.backward = staticmethod(backward)
-    setattr(LinearWithFrozenWeight, _FIXED_ATTR, True)
+    _installed.append(stored)
+
+
+def remove_bias_grad_fix() -> None:
+    """Undo one `install_bias_grad_fix`; the last undo restores Megatron's backward exactly."""
+    from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
+
+    if not _installed:
+        return
+    stored = _installed.pop()
+    if _installed:
+        return
+    if stored is _MISSING:
+        del LinearWithFrozenWeight.backward
+    else:
+        LinearWithFrozenWeight.backward = stored

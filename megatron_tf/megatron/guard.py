@@ -2,8 +2,10 @@
 
 Every version-specific fact lives here, in `SUPPORTED_VERSIONS`: one entry per megatron-core
 release series the hooks were proven against (schedules.py call for call, the gradient tests),
-with its patch set and the Megatron-LM branch that carries it. Adding the next version means one
-new entry plus its tests. The facts the hooks rely on are the same in every entry
+with its patch set, the Megatron-LM branch that carries it, the GPT's parameter names (which
+`freeze/` gets passed in), the private index reader `train/data.py` uses (`private`) and the
+optimizer's step sequence the CPU step repeats. Adding the next version means one new entry
+plus its tests. The facts the hooks rely on are the same in every entry
 (`pipeline_parallel/schedules.py`): the schedules call the module-level `forward_step` and
 `backward_step` by name, `forward_step` receives `current_microbatch` and `vp_stage`, and
 `backward_step(input_tensor, output_tensor, output_tensor_grad, config)` receives no ids.
@@ -27,6 +29,60 @@ from types import ModuleType
 from typing import Any
 
 from megatron_tf.errors import UnsupportedMegatronError
+from megatron_tf.freeze.units import ParamNames
+
+GPT_PARAM_NAMES = ParamNames(
+    # megatron-core 0.19 / 0.20 GPTModel (local and TE specs): LanguageModelEmbedding's
+    # `word_embeddings`, GPTModel's `output_layer`, and the linears of attention (MHA and MLA)
+    # and MLP in TransformerLayer.
+    embedding=r"(^|\.)embedding\.word_embeddings\.weight$",
+    output=r"(^|\.)output_layer\.weight$",
+    linears=(
+        "linear_qkv",
+        "linear_proj",
+        "linear_fc1",
+        "linear_fc2",
+        "linear_q",
+        "linear_kv",
+        "linear_q_proj",
+        "linear_kv_down_proj",
+        "linear_kv_up_proj",
+        "linear_q_down_proj",
+        "linear_q_up_proj",
+    ),
+    # TransformerLayer.forward: input norm, attention, post/cross attention, pre-MLP norm, MLP.
+    # MLA runs its down projections, their norms, then the up projections. TE's fused
+    # `layer_norm_*` parameters of linear_qkv / linear_fc1 are used before that linear's weight.
+    layer_slots=(
+        (r"\.input_layernorm\.", 0),
+        (
+            r"\.(linear_qkv|linear_q|linear_kv|linear_q_proj|linear_q_down_proj|"
+            r"linear_kv_down_proj)\.",
+            1,
+        ),
+        (r"\.(q_layernorm|k_layernorm|kv_layernorm)\.", 2),
+        (r"\.(linear_q_up_proj|linear_kv_up_proj)\.", 3),
+        (r"\.self_attention\.linear_proj\.", 4),
+        (r"\.(post_self_attn_layernorm|pre_cross_attn_layernorm|cross_attention)\.", 5),
+        (r"\.pre_mlp_layernorm\.", 6),
+        (r"\.mlp\.router\.", 7),
+        (r"\.linear_fc1\.", 8),
+        (r"\.linear_fc2\.", 9),
+        (r"\.post_mlp_layernorm\.", 10),
+    ),
+)
+"""Parameter names of megatron-core's GPT; the same in 0.19.x and 0.20.x (every module name
+above occurs in both Megatron-LM snapshots' megatron/core/transformer and models, except
+`post_self_attn_layernorm` and `post_mlp_layernorm`, which neither has and which match nothing)."""
+
+MEGATRON_OPTIMIZER_STEP: tuple[str, ...] = (
+    "prepare_grads",
+    "get_grad_norm",
+    "step_with_ready_grads",
+)
+"""`MegatronOptimizer.step()`'s calls in order (0.19.x and 0.20.x, optimizer.py), between which
+it clips by the global norm. On CPU the trainer makes the same calls itself and clips in between
+(`megatron/compat.py::optimizer_step`): the clip asserts CUDA tensors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +99,13 @@ class SupportedVersion:
     """What to install for the installed-package route ("" when not on PyPI yet)."""
     tested: str
     """What the test suite runs it against (docs/cluster.md lists the same)."""
+    param_names: ParamNames = GPT_PARAM_NAMES
+    """How the GPT names its parameters (which weights `freeze/` may freeze, in what order)."""
+    index_reader: str = "megatron.core.datasets.indexed_dataset:_IndexReader"
+    """The (private) reader of an indexed dataset's `.idx` header: megatron-core has no public
+    way to read a dataset's token dtype without opening the whole dataset."""
+    optimizer_step: tuple[str, ...] = MEGATRON_OPTIMIZER_STEP
+    """The optimizer methods the CPU step calls, in `MegatronOptimizer.step()`'s order."""
 
 
 SUPPORTED_VERSIONS: tuple[SupportedVersion, ...] = (
@@ -127,6 +190,27 @@ def megatron_version() -> str:
             f"megatron-core is not importable ({exc}); install one of {SUPPORTED_SERIES}"
         ) from None
     return str(package_info.__version__)
+
+
+def current() -> SupportedVersion:
+    """The table entry of the imported megatron-core (UnsupportedMegatronError if none)."""
+    return check_version()
+
+
+def private(reference: str) -> Any:
+    """Resolve a "module:attribute" reference from the table, e.g. `current().index_reader`.
+
+    The one way code outside this module reaches a private megatron-core name, so a version
+    that renames it fails here with one sentence instead of an ImportError deep in a rank.
+    """
+    module_name, _, attr = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedMegatronError(
+            f"megatron-core {megatron_version()} has no {reference} ({exc}); TimelyFreeze "
+            f"supports {SUPPORTED_SERIES}"
+        ) from None
 
 
 def check_version(version: str | None = None) -> SupportedVersion:

@@ -1,20 +1,23 @@
-"""Settings of a profiling run and the job file the CLI hands to the torchrun workers."""
+"""Settings of a profiling run and the job the CLI hands to the torchrun workers.
+
+The job travels as every worker's does: a `profile` envelope (`formats/job.py`) whose path the
+workers read from `$TIMELYFREEZE_JOB`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.job import JobEnvelope, job_from_env
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.profile.rounds import round_orders
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 __all__ = [
     "FAULT_RANK_ENV",
-    "JOB_ENV",
     "LINEARITY_RATIOS",
     "PHASE_ORDERS",
     "ProfileConfig",
@@ -26,9 +29,6 @@ LINEARITY_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
 
 PHASE_ORDERS: tuple[str, ...] = ("interleaved", "sequential")
 """How the measured iterations of the phases are ordered (`ProfileConfig.phase_order`)."""
-
-JOB_ENV = "TIMELYFREEZE_PROFILE_JOB"
-"""Environment variable naming the job file of `python -m megatron_tf.profile.worker`."""
 
 FAULT_RANK_ENV = "TIMELYFREEZE_PROFILE_FAULT_RANK"
 """For tests of failure handling: the global rank that raises right after building its model."""
@@ -118,12 +118,17 @@ class ProfileJob:
             output=data["output"],
         )
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the `profile` envelope; return its absolute path (for `job_env`)."""
+        return JobEnvelope(kind="profile", job=self.to_dict()).save(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ProfileJob:
+    def load(cls, path: str | os.PathLike[str] | None = None) -> ProfileJob:
+        """From `path`, else (in a worker) from the file `$TIMELYFREEZE_JOB` names."""
+        data = job_from_env("profile") if path is None else JobEnvelope.load(path, "profile").job
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FormatError(f"cannot read profile job {path}: {exc}") from None
+            return cls.from_dict(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(
+                f"cannot read profile job {path or '$TIMELYFREEZE_JOB'}: {exc}"
+            ) from None

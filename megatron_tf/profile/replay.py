@@ -14,7 +14,8 @@ import statistics
 from typing import Any
 
 from megatron_tf.formats.profile import MicrobatchCost, Profile
-from megatron_tf.profile.stats import RawAction, _with_gaps
+from megatron_tf.profile.samples import RawAction, durations_with_gaps
+from megatron_tf.schedule.simulate import simulate_profile
 
 __all__ = ["calibrate_comm", "frozen_prediction_check", "replay_profile", "replayed_iteration_time"]
 
@@ -32,7 +33,7 @@ def replay_profile(profile: Profile) -> Profile:
             for a in measured.actions
             if a.rank == rank
         ]
-        lengths = _with_gaps(actions) if gaps else [a[4] - a[3] for a in actions]
+        lengths = durations_with_gaps(actions) if gaps else [a[4] - a[3] for a in actions]
         for (kind, chunk, mb, _, _), length in zip(actions, lengths, strict=True):
             if kind in ("F", "B"):
                 field = "forward" if kind == "F" else "backward"
@@ -54,8 +55,6 @@ def replayed_iteration_time(profile: Profile) -> float:
 
 
 def _replay_makespan(replayed: Profile, comm: Any, comm_model: str) -> float:
-    from megatron_tf.schedule.simulate import simulate_profile
-
     return simulate_profile(replayed.model_copy(update={"comm": comm}), comm_model).makespan
 
 
@@ -112,7 +111,6 @@ def calibrate_comm(profile: Profile, comm_model: str = "megatron") -> Profile:
 
 def frozen_prediction_check(profile: Profile, comm_model: str = "megatron") -> dict[str, float]:
     """Predicted vs measured median iteration time of the fully frozen phase (ratio 1)."""
-    from megatron_tf.schedule.simulate import simulate_profile
 
     measured = getattr(profile.measured, "frozen_iteration_time", None)
     if not measured:

@@ -6,21 +6,29 @@ throw them away, so the weights are exactly what they were before profiling (tes
 
 from __future__ import annotations
 
+import datetime
+import platform
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.profile import Profile
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
-from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.distributed import rank_place
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime, chunk_units
+from megatron_tf.megatron.guard import megatron_version
 from megatron_tf.megatron.hooks import install_hooks
+from megatron_tf.model.step import run_schedule
+from megatron_tf.model.synthetic import synthetic_batches
 from megatron_tf.profile.config import ProfileConfig
-from megatron_tf.profile.timing import TimingObserver
-from megatron_tf.schedule.spec import ScheduleSpec
-from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.step import gpt_forward_step, synthetic_batches
+from megatron_tf.profile.samples import RankTimings
+from megatron_tf.profile.stats import build_profile
+from megatron_tf.profile.timer import TimingObserver
 
 __all__ = [
     "gather_profile",
@@ -41,10 +49,6 @@ IterationCall = Callable[[int, TimingObserver | None], None]
 AfterIteration = Callable[[str, int], None]
 """after_iteration(phase, iteration), called after each measured iteration."""
 
-RawAction = tuple[str, int, int, float, float]
-Timings = dict[str, list[tuple[float, list[RawAction]]]]
-"""phase -> this rank's iterations, each (wall, [(kind, chunk, mb, start, end), ...])."""
-
 
 def run_iteration(
     chunks: list[torch.nn.Module],
@@ -53,26 +57,23 @@ def run_iteration(
     iteration: int,
     timing: TimingObserver | None = None,
 ) -> None:
-    """One training iteration's forward and backward with megatron-core's schedule.
+    """One training iteration's forward and backward with megatron-core's schedule: the step
+    training runs (`model.step.run_schedule`), on this iteration's synthetic batches.
 
     Ranks meet at a barrier first, so that every rank's time origin is the same moment.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     zero_grads(chunks)
     m = parallel.microbatches
     iterators = [synthetic_batches(model, iteration=iteration, microbatches=m) for _ in chunks]
     dist.barrier()
     if timing is not None:
         timing.begin()
-    get_forward_backward_func()(
-        forward_step_func=gpt_forward_step,
-        data_iterator=iterators if len(chunks) > 1 else iterators[0],
-        model=chunks,
-        num_microbatches=m,
+    run_schedule(
+        chunks,
+        iterators,
+        microbatches=m,
         seq_length=model.seq_length,
         micro_batch_size=model.micro_batch_size,
-        forward_only=False,
     )
 
 
@@ -91,7 +92,7 @@ def measure_rounds(
     config: ProfileConfig,
     progress: Progress | None = None,
     after_iteration: AfterIteration | None = None,
-) -> Timings:
+) -> RankTimings:
     """Warm up, then the measured iterations in the rounds of `config.rounds()`; this rank's
     timings, grouped per phase.
 
@@ -118,7 +119,7 @@ def measure_rounds(
     phases = config.phases
     runtimes = {name: _freeze_runtime(chunks, spec, ratio) for name, ratio in phases if ratio > 0}
     timing = TimingObserver()
-    out: Timings = {name: [] for name, _ in phases}
+    out: RankTimings = {name: [] for name, _ in phases}
     rounds = config.rounds()
     for k, order in enumerate(rounds):
         for name in order:
@@ -150,7 +151,7 @@ def measure_phases(
     config: ProfileConfig,
     progress: Progress | None = None,
     after_iteration: AfterIteration | None = None,
-) -> Timings:
+) -> RankTimings:
     """`measure_rounds` on the built-in GPT: each iteration feeds its own seeded batches."""
 
     def one_call(iteration: int, timing: TimingObserver | None) -> None:
@@ -171,44 +172,41 @@ def zero_grads(chunks: list[torch.nn.Module]) -> None:
 
 
 def gather_profile(
-    timings: Timings,
+    timings: RankTimings,
     spec: ScheduleSpec,
     config: ProfileConfig,
     provenance: Callable[[], dict[str, Any]],
+    *,
+    chunks: list[torch.nn.Module],
 ) -> Profile | None:
     """Call on every rank: global rank 0 gathers all ranks' timings and builds the profile
-    from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere."""
-    from megatron.core import parallel_state as ps
+    from one replica per pipeline rank (data- and tensor-parallel rank 0); None elsewhere.
 
-    from megatron_tf.profile.stats import build_profile
-
-    ids = (
-        ps.get_pipeline_model_parallel_rank(),
-        ps.get_data_parallel_rank(),
-        ps.get_tensor_model_parallel_rank(),
-    )
-    gathered = gather_to_rank0((ids, timings))
+    `chunks` (this rank's model chunks) give each stage's freezable units and their parameter
+    counts (`stages[].units[].params`, read by `solve --weighting params`)."""
+    place = rank_place()
+    ids = (place.pp_rank, place.dp_rank, place.tp_rank)
+    units = []
+    for chunk in chunks:
+        found, params, _ = chunk_units(chunk)
+        units.append([(u.name, p.numel()) for u, p in zip(found, params, strict=True)])
+    gathered = gather_to_rank0((ids, timings, units))
     if gathered is None:
         return None
-    by_pp = {pp: t for (pp, dp, tp), t in gathered if dp == 0 and tp == 0}
-    phases = {name: [by_pp[r][name] for r in range(spec.pp)] for name, _ in config.phases}
+    by_pp = {pp: (t, u) for (pp, dp, tp), t, u in gathered if dp == 0 and tp == 0}
+    phases = {name: [by_pp[r][0][name] for r in range(spec.pp)] for name, _ in config.phases}
     return build_profile(
         phases,
         spec,
         outlier_mads=config.outlier_mads,
         phase_ratios=dict(config.phases),
         provenance=provenance(),
+        units={(r, c): by_pp[r][1][c] for r in range(spec.pp) for c in range(spec.vpp)},
     )
 
 
 def measurement_environment() -> dict[str, Any]:
     """Device, software versions, timer and date: what any profile was measured on."""
-    import datetime
-    import platform
-    import sys
-
-    from megatron.core import package_info
-
     world = dist.get_world_size()
     if torch.cuda.is_available():
         device = f"{torch.cuda.get_device_name()} x {world} (nccl)"
@@ -218,7 +216,7 @@ def measurement_environment() -> dict[str, Any]:
         "device": device,
         "hostname": platform.node(),
         "torch": torch.__version__,
-        "megatron_core": package_info.__version__,
+        "megatron_core": megatron_version(),
         "python": sys.version.split()[0],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "timer": "cuda events" if torch.cuda.is_available() else "time.perf_counter",

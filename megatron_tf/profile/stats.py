@@ -23,17 +23,15 @@ from megatron_tf.formats.profile import (
     MeasuredAction,
     MicrobatchCost,
     Profile,
-    ScheduleModel,
     StageCost,
+    UnitCost,
 )
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 from megatron_tf.linefit import fit_line
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.profile.replay import calibrate_comm
+from megatron_tf.profile.samples import GatheredTimings, RawIteration, durations_with_gaps
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
-
-RawAction = tuple[str, int, int, float, float]
-RawIteration = tuple[float, list[RawAction]]
-Timings = dict[str, list[list[RawIteration]]]  # [phase][rank] -> iterations
 
 _MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 _COMM_QUANTILE = 0.1  # a P2P call's transfer time: its fast calls (peer already waiting)
@@ -72,25 +70,6 @@ def _quantile(samples: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _with_gaps(actions: list[RawAction]) -> list[float]:
-    """Each action's duration plus the idle gaps the schedule's own code spends around it.
-
-    With blocking P2P every wait happens inside a P2P call, so the time between two timed calls
-    is Megatron's bookkeeping (schedules.py: tensor lists, output deallocation, loss
-    reduction). It lies on the rank's path as much as the compute does; each gap goes to the
-    compute action before it, or else to the compute action after it.
-    """
-    ordered = sorted(range(len(actions)), key=lambda i: actions[i][3])
-    extra = [0.0] * len(actions)
-    for i, j in zip(ordered, ordered[1:], strict=False):
-        gap = max(0.0, actions[j][3] - actions[i][4])
-        if actions[i][0] in ("F", "B"):
-            extra[i] += gap
-        elif actions[j][0] in ("F", "B"):
-            extra[j] += gap
-    return [a[4] - a[3] + extra[k] for k, a in enumerate(actions)]
-
-
 def _durations(
     iterations_by_rank: list[list[RawIteration]], kind: str, with_gaps: bool = False
 ) -> dict[tuple[int, int, int], list[float]]:
@@ -98,7 +77,7 @@ def _durations(
     out: dict[tuple[int, int, int], list[float]] = defaultdict(list)
     for rank, iterations in enumerate(iterations_by_rank):
         for _, actions in iterations:
-            lengths = _with_gaps(actions) if with_gaps else [a[4] - a[3] for a in actions]
+            lengths = durations_with_gaps(actions) if with_gaps else [a[4] - a[3] for a in actions]
             for (k, chunk, mb, _, _), length in zip(actions, lengths, strict=True):
                 if k == kind:
                     out[(rank, chunk, mb)].append(length)
@@ -235,7 +214,7 @@ def _representative_actions(
 
 
 def build_profile(
-    timings: Timings,
+    timings: GatheredTimings,
     spec: ScheduleSpec,
     *,
     outlier_mads: float = 5.0,
@@ -243,14 +222,19 @@ def build_profile(
     provenance: dict[str, Any] | None = None,
     attribute_gaps: bool | None = None,
     calibrate: bool = True,
+    units: dict[tuple[int, int], list[tuple[str, int]]] | None = None,
 ) -> Profile:
     """The profile these timings describe (see the module docstring).
 
+    `units`: per (rank, chunk), the freezable weights' (name, parameter count), written as
+    `stages[].units` (what `solve --weighting params` needs).
+
     `attribute_gaps` adds the schedule's own time between timed calls to the compute actions
-    (`_with_gaps`). By default it does so when no wait can hide in a gap: with blocking P2P
-    (not overlap_p2p_comm), or when the waits on posted transfers were timed themselves
-    (actions named WAIT_PREFIX + request, which the hooks report). With overlap_p2p_comm and
-    untimed waits (older recordings), the compute times are the hooks' alone.
+    (`samples.durations_with_gaps`). By default it does so when no wait can hide in a gap:
+    with blocking P2P (not overlap_p2p_comm), or when the waits on posted transfers were timed
+    themselves (actions named WAIT_PREFIX + request, which the hooks report). With
+    overlap_p2p_comm and untimed waits (older recordings), the compute times are the hooks'
+    alone.
 
     `calibrate` sets `comm` from a replay of the representative iteration
     (`replay.calibrate_comm`); the raw transfer times stay in `measured.comm_transfer`.
@@ -277,6 +261,9 @@ def build_profile(
                     backward=b,
                     # Noise can make the frozen median exceed the full one on a tiny chunk.
                     backward_frozen=min(frz[(r, c)].median, b),
+                    units=None
+                    if units is None
+                    else [UnitCost(name=n, params=count) for n, count in units[(r, c)]],
                 )
             )
     microbatches = []
@@ -314,7 +301,7 @@ def build_profile(
     # Freezing does not change the finalization, so every phase's iterations measure it.
     overheads = [x for phase in timings.values() for x in _iteration_overheads(phase)]
     profile = Profile(
-        schedule=ScheduleModel.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         stages=stages,
         microbatches=microbatches,
         comm=_comm_links(unfrozen),
@@ -324,14 +311,12 @@ def build_profile(
         provenance=provenance or {},
     )
     if calibrate:
-        from megatron_tf.profile.replay import calibrate_comm
-
         profile = calibrate_comm(profile)
     return profile
 
 
 def _linearity(
-    timings: Timings,
+    timings: GatheredTimings,
     spec: ScheduleSpec,
     phase_ratios: dict[str, float],
     outlier_mads: float,

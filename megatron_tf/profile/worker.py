@@ -1,6 +1,6 @@
 """Torchrun entry of `timelyfreeze profile`: `python -m megatron_tf.profile.worker`.
 
-Reads the job file named by $TIMELYFREEZE_PROFILE_JOB (written by the CLI), measures on every
+Reads the job file named by $TIMELYFREEZE_JOB (written by the CLI), measures on every
 rank, gathers to global rank 0, which writes the profile atomically. Data-parallel and
 tensor-parallel replicas measure too; the profile keeps the replica with data-parallel rank 0
 and tensor-parallel rank 0 of each pipeline rank.
@@ -14,17 +14,19 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from megatron_tf.launch.worker_errors import report_user_errors
+from megatron_tf.console import progress_line, worker_line
+from megatron_tf.formats.profile import save_profile
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-from megatron_tf.profile.config import FAULT_RANK_ENV, JOB_ENV, ProfileJob
+from megatron_tf.model.gpt import build_training_model, use_transformer_engine
+from megatron_tf.process.worker_errors import report_user_errors
+from megatron_tf.profile.config import FAULT_RANK_ENV, ProfileJob
 from megatron_tf.profile.runner import gather_profile, measure_phases, measurement_environment
-from megatron_tf.train.model import build_training_model, use_transformer_engine
 
 
 def _progress(rank: int) -> Any:
     def report(phase: str, done: int, total: int) -> None:
         if rank == 0:
-            print(f"[profile] {phase}: {done}/{total}", flush=True)
+            progress_line(phase, done, total)
 
     return report
 
@@ -42,8 +44,6 @@ def provenance(job: ProfileJob) -> dict[str, Any]:
 
 
 def run_job(job: ProfileJob) -> None:
-    from megatron_tf.formats.profile import save_profile
-
     init_distributed(job.parallel, seed=job.model.seed)
     try:
         rank = dist.get_rank()
@@ -53,10 +53,10 @@ def run_job(job: ProfileJob) -> None:
             raise RuntimeError(f"injected failure on rank {rank} ({FAULT_RANK_ENV})")
         timings = measure_phases(chunks, job.model, job.parallel, job.profile, _progress(rank))
         spec = job.parallel.schedule_spec()
-        profile = gather_profile(timings, spec, job.profile, lambda: provenance(job))
+        profile = gather_profile(timings, spec, job.profile, lambda: provenance(job), chunks=chunks)
         if profile is not None:
             save_profile(profile, job.output)
-            print(f"[profile] wrote {job.output}", flush=True)
+            worker_line(f"[profile] wrote {job.output}")
     finally:
         destroy_distributed()
 
@@ -64,12 +64,7 @@ def run_job(job: ProfileJob) -> None:
 @record
 def main() -> None:
     with report_user_errors():
-        path = os.environ.get(JOB_ENV)
-        if not path:
-            from megatron_tf.errors import LaunchError
-
-            raise LaunchError(f"{JOB_ENV} is not set: start this worker with timelyfreeze profile")
-        run_job(ProfileJob.load(path))
+        run_job(ProfileJob.load())
 
 
 if __name__ == "__main__":

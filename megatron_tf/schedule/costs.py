@@ -15,10 +15,9 @@ from megatron_tf.formats.profile import (
     MAX_SECONDS,
     PROFILE_FORMAT,
     Profile,
-    ScheduleModel,
     StageCost,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = ["CostModel", "RankCosts", "parse_costs", "synthetic_profile"]
 
@@ -158,7 +157,7 @@ def synthetic_profile(spec: ScheduleSpec, costs: list[RankCosts], comm: float = 
             )
     return Profile(
         format=PROFILE_FORMAT,
-        schedule=ScheduleModel.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         stages=stages,
         comm=float(comm),
         provenance={

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel
 from megatron_tf.schedule.order import (
     Compute,
@@ -28,7 +29,6 @@ from megatron_tf.schedule.order import (
     compute_order,
     rank_programs,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
 
 
 class NodeKind(StrEnum):

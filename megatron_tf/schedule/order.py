@@ -23,11 +23,10 @@ is True (the forward send is waited for right after it is posted in steady state
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 __all__ = [
     "Compute",
@@ -515,12 +514,3 @@ def parse_order(text: str) -> list[tuple[str, int, int]]:
         chunk, mb = token.split(kind)
         out.append((kind, int(chunk), int(mb)))
     return out
-
-
-def iter_messages(programs: list[list[Op]]) -> Iterator[tuple[int, P2PCall, Message]]:
-    """Every (rank, call, message) where the message is sent."""
-    for rank, ops in enumerate(programs):
-        for op in ops:
-            if isinstance(op, P2PCall):
-                for msg in op.sends:
-                    yield rank, op, msg

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.schedule.costs import CostModel
 from megatron_tf.schedule.dag import CommModel, Dag, NodeKind, build_dag
 
 if TYPE_CHECKING:
@@ -190,7 +191,6 @@ def simulate_profile(
     profile: Profile, comm_model: CommModel = "megatron", ratios: Ratios | None = None
 ) -> SimResult:
     """Build the profile's DAG and simulate it (what `timelyfreeze simulate` runs)."""
-    from megatron_tf.schedule.costs import CostModel
 
     dag = build_dag(profile.spec, CostModel.from_profile(profile), comm_model)
     return simulate(dag, ratios)

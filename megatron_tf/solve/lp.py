@@ -38,8 +38,8 @@ from megatron_tf.errors import ConfigError, SolverError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.schedule.dag import COMM_MODELS, Dag, NodeKind
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
+from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.reduce import Precedence, reduce_dag
-from megatron_tf.solve.timing import evaluate
 
 Weighting = Literal["uniform", "params"]
 WEIGHTINGS: tuple[str, ...] = ("uniform", "params")

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
+from megatron_tf.formats.plan import Plan, Predicted, SolverInfo
 from megatron_tf.formats.profile import Profile, profile_sha256
-from megatron_tf.schedule.dag import Dag
+from megatron_tf.formats.schedule import ScheduleRecord
+from megatron_tf.schedule.costs import CostModel
+from megatron_tf.schedule.dag import Dag, build_dag
 from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
 
 
@@ -48,8 +50,6 @@ class SolveOutcome:
 
 def profile_dag(profile: Profile, comm_model: str) -> Dag:
     """The iteration DAG of a profile's schedule and costs (the same one `simulate` uses)."""
-    from megatron_tf.schedule.costs import CostModel
-    from megatron_tf.schedule.dag import build_dag
 
     return build_dag(profile.spec, CostModel.from_profile(profile), comm_model)
 
@@ -80,7 +80,7 @@ def solve_profile(
 
 def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
     return Plan(
-        schedule=PlanSchedule.from_spec(profile.spec),
+        schedule=ScheduleRecord.from_spec(profile.spec),
         profile_sha256=profile_sha256(profile),
         max_freeze_ratio=config.max_freeze_ratio,
         tolerance=config.tolerance,
@@ -92,6 +92,7 @@ def make_plan(result: LpResult, profile: Profile, config: SolverConfig) -> Plan:
             baseline_makespan=result.baseline_makespan,
             makespan=result.makespan,
             speedup=result.speedup,
+            synthetic=profile.provenance.get("source") == "synthetic",
         ),
         solver=SolverInfo(
             name=result.solver,

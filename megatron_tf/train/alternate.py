@@ -6,7 +6,8 @@ order, and records rank 0's iteration and forward-backward times. On a shared ma
 runs see different load; alternating single iterations inside one job lets the load hit every
 configuration alike, so the ratio of medians is what freezing itself changes.
 
-    python -m megatron_tf.train.alternate --job job.json --plan 0.8=plan.json --out t.json
+    TIMELYFREEZE_JOB=job.json python -m megatron_tf.train.alternate --plan 0.8=plan.json \\
+        --out t.json
 
 The job must carry a plan (its runtime is the one re-targeted). Used by the demo and by
 `scripts/bench/bench_pretrain_speedup.py`.
@@ -20,15 +21,22 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
+
+from megatron_tf.process.worker_errors import report_user_errors
+from megatron_tf.train.job import load_job
+from megatron_tf.train.plan_source import PlanSource, load_plan_source
+from megatron_tf.train.trainer import Trainer
 
 BASELINE = "baseline"
 
 
-def alternate(trainer: object, plans: dict[str, object], *, steps: int, warmup: int) -> dict:
+def alternate(
+    trainer: Trainer, plans: dict[str, PlanSource], *, steps: int, warmup: int
+) -> dict[str, list[tuple[float, float]]]:
     """{config: [(iteration seconds, forward-backward seconds), ...]} over the timed steps."""
-    runtime = trainer.freezer  # type: ignore[attr-defined]
-    if runtime is None:
+    if trainer.plan is None:
         raise ValueError("the job needs a plan: its freeze runtime is re-targeted per iteration")
     configs = [BASELINE, *plans]
     times: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
@@ -36,16 +44,8 @@ def alternate(trainer: object, plans: dict[str, object], *, steps: int, warmup: 
     for step in range(warmup + steps * n):
         # Rotate the order every round so no configuration always follows the same one.
         config = configs[(step + step // n) % n]
-        if config == BASELINE:
-            runtime.remove()
-            trainer.freezer = None  # type: ignore[attr-defined]
-        else:
-            runtime.set_ratios(plans[config].ratios)  # type: ignore[attr-defined]
-            trainer.plan = plans[config]  # type: ignore[attr-defined]
-        metrics = trainer.train_step()  # type: ignore[attr-defined]
-        if config == BASELINE:
-            runtime.install()
-            trainer.freezer = runtime  # type: ignore[attr-defined]
+        trainer.set_plan(None if config == BASELINE else plans[config])
+        metrics = trainer.train_step()
         if step >= warmup:
             times[config].append((metrics.seconds, metrics.schedule_seconds))
     return times
@@ -61,22 +61,14 @@ def medians(times: dict[str, list[list[float]]]) -> dict[str, tuple[float, float
 
 @record
 def main(argv: list[str] | None = None) -> int:
-    import torch.distributed as dist
-
-    from megatron_tf.launch.worker_errors import report_user_errors
-    from megatron_tf.train.job import load_job
-    from megatron_tf.train.plan_source import load_plan_source
-    from megatron_tf.train.trainer import Trainer
-
     parser = argparse.ArgumentParser(prog="megatron_tf.train.alternate")
-    parser.add_argument("--job", required=True)
     parser.add_argument("--plan", action="append", default=[], help="NAME=plan.json")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=6, help="untimed iterations first")
     parser.add_argument("--out", required=True, help="timings JSON (written by rank 0)")
     args = parser.parse_args(argv)
     with report_user_errors():
-        trainer = Trainer(load_job(args.job))
+        trainer = Trainer(load_job())
         try:
             plans = {}
             for item in args.plan:

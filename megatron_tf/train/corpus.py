@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.megatron.datasets import write_indexed_dataset
 
 CORPUS_FORMAT = "timelyfreeze.corpus/1"
 
@@ -223,7 +224,7 @@ def ensure_corpus(cfg: CorpusConfig, cache_dir: Path | None = None) -> CorpusInf
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        _write_indexed(sample_tokens(chain, cfg), str(tmp / "text_document"))
+        write_indexed_dataset(sample_tokens(chain, cfg), str(tmp / "text_document"))
         (tmp / "corpus.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
         try:
             os.rename(tmp, final)
@@ -234,17 +235,6 @@ def ensure_corpus(cfg: CorpusConfig, cache_dir: Path | None = None) -> CorpusInf
         if tmp.exists():
             _remove_tree(tmp)
     return info
-
-
-def _write_indexed(docs: np.ndarray, prefix: str) -> None:
-    # Imported here: generating and checking the chain needs only numpy.
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    dtype = np.uint16 if docs.max() < 2**16 else np.int32
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
-    for doc in docs:
-        builder.add_document(doc, lengths=[len(doc)])  # numpy in, numpy written
-    builder.finalize(prefix + ".idx")
 
 
 def _remove_tree(path: Path) -> None:

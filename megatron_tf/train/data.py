@@ -22,18 +22,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from megatron_tf.errors import ConfigError
-from megatron_tf.train.corpus import CorpusConfig, CorpusInfo, default_cache_dir, ensure_corpus
+from megatron_tf.megatron import datasets
+from megatron_tf.train.corpus import (
+    CorpusConfig,
+    CorpusInfo,
+    default_cache_dir,
+    ensure_corpus,
+    heldout_samples,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from megatron_tf.train.config import ModelConfig
+    from megatron_tf.formats.layout import ModelConfig
 
 DataSource = Literal["synthetic", "path", "mock"]
 TOKENIZER_TYPES: tuple[str, ...] = (
@@ -133,7 +137,7 @@ def prepare_data(data: DataConfig, model: ModelConfig) -> PreparedData:
             f"--tokenizer-type {data.tokenizer_type} has {tokenizer.vocab_size} tokens but "
             f"--vocab-size is {model.vocab_size}: raise --vocab-size"
         )
-    max_id = max_token_id(prefix)
+    max_id = datasets.max_token_id(prefix)
     if max_id >= tokenizer.vocab_size:
         raise ConfigError(
             f"--data-path {data.data_path} holds token id {max_id} but --tokenizer-type "
@@ -144,15 +148,10 @@ def prepare_data(data: DataConfig, model: ModelConfig) -> PreparedData:
 
 
 def build_tokenizer(data: DataConfig, model: ModelConfig) -> Any:
-    """A Megatron tokenizer through `megatron.core.tokenizers.utils.build_tokenizer`.
+    """A Megatron tokenizer for the `--tokenizer-*` flags (`megatron/datasets.py` builds it).
 
-    Megatron's builder reads a Megatron-LM argument namespace; only the fields it reads for the
-    supported types are filled in. NullTokenizer gets `--vocab-size` (ids are used as they are).
+    Raises ConfigError naming the flag when one is missing or the library refuses the files.
     """
-    from megatron.core.tokenizers.utils.build_tokenizer import (
-        build_tokenizer as megatron_build_tokenizer,
-    )
-
     if data.tokenizer_type in ("GPT2BPETokenizer",) and not (data.vocab_file and data.merge_file):
         raise ConfigError("--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
     if data.tokenizer_type not in ("NullTokenizer", "GPT2BPETokenizer") and not (
@@ -165,27 +164,14 @@ def build_tokenizer(data: DataConfig, model: ModelConfig) -> Any:
     ):
         if value and not Path(value).is_file():
             raise ConfigError(f"{flag} {value} does not exist")
-    args = SimpleNamespace(
-        tokenizer_type=data.tokenizer_type,
-        tokenizer_model=data.tokenizer_model,
-        vocab_file=data.vocab_file,
-        merge_file=data.merge_file,
-        vocab_size=model.vocab_size,
-        special_tokens=None,
-        chat_template=None,
-        tokenizer_hf_no_use_fast=False,
-        tokenizer_hf_no_include_special_tokens=False,
-        trust_remote_code=False,
-        tokenizer_sentencepiece_ignore_extra_whitespaces=False,
-        tokenizer_sentencepiece_legacy=False,
-        tiktoken_pattern=None,
-        tiktoken_num_special_tokens=1000,
-        metadata_path=None,
-        pad_vocab_size=False,
-        rank=0,
-    )
     try:
-        return megatron_build_tokenizer(args)
+        return datasets.build_tokenizer(
+            data.tokenizer_type,
+            vocab_size=model.vocab_size,
+            tokenizer_model=data.tokenizer_model,
+            vocab_file=data.vocab_file,
+            merge_file=data.merge_file,
+        )
     except ConfigError:
         raise
     except Exception as exc:  # a tokenizer library's own error: report it on one line
@@ -193,18 +179,6 @@ def build_tokenizer(data: DataConfig, model: ModelConfig) -> Any:
             f"--tokenizer-type {data.tokenizer_type} could not be loaded: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-
-
-def max_token_id(prefix: str, chunk: int = 1 << 24) -> int:
-    """Largest token id in `prefix.bin`, read in chunks through a memory map (one pass)."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader
-
-    dtype = _IndexReader(prefix + ".idx", multimodal=False).dtype
-    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
-    best = -1
-    for start in range(0, len(tokens), chunk):
-        best = max(best, int(tokens[start : start + chunk].max()))
-    return best
 
 
 def _strip_suffix(path: str) -> str:
@@ -227,38 +201,18 @@ def build_train_dataset(
     first and last pipeline stages read tokens and labels, and the cost on the others is a
     memory map.
     """
-    from megatron.core.datasets.blended_megatron_dataset_builder import (
-        BlendedMegatronDatasetBuilder,
-    )
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
-
     if data.source == "path":
         tokenizer = build_tokenizer(data, model)
     else:
-        from megatron.core.tokenizers import MegatronTokenizer
-
-        tokenizer = MegatronTokenizer.from_pretrained(
-            metadata_path={"library": "null-text"}, vocab_size=model.vocab_size
-        )
-    cache = data.resolved_cache_dir() / "megatron_index"
-    cache.mkdir(parents=True, exist_ok=True)
-    config = GPTDatasetConfig(
-        random_seed=model.seed if data.data_seed is None else data.data_seed,
-        sequence_length=model.seq_length,
-        blend=None if prepared.prefix is None else ([prepared.prefix], None),
-        split="100,0,0",
-        path_to_cache=str(cache),
+        tokenizer = datasets.null_text_tokenizer(model.vocab_size)
+    return datasets.build_gpt_dataset(
+        prepared.prefix,
+        num_samples=num_samples,
+        seq_length=model.seq_length,
+        seed=model.seed if data.data_seed is None else data.data_seed,
         tokenizer=tokenizer,
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=True,
+        cache_dir=data.resolved_cache_dir() / "megatron_index",
     )
-    cls = MockGPTDataset if prepared.prefix is None else GPTDataset
-    train, _, _ = BlendedMegatronDatasetBuilder(
-        cls, [num_samples, None, None], lambda: True, config
-    ).build()
-    return train
 
 
 @dataclass(kw_only=True, slots=True)
@@ -316,8 +270,6 @@ def heldout_microbatches(
     """Microbatches of `samples` held-out samples of the embedded corpus (`corpus.py`), the same
     on every rank and in every run; the validation set and the noise probe read these."""
     import torch
-
-    from megatron_tf.train.corpus import heldout_samples
 
     if prepared.corpus is None:
         raise ConfigError("a validation set needs the embedded corpus (no --data-path/--mock-data)")

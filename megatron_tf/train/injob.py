@@ -13,63 +13,68 @@ and broadcasts the plan to every rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 import torch.distributed as dist
 
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.formats.plan import save_plan
+from megatron_tf.formats.profile import Profile, load_profile, save_profile
+from megatron_tf.profile.config import ProfileConfig
+from megatron_tf.profile.runner import gather_profile, measure_phases
+from megatron_tf.solve.budget import BudgetCurve, LossCost, budget_curve, choose_budget
+from megatron_tf.solve.lp import SolverConfig
+from megatron_tf.solve.planner import solve_profile
+from megatron_tf.solve.progress import solve_status
 from megatron_tf.train.plan_source import PlanSource, from_plan
 
-if TYPE_CHECKING:
-    from megatron_tf.formats.profile import Profile
-    from megatron_tf.train.trainer import Trainer
+__all__ = ["profile_and_solve", "reprice"]
 
 
-def profile_and_solve(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, str]:
-    """Measure the current model on the current layout and return the optimal plan for it,
-    with the auto budget's reason (empty for a fixed cap)."""
-    from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.runner import gather_profile, measure_phases
+def profile_and_solve(
+    chunks: list[torch.nn.Module],
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    profile_iters: int,
+    budget: float | LossCost,
+    source: str,
+    iteration: int,
+    out_dir: Path,
+) -> tuple[PlanSource, str]:
+    """Measure `chunks` on the current layout and return the optimal plan for them.
 
-    job = trainer.job
-    freezer = trainer.freezer
-    if freezer is not None:  # the profiler installs its own all-frozen runtime
-        freezer.remove()
-    try:
-        config = ProfileConfig(iters=trainer.cfg.freeze.profile_iters, warmup_iters=1)
-        timings = measure_phases(trainer.chunks, job.model, job.parallel, config)
-    finally:
-        if freezer is not None:
-            freezer.install()
+    Nothing may be frozen: the caller removes its freeze runtime first. `budget` is the cap on
+    the mean freeze ratio, or the loss cost `choose_budget` weighs against the speedup
+    (`--max-freeze-ratio auto`). Returns the plan, named `source`, and the auto budget's
+    reason (empty for a fixed cap); `iteration` goes into the profile's provenance. Call on
+    every rank: each gets the plan rank 0 solved."""
+    config = ProfileConfig(iters=profile_iters, warmup_iters=1)
+    timings = measure_phases(chunks, model, parallel, config)
     provenance = {
-        "model": job.model.to_dict(),
-        "parallel": job.parallel.to_dict(),
-        "source": f"in-job profile at iteration {trainer.iteration}",
+        "model": model.to_dict(),
+        "parallel": parallel.to_dict(),
+        "source": f"in-job profile at iteration {iteration}",
     }
-    profile = gather_profile(timings, job.parallel.schedule_spec(), config, lambda: provenance)
+    profile = gather_profile(
+        timings, parallel.schedule_spec(), config, lambda: provenance, chunks=chunks
+    )
     box: list[Any] = [None]
     if profile is not None:
-        plan, why = _solve_on_rank0(trainer, profile, out_dir)
+        plan, why = _solve_on_rank0(profile, budget, source, out_dir)
         box[0] = (plan.to_dict(), why)
     dist.broadcast_object_list(box, src=0)
     return PlanSource.from_dict(box[0][0]), box[0][1]
 
 
-def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[PlanSource, str]:
-    from megatron_tf.formats.plan import save_plan
-    from megatron_tf.formats.profile import save_profile
-    from megatron_tf.solve.budget import LossCost, budget_curve
-    from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
-    from megatron_tf.solve.progress import solve_status
-
-    cap = trainer.cfg.freeze.max_freeze_ratio
+def _solve_on_rank0(
+    profile: Profile, budget: float | LossCost, source: str, out_dir: Path
+) -> tuple[PlanSource, str]:
     why = ""
     with solve_status() as progress:  # --solver auto; a long solve says what it is doing
-        if cap == "auto":
-            noise = trainer.noise_estimates[-1]["noise_scale"]
-            batch = trainer.batches.samples_per_iteration
-            trainer.budget_curve = budget_curve(profile)  # kept for --reprice-every
-            choice = trainer.budget_curve.choose(LossCost(noise_scale=noise, batch=batch))
+        if isinstance(budget, LossCost):
+            choice = choose_budget(profile, budget)
             why = choice.reason
             # Cap 0 when freezing cannot pay: an all-zero plan, nothing frozen.
             outcome = choice.outcome or solve_profile(
@@ -77,46 +82,37 @@ def _solve_on_rank0(trainer: Trainer, profile: Profile, out_dir: Path) -> tuple[
             )
         else:
             outcome = solve_profile(
-                profile, SolverConfig(max_freeze_ratio=float(cap)), progress=progress
+                profile, SolverConfig(max_freeze_ratio=float(budget)), progress=progress
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out_dir / "profile.json")
     save_plan(outcome.plan, out_dir / "plan.json")
-    return from_plan(outcome.plan, source=f"auto:{trainer.replans}"), why
+    return from_plan(outcome.plan, source=source), why
 
 
-def reprice(trainer: Trainer, *, out_dir: Path) -> tuple[PlanSource, str]:
-    """Choose the cap again at the latest noise probe (`--reprice-every`) and return its plan.
+def reprice(
+    profile_path: Path,
+    cost: LossCost,
+    *,
+    curves: dict[str, BudgetCurve],
+    source: str,
+    out_dir: Path,
+) -> tuple[PlanSource, str]:
+    """Choose the cap again at a new loss cost (`--reprice-every`) and return its plan.
 
-    Only the loss cost changed since the plan was solved, so the speed curve is re-read, not
-    re-measured: the in-job profile's curve (`--plan auto`), or `--reprice-profile`'s."""
+    Only the loss cost changed since the plan was solved, so the speed curve of
+    `profile_path` (the in-job profile of `--plan auto`, or `--reprice-profile`) is re-read,
+    not re-measured; rank 0 solves it once and keeps it in `curves`. Call on every rank."""
     box: list[Any] = [None]
     if dist.get_rank() == 0:
-        plan, why = _reprice_on_rank0(trainer, out_dir)
-        box[0] = (plan.to_dict(), why)
+        key = str(profile_path)
+        if key not in curves:
+            curves[key] = budget_curve(load_profile(profile_path))
+        curve = curves[key]
+        choice = curve.choose(cost)
+        outcome = choice.outcome or solve_profile(curve.profile, SolverConfig(max_freeze_ratio=0.0))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_plan(outcome.plan, out_dir / "plan.json")
+        box[0] = (from_plan(outcome.plan, source=source).to_dict(), choice.reason)
     dist.broadcast_object_list(box, src=0)
     return PlanSource.from_dict(box[0][0]), box[0][1]
-
-
-def _reprice_on_rank0(trainer: Trainer, out_dir: Path) -> tuple[PlanSource, str]:
-    from megatron_tf.formats.plan import save_plan
-    from megatron_tf.formats.profile import load_profile
-    from megatron_tf.solve.budget import LossCost, budget_curve
-    from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
-
-    if trainer.budget_curve is None:
-        path = trainer.cfg.freeze.reprice_profile
-        if path is None:
-            raise RuntimeError("--reprice-every with a plan file needs --reprice-profile")
-        trainer.budget_curve = budget_curve(load_profile(path))
-    curve = trainer.budget_curve
-    cost = LossCost(
-        noise_scale=trainer.noise_estimates[-1]["noise_scale"],
-        batch=trainer.batches.samples_per_iteration,
-    )
-    choice = curve.choose(cost)
-    outcome = choice.outcome or solve_profile(curve.profile, SolverConfig(max_freeze_ratio=0.0))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_plan(outcome.plan, out_dir / "plan.json")
-    return from_plan(outcome.plan, source=f"reprice:{trainer.iteration}"), choice.reason

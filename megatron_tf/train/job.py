@@ -3,20 +3,24 @@
 `prepare_job` is what `timelyfreeze pretrain` runs before any worker starts: it validates the
 plan against the layout, the checkpoint to resume against the model and layout, and the data and
 tokenizer against the model (writing the embedded corpus if needed). Anything wrong is a
-TimelyFreezeError, so the command exits 2 with one line and no process is started. The workers
-read the result from job.json (`load_job`).
+TimelyFreezeError, so the command exits 2 with one line and no process is started. The result
+goes to job.json as a `pretrain` job envelope (`formats/job.py`); the workers find it through
+`$TIMELYFREEZE_JOB` (`load_job`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.job import JobEnvelope, job_from_env
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.train import checkpoint as ckpt
+from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
 from megatron_tf.train.data import DataConfig, PreparedData, prepare_data
+from megatron_tf.train.plan_source import load_plan_source
 from megatron_tf.train.train_config import TrainConfig
 
 __all__ = ["Job", "load_job", "prepare_job", "write_job"]
@@ -47,8 +51,6 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        from megatron_tf.train.corpus import CorpusConfig, CorpusInfo
-
         corpus = data["prepared"].get("corpus")
         info = None
         if corpus is not None:
@@ -71,8 +73,6 @@ def prepare_job(
     model: ModelConfig, parallel: ParallelConfig, data: DataConfig, train: TrainConfig
 ) -> Job:
     """Check everything that can be checked without workers, and prepare the data."""
-    from megatron_tf.train import checkpoint as ckpt
-    from megatron_tf.train.plan_source import load_plan_source
 
     parallel.check_model(model)
     spec = parallel.schedule_spec()
@@ -110,17 +110,14 @@ def prepare_job(
 
 
 def write_job(job: Job, path: str | Path) -> Path:
-    """Write job.json atomically (the workers read it at start)."""
-    from megatron_tf.formats.profile import write_json_atomic
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(job.to_dict(), path)
-    return path
+    """Write job.json (a `pretrain` envelope) atomically; return its absolute path."""
+    return JobEnvelope(kind="pretrain", job=job.to_dict()).save(path)
 
 
-def load_job(path: str | Path) -> Job:
+def load_job(path: str | Path | None = None) -> Job:
+    """The job of this worker: from `path`, else from the file `$TIMELYFREEZE_JOB` names."""
+    data = job_from_env("pretrain") if path is None else JobEnvelope.load(path, "pretrain").job
     try:
-        return Job.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"job file {path} is unreadable: {exc}") from exc
+        return Job.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"job file {path or '$TIMELYFREEZE_JOB'} is unreadable: {exc}") from exc

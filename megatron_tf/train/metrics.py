@@ -1,5 +1,6 @@
 """Metrics of a training run: one JSONL record per iteration, a rich line per log interval, and
-TensorBoard events when `torch.utils.tensorboard` can be imported.
+TensorBoard events in `<out-dir>/tensorboard` (on by default; `pretrain --no-tensorboard` turns
+them off).
 
 Only the metrics rank (global rank 0, after the trainer gathered the values there) writes.
 Throughput is tokens / wall seconds of the iteration: freezing changes the FLOPs per token, so a
@@ -35,7 +36,9 @@ class StepMetrics:
     schedule_seconds: float = 0.0
     """Wall time of the pipeline schedule alone (what the DAG model predicts), on rank 0."""
     predicted_seconds: float | None = None
-    """The plan's (or profile's) predicted iteration time, when known."""
+    """The plan's (or profile's) predicted iteration time, when known (see predicted_unitless)."""
+    predicted_unitless: bool = False
+    """The plan was solved on synthetic costs: `predicted_seconds` is in their unit, not s."""
     freeze_ratio: list[float] = field(default_factory=list)
     """Realised freeze ratio per virtual stage (index = chunk * pp + rank)."""
     phase: str = "train"
@@ -109,9 +112,14 @@ class MetricsLogger:
 def format_line(m: StepMetrics) -> str:
     """The console line: iteration, loss, tokens/s, measured vs predicted time, ratios, lr, norm."""
     predicted = ""
-    if m.predicted_seconds:
+    if m.predicted_seconds and m.predicted_unitless:
         predicted = (
-            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, pred {m.predicted_seconds * 1e3:.0f})"
+            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, "
+            f"pred {m.predicted_seconds:.4g} unitless: synthetic costs)"
+        )
+    elif m.predicted_seconds:
+        predicted = (
+            f" (fwd-bwd {m.schedule_seconds * 1e3:.0f} ms, pred {m.predicted_seconds * 1e3:.0f} ms)"
         )
     ratios = ""
     if m.freeze_ratio:
@@ -133,10 +141,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def _tensorboard_writer(path: Path, console: Console) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        # The tensorboard package is optional; say so once and keep the JSONL file.
+    except ImportError as exc:
+        # tensorboard is a dependency; a broken install should not cost the run, only the events.
         console.print(
-            "[dim]note: TensorBoard events skipped (pip install tensorboard to get them)[/]"
+            f"[dim]note: TensorBoard events skipped: {exc} (reinstall the `tensorboard` package, "
+            "or pass --no-tensorboard)[/]"
         )
         return None
     os.makedirs(path, exist_ok=True)

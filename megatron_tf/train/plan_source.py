@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.plan import check_plan_matches, load_plan
+from megatron_tf.formats.schedule import ScheduleSpec
 
 
 @dataclass(kw_only=True, slots=True)
@@ -24,6 +25,8 @@ class PlanSource:
     """Predicted seconds per iteration with the plan."""
     source: str
     """Path of the plan.json, or `auto:<n>` for the n-th in-job plan."""
+    synthetic: bool = False
+    """The makespans come from synthetic costs: unitless, not seconds."""
 
     @property
     def speedup(self) -> float:
@@ -39,7 +42,6 @@ class PlanSource:
 
 def load_plan_source(path: str, spec: ScheduleSpec) -> PlanSource:
     """Read plan.json, refusing (ScheduleMismatchError, exit 2) a plan for another schedule."""
-    from megatron_tf.formats.plan import check_plan_matches, load_plan
 
     plan = load_plan(path)
     check_plan_matches(plan, spec)
@@ -52,4 +54,5 @@ def from_plan(plan: Any, *, source: str) -> PlanSource:
         baseline_makespan=plan.predicted.baseline_makespan,
         makespan=plan.predicted.makespan,
         source=source,
+        synthetic=plan.predicted.synthetic,
     )

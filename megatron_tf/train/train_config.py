@@ -1,8 +1,8 @@
 """Settings of a training run (`timelyfreeze pretrain`): schedule of the loop, optimizer, freezing.
 
-The model and the parallel layout live in `config.py` (shared with `profile`); the data source in
-`data.py`. Everything here is plain and torch-free, validated in `__post_init__` with messages
-naming the CLI flag, so `pretrain` rejects bad flags before any process starts.
+The model and the parallel layout live in `formats/layout.py` (shared with `profile`); the data
+source in `data.py`. Everything here is plain and torch-free, validated in `__post_init__` with
+messages naming the CLI flag, so `pretrain` rejects bad flags before any process starts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
 
 LR_DECAY_STYLES: tuple[str, ...] = ("constant", "linear", "cosine", "inverse-square-root")
 
@@ -29,12 +29,9 @@ class FreezeOptions:
     """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1], or
     `auto`: the noise scale is probed at the end of the freeze warm-up and the cap with the
     least predicted time to a target loss is chosen (`solve/budget.py`)."""
-    warmup_iters: int = 0
-    """Iterations without freezing at the start (typically the LR warm-up)."""
-    ramp_iters: int = 0
-    """Iterations over which the plan's ratios are scaled from 0 to 1 after the warm-up."""
-    rescale: str = "mean"
-    """Gradient of a unit = mean over the microbatches it trained on (`mean`) or raw (`none`)."""
+    runtime: FreezeConfig = field(default_factory=FreezeConfig)
+    """What the runtime does with a plan: seed, gradient rescale, freeze warm-up and ramp
+    (`--seed`, `--freeze-rescale`, `--freeze-warmup-iters`, `--freeze-ramp-iters`)."""
     profile_iters: int = 10
     """Measured iterations per phase of the in-job profile (`--plan auto`, re-planning)."""
     drift_threshold: float = 0.0
@@ -42,8 +39,6 @@ class FreezeOptions:
     0 turns drift re-profiling off (the default)."""
     drift_patience: int = 5
     """Consecutive drifting iterations that trigger a re-profile."""
-    seed: int = 1234
-    """Seed of the runtime's choice of frozen tensors."""
     reprice_every: int = 0
     """With `--max-freeze-ratio auto`: every this many iterations after the freeze warm-up,
     probe the noise scale again, choose the cap again and switch to the re-solved plan (the
@@ -68,14 +63,6 @@ class FreezeOptions:
                 raise ConfigError(f"--max-freeze-ratio must lie in [0, 1], got {r}")
         if self.no_freeze:
             self.plan = None
-        for flag, value in (
-            ("--freeze-warmup-iters", self.warmup_iters),
-            ("--freeze-ramp-iters", self.ramp_iters),
-        ):
-            if value < 0:
-                raise ConfigError(f"{flag} must be >= 0, got {value}")
-        if self.rescale not in ("mean", "none"):
-            raise ConfigError(f"--freeze-rescale must be `mean` or `none`, got {self.rescale!r}")
         if self.profile_iters < 1:
             raise ConfigError(f"--profile-iters must be >= 1, got {self.profile_iters}")
         if self.drift_threshold < 0:
@@ -107,6 +94,12 @@ class FreezeOptions:
     def auto_budget(self) -> bool:
         """`--max-freeze-ratio auto`: the cap comes from the measured loss cost."""
         return self.max_freeze_ratio == "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FreezeOptions:
+        data = dict(data)
+        data["runtime"] = FreezeConfig.from_dict(data.get("runtime", {}))
+        return cls(**data)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -147,7 +140,7 @@ class TrainConfig:
     exit_after_iters: int = 0
     """Stop after this many iterations of this run (to test interruption); 0: run to the end."""
     tensorboard: bool = True
-    """Write TensorBoard events when `torch.utils.tensorboard` works."""
+    """Write TensorBoard events to `<out_dir>/tensorboard` (`--no-tensorboard`: off)."""
     eval_interval: int = 0
     """Iterations between validation losses on the held-out set (and at the last iteration);
     0: no validation. The training-batch loss sees other batches in every run, so comparisons
@@ -192,9 +185,10 @@ class TrainConfig:
         for flag, beta in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):
             if not 0.0 <= beta < 1.0:
                 raise ConfigError(f"{flag} must lie in [0, 1), got {beta}")
-        if self.freeze.enabled and self.freeze.warmup_iters >= self.iters:
+        warmup = self.freeze.runtime.warmup_iters
+        if self.freeze.enabled and warmup >= self.iters:
             raise ConfigError(
-                f"--freeze-warmup-iters {self.freeze.warmup_iters} >= --iters {self.iters}: "
+                f"--freeze-warmup-iters {warmup} >= --iters {self.iters}: "
                 "nothing would be frozen; lower the warm-up or drop --plan"
             )
         if self.clip_grad < 0:
@@ -224,7 +218,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
-        data["freeze"] = FreezeOptions(**data.get("freeze", {}))
+        data["freeze"] = FreezeOptions.from_dict(data.get("freeze", {}))
         return cls(**data)
 
 

@@ -3,7 +3,7 @@
 Shape follows torchtitan's trainer: `Trainer(job)` builds everything, `train()` is the loop,
 `train_step()` one optimizer step, `state_dict()` what a checkpoint holds, `close()` tears down.
 
-Components (all Megatron-Core): GPTModel chunks from `train/model.py`, Megatron's
+Components (all Megatron-Core): GPTModel chunks from `model/gpt.py`, Megatron's
 DistributedDataParallel, Megatron's optimizer (`get_megatron_optimizer`: Adam with a
 distributed optimizer on GPU; on CPU Megatron's FP32 optimizer wrapping torch's AdamW, made to
 run there by `megatron/compat.py`), `OptimizerParamScheduler` (warm-up then decay), gradient
@@ -13,10 +13,10 @@ clipping inside the optimizer, bf16 on GPU (Float16Module), and the pipeline sch
 
 from __future__ import annotations
 
+import json
 import math
-import random
 import time
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_tf.solve.budget import noise_scale_estimate
+from megatron_tf.errors import ConfigError
+from megatron_tf.megatron.compat import optimizer_step
+from megatron_tf.megatron.distributed import (
+    destroy_distributed,
+    init_distributed,
+    rank_place,
+    rng_state,
+    set_rng_state,
+)
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.optimizer import build_optimizer, build_scheduler
+from megatron_tf.model.gpt import build_training_model
+from megatron_tf.model.step import run_schedule
+from megatron_tf.solve.budget import LossCost, noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
 from megatron_tf.train.data import (
     BatchPlan,
@@ -32,11 +45,10 @@ from megatron_tf.train.data import (
     heldout_microbatches,
     iteration_iterators,
 )
+from megatron_tf.train.injob import profile_and_solve, reprice
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
-from megatron_tf.train.model import build_training_model
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
-from megatron_tf.train.train_config import TrainConfig
 
 __all__ = ["Trainer"]
 
@@ -45,24 +57,21 @@ class Trainer:
     """One rank of a pipeline-parallel GPT pretraining job."""
 
     def __init__(self, job: Job) -> None:
-        from megatron.core import parallel_state as ps
-
-        from megatron_tf.megatron.distributed import init_distributed
-
         self.job = job
         self.cfg = job.train
         init_distributed(job.parallel, seed=job.model.seed)
         self.rank = dist.get_rank()
-        self.pp_rank = ps.get_pipeline_model_parallel_rank()
+        self.place = rank_place()
+        self.pp_rank = self.place.pp_rank
         self.spec = job.parallel.schedule_spec()
         self.chunks, self.tconfig = build_training_model(job.model, job.parallel)
-        self.optimizer = _build_optimizer(self.cfg, self.chunks)
-        self.scheduler = _build_scheduler(self.cfg, self.optimizer)
+        self.optimizer = build_optimizer(self.cfg, self.chunks)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer)
         self.batches = BatchPlan(
             micro_batch_size=job.model.micro_batch_size,
             microbatches=job.parallel.microbatches,
-            dp_rank=ps.get_data_parallel_rank(),
-            dp_size=ps.get_data_parallel_world_size(),
+            dp_rank=self.place.dp_rank,
+            dp_size=self.place.dp_size,
         )
         self.tokens_per_iteration = self.batches.samples_per_iteration * job.model.seq_length
         self.dataset = build_train_dataset(
@@ -78,11 +87,12 @@ class Trainer:
         self.iteration = 0  # optimizer steps done
         self.elapsed = 0.0  # wall seconds of training iterations (resumed runs add to it)
         self.plan: PlanSource | None = None
-        self.freezer: Any = None
+        self.freezer: FreezeRuntime | None = None  # installed runtime; None: nothing frozen
+        self._idle_freezer: FreezeRuntime | None = None  # removed by set_plan(None), kept
         self.drift_count = 0
         self.replans = 0
-        self.budget_curve: Any = None  # rank 0: the auto budget's speed curve (re-pricing)
-        self.curve_in_job = False  # every rank: an in-job profile made budget_curve this run
+        self.budget_curves: dict[str, Any] = {}  # rank 0: speed curves solved for re-pricing
+        self.curve_profile: Path | None = None  # the auto budget's in-job profile (this run)
         self.metrics = MetricsLogger(
             self.cfg.out_dir,
             enabled=self.rank == 0,
@@ -90,7 +100,7 @@ class Trainer:
             tensorboard=self.cfg.tensorboard,
         )
         if self.cfg.freeze.enabled and not self.cfg.freeze.auto:
-            self._set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
+            self.set_plan(load_plan_source(self.cfg.freeze.plan or "", self.spec))
         if self.cfg.resume_from:
             self.load_checkpoint(self.cfg.resume_from)
 
@@ -124,8 +134,6 @@ class Trainer:
 
     def train_step(self) -> StepMetrics:
         """One iteration: zero grads, the pipeline schedule, freezer bookkeeping, optimizer."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         phase = self._phase()
         if self.freezer is not None:
             self.freezer.start_iteration(self.iteration)
@@ -133,19 +141,17 @@ class Trainer:
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        losses = get_forward_backward_func()(
-            forward_step_func=_forward_step,
-            data_iterator=self._data_iterators(self.iteration),
-            model=self.chunks,
-            num_microbatches=self.job.parallel.microbatches,
+        losses = run_schedule(
+            self.chunks,
+            iteration_iterators(self.dataset, self.batches, self.iteration, len(self.chunks)),
+            microbatches=self.job.parallel.microbatches,
             seq_length=self.job.model.seq_length,
             micro_batch_size=self.job.model.micro_batch_size,
-            forward_only=False,
         )
         if self.freezer is not None:
             self.freezer.finish_iteration()
         schedule_seconds = time.perf_counter() - t0
-        ok, grad_norm = _optimizer_step(self.optimizer, self.cfg.clip_grad)
+        ok, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
             raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
         self.scheduler.step(increment=1)
@@ -162,6 +168,7 @@ class Trainer:
             seconds=seconds,
             schedule_seconds=schedule_seconds,
             predicted_seconds=self._predicted(phase),
+            predicted_unitless=self.plan is not None and self.plan.synthetic,
             freeze_ratio=self._realised_ratios(),
             phase=phase,
             elapsed=self.elapsed,
@@ -186,14 +193,10 @@ class Trainer:
 
     def _schedule(self, batch: list[dict[str, torch.Tensor]], *, forward_only: bool) -> Any:
         """One call of Megatron's schedule over `batch` (a list of microbatches)."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        its = [iter(batch) for _ in self.chunks]
-        return get_forward_backward_func()(
-            forward_step_func=_forward_step,
-            data_iterator=its if len(its) > 1 else its[0],
-            model=self.chunks,
-            num_microbatches=len(batch),
+        return run_schedule(
+            self.chunks,
+            [iter(batch) for _ in self.chunks],
+            microbatches=len(batch),
             seq_length=self.job.model.seq_length,
             micro_batch_size=self.job.model.micro_batch_size,
             forward_only=forward_only,
@@ -221,8 +224,6 @@ class Trainer:
         estimators are unbiased; their means over rounds are divided (the paper's advice). Held-
         out samples and no dropout: the probe changes neither the weights nor any RNG, so a
         run with the probe trains exactly like one without. noise_scale.json lists every probe."""
-        import json
-
         par = self.job.parallel
         small = _smallest_valid_microbatches(par)
         big = par.microbatches
@@ -255,25 +256,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ freezing
 
-    def _set_plan(self, plan: PlanSource) -> None:
-        """Install (or re-target) the freeze runtime with `plan`'s ratios for this rank."""
-        from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+    def set_plan(self, plan: PlanSource | None) -> None:
+        """Freeze by `plan`'s ratios for this rank from the next step on; None: run the stock
+        schedule (runtime removed, nothing frozen, no rescale) until a plan is set again.
 
+        The runtime is built once and kept across None and back, so its balance counts carry
+        on (`train/alternate.py` switches every iteration)."""
         self.plan = plan
+        if plan is None:
+            if self.freezer is not None:
+                self.freezer.remove()
+                self._idle_freezer, self.freezer = self.freezer, None
+            return
+        if self.freezer is None and self._idle_freezer is not None:
+            self.freezer, self._idle_freezer = self._idle_freezer, None
+            self.freezer.install()
         if self.freezer is not None:
             self.freezer.set_ratios(plan.ratios)
             return
         # The DDP-wrapped chunks: the runtime rescales gradients inside DDP's bucket groups.
-        self.freezer = FreezeRuntime(self.chunks, plan.ratios, self.spec, self._freeze_config())
+        self.freezer = FreezeRuntime(self.chunks, plan.ratios, self.spec, self.cfg.freeze.runtime)
         self.freezer.install()
-
-    def _freeze_config(self) -> Any:
-        from megatron_tf.freeze import FreezeConfig
-
-        f = self.cfg.freeze
-        return FreezeConfig(
-            seed=f.seed, rescale=f.rescale, warmup_iters=f.warmup_iters, ramp_iters=f.ramp_iters
-        )
 
     def _phase(self) -> str:
         """What this iteration runs: decided by the installed freezer, not by the flags (a
@@ -301,7 +304,7 @@ class Trainer:
         if (
             self.cfg.freeze.auto
             and self.plan is None
-            and (self.iteration >= self.cfg.freeze.warmup_iters)
+            and (self.iteration >= self.cfg.freeze.runtime.warmup_iters)
         ):
             if self.cfg.freeze.auto_budget and not self.noise_estimates:
                 self._noise_probe()  # the loss cost of freezing, before anything is frozen
@@ -312,11 +315,9 @@ class Trainer:
         scale (freezer off: the probe measures the whole model's gradient), choose the cap
         again on the same speed curve and switch to its plan from this iteration on."""
         f = self.cfg.freeze
-        since = self.iteration - f.warmup_iters
+        since = self.iteration - f.runtime.warmup_iters
         if not f.reprice_every or self.plan is None or since <= 0 or since % f.reprice_every:
             return
-        from megatron_tf.train.injob import reprice
-
         if self.freezer is not None:
             self.freezer.remove()
         try:
@@ -324,19 +325,32 @@ class Trainer:
         finally:
             if self.freezer is not None:
                 self.freezer.install()
-        if f.auto and f.reprice_profile is None and not self.curve_in_job:
+        profile = Path(f.reprice_profile) if f.reprice_profile else self.curve_profile
+        if profile is None:
             # Resumed: the speed curve of the in-job profile is not in the checkpoint.
             self._replan(reason=f"re-pricing at iteration {self.iteration} after a resume")
             return
-        plan, why = reprice(self, out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}")
+        cost = LossCost(
+            noise_scale=self.noise_estimates[-1]["noise_scale"],
+            batch=self.batches.samples_per_iteration,
+        )
+        plan, why = reprice(
+            profile,
+            cost,
+            curves=self.budget_curves,
+            source=f"reprice:{self.iteration}",
+            out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}",
+        )
         self.metrics.note(f"re-priced at iteration {self.iteration}: {why}")
-        self._set_plan(plan)
+        self.set_plan(plan)
 
     def _check_drift(self, m: StepMetrics) -> None:
         """Re-profile when the measured time drifts from the prediction for long enough."""
         f = self.cfg.freeze
         if f.drift_threshold <= 0 or m.phase != "freeze" or not m.predicted_seconds:
             return
+        if m.predicted_unitless:
+            return  # synthetic costs predict no time to drift from
         if self.iteration >= self.cfg.iters:
             return  # nothing left to train with a new plan
         # The prediction covers the pipeline schedule (forward and backward of all microbatches),
@@ -352,17 +366,39 @@ class Trainer:
 
     def _replan(self, *, reason: str) -> None:
         """Profile the current model in-job (weights untouched), solve, retarget the freezer."""
-        from megatron_tf.train.injob import profile_and_solve
-
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
-        plan, why = profile_and_solve(
-            self, out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}"
+        cap = self.cfg.freeze.max_freeze_ratio
+        budget = (
+            LossCost(
+                noise_scale=self.noise_estimates[-1]["noise_scale"],
+                batch=self.batches.samples_per_iteration,
+            )
+            if cap == "auto"
+            else float(cap)
         )
+        runtime = self.freezer
+        if runtime is not None:  # the profiler installs its own runtimes; measure unfrozen
+            runtime.remove()
+        try:
+            plan, why = profile_and_solve(
+                self.chunks,
+                self.job.model,
+                self.job.parallel,
+                profile_iters=self.cfg.freeze.profile_iters,
+                budget=budget,
+                source=f"auto:{self.replans}",
+                iteration=self.iteration,
+                out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}",
+            )
+        finally:
+            if runtime is not None:
+                runtime.install()
         if why:
             self.metrics.note(f"budget: {why}")
+        if cap == "auto":
+            self.curve_profile = Path(self.cfg.out_dir) / f"replan_{self.replans}" / "profile.json"
         self.replans += 1
-        self.curve_in_job = self.cfg.freeze.auto_budget
-        self._set_plan(plan)
+        self.set_plan(plan)
         self.metrics.note(
             f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> {plan.makespan * 1e3:.1f} ms "
             f"per iteration (speedup {plan.baseline_makespan / plan.makespan:.3f})"
@@ -383,17 +419,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ data and loss
 
-    def _data_iterators(self, iteration: int) -> Any:
-        its = iteration_iterators(self.dataset, self.batches, iteration, len(self.chunks))
-        return its if len(its) > 1 else its[0]
-
     def _reduce_loss(self, losses: list[dict[str, torch.Tensor]]) -> float:
         """Mean loss over microbatches and data-parallel replicas, known on every rank."""
-        from megatron.core import parallel_state as ps
-
         total = torch.zeros(2, dtype=torch.float64)
-        last = ps.is_pipeline_last_stage(ignore_virtual=True)
-        if last and losses and ps.get_tensor_model_parallel_rank() == 0:
+        if self.place.last_stage and losses and self.place.tp_rank == 0:
             total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
             total[1] = 1.0
         dist.all_reduce(total)
@@ -417,7 +446,7 @@ class Trainer:
             "plan": None if self.plan is None else self.plan.to_dict(),
             "replans": self.replans,
             "drift_count": self.drift_count,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -430,7 +459,7 @@ class Trainer:
         self._resume_plan(state)
         self.replans = int(state["replans"])
         self.drift_count = int(state["drift_count"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         assert self.cfg.save is not None
@@ -487,7 +516,7 @@ class Trainer:
                 "profiling and solving in-job"
             )
             return
-        self._set_plan(saved)
+        self.set_plan(saved)
         if state["freezer"] is not None:
             self.freezer.load_state_dict(state["freezer"])
         if not f.enabled:
@@ -506,8 +535,6 @@ class Trainer:
         return bool(self.cfg.save_interval) and self.iteration % self.cfg.save_interval == 0
 
     def close(self) -> None:
-        from megatron_tf.megatron.distributed import destroy_distributed
-
         if self.freezer is not None:
             self.freezer.remove()
         self.metrics.close()
@@ -524,10 +551,6 @@ def _whole_iterations(batches: list[Any], microbatches: int) -> list[Any]:
 
 def _smallest_valid_microbatches(parallel: Any) -> int:
     """The fewest microbatches Megatron's schedule for this layout accepts (1 for 1F1B)."""
-    from dataclasses import replace
-
-    from megatron_tf.errors import ConfigError
-
     for m in range(1, parallel.microbatches):
         try:
             replace(parallel, microbatches=m)
@@ -538,110 +561,3 @@ def _smallest_valid_microbatches(parallel: Any) -> int:
         f"--noise-probe-at needs a schedule that accepts fewer than --microbatches "
         f"{parallel.microbatches} microbatches"
     )
-
-
-def _build_optimizer(cfg: TrainConfig, chunks: list[Any]) -> Any:
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    on_gpu = torch.cuda.is_available()
-    config = OptimizerConfig(
-        optimizer="adam",
-        lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        weight_decay=cfg.weight_decay,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        # On CPU the clip happens in `_optimizer_step` (Megatron's clip asserts CUDA tensors).
-        clip_grad=cfg.clip_grad if on_gpu else 0.0,
-        bf16=on_gpu,
-        params_dtype=torch.float32,
-        use_distributed_optimizer=on_gpu,
-    )
-    return get_megatron_optimizer(config, chunks)
-
-
-def _optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float | None]:
-    """Megatron's optimizer step; on CPU with the clip done here, in the same order.
-
-    megatron-core 0.19.2's `clip_grad_by_total_norm_fp32` asserts `torch.cuda.FloatTensor`
-    grads, so on CPU the optimizer is built with `clip_grad=0` and this function performs
-    ChainedOptimizer.step's sequence itself: prepare_grads (main_grad -> grad), the global norm
-    from Megatron's `get_grad_norm` (across model-parallel ranks), the scale by
-    clip / (norm + 1e-6) when below 1 (Megatron's coefficient), then step_with_ready_grads.
-    """
-    if torch.cuda.is_available():
-        ok, grad_norm, _ = optimizer.step()
-        return ok, grad_norm
-    with torch.no_grad():
-        if optimizer.prepare_grads():  # found inf/nan: only fp16 loss scaling reports that
-            return False, None
-        grad_norm = float(optimizer.get_grad_norm())
-        coeff = clip_grad / (grad_norm + 1.0e-6)
-        if clip_grad > 0 and coeff < 1.0:
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        param.grad.mul_(coeff)
-        return optimizer.step_with_ready_grads(), grad_norm
-
-
-def _build_scheduler(cfg: TrainConfig, optimizer: Any) -> Any:
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    return OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        lr_warmup_steps=cfg.lr_warmup_iters,
-        lr_decay_steps=cfg.iters,
-        lr_decay_style=cfg.lr_decay_style,
-        start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay,
-        wd_incr_steps=cfg.iters,
-        wd_incr_style="constant",
-    )
-
-
-def _forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
-    """Megatron's forward_step_func for a GPT: every chunk draws its microbatch (only the first
-    stage reads tokens and only the last labels), so all chunks' iterators stay in step."""
-    batch = next(data_iterator)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    tokens = batch["tokens"].to(device)
-    positions = batch["position_ids"].to(device)
-    labels = batch["labels"].to(device)
-    output = model(tokens, positions, attention_mask=None, labels=labels)
-    return output, partial(_loss, batch["loss_mask"].to(device))
-
-
-def _loss(loss_mask: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    losses = output.float().reshape(-1)
-    mask = loss_mask.reshape(-1).float()
-    loss = torch.sum(losses * mask) / mask.sum()
-    return loss, {"lm loss": loss.detach().clone()}
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-        state["cuda"] = torch.cuda.get_rng_state()
-        state["tracker"] = get_cuda_rng_tracker().get_states()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
-        from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-        torch.cuda.set_rng_state(state["cuda"])
-        get_cuda_rng_tracker().set_states(state["tracker"])

@@ -52,12 +52,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
     from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
     from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
-    from megatron_tf.train.model import build_model_chunks
-    from megatron_tf.train.step import gpt_forward_step, synthetic_batches
+    from megatron_tf.model.gpt import build_model_chunks
+    from megatron_tf.model.step import forward_step as gpt_forward_step
+    from megatron_tf.model.synthetic import synthetic_batches
 
     parallel = ParallelConfig(
         pp=args.pp,

@@ -42,7 +42,9 @@ def parse() -> argparse.Namespace:
 
 
 def main() -> None:
-    from megatron_tf.demo import DemoConfig, launch_job, profile_model, solve_plan
+    from megatron_tf.demo import DemoConfig, profile_model, solve_plan
+    from megatron_tf.formats.job import job_env
+    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job, write_job
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -74,14 +76,19 @@ def main() -> None:
     job_file = write_job(job, out / "run" / "job.json")
     print(f"alternating baseline and {args.ratios} for {args.steps} steps each ...", flush=True)
     plan_args = [f"--plan={r:g}={p}" for r, (p, _) in plans.items()]
-    launch_job(
-        "megatron_tf.train.alternate",
-        [
-            *("--job", str(job_file), *plan_args, "--steps", str(args.steps)),
-            *("--warmup", str(args.warmup), "--out", str(out / "timings.json")),
-        ],
-        out / "bench.log",
-    )
+    with job_log(out / "bench.log", "the alternating run") as log:
+        launch_job(
+            LaunchOptions(),
+            "megatron_tf.train.alternate",
+            [
+                *(*plan_args, "--steps", str(args.steps)),
+                *("--warmup", str(args.warmup), "--out", str(out / "timings.json")),
+            ],
+            world_size=cfg.parallel.world_size,
+            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
+            stdout=log,
+            stderr=log,
+        )
     timings = json.loads((out / "timings.json").read_text())
     summary = report(timings, {f"{r:g}": pred for r, (_, pred) in plans.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

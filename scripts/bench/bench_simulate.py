@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel, synthetic_profile
 from megatron_tf.schedule.dag import build_dag
 from megatron_tf.schedule.simulate import simulate
-from megatron_tf.schedule.spec import ScheduleSpec
 
 TARGET_S = 2.0
 

@@ -36,9 +36,9 @@ def case_name(pp: int, vpp: int, m: int) -> str:
 def run_case(
     pp: int, vpp: int, m: int, comm_model: str, max_ratio: float, solver: str, eps: float
 ) -> dict:
+    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.schedule.costs import CostModel, synthetic_profile
     from megatron_tf.schedule.dag import build_dag
-    from megatron_tf.schedule.spec import ScheduleSpec
     from megatron_tf.solve.lp import SolverConfig, solve_lp
 
     kind = "1f1b" if vpp == 1 else "interleaved"

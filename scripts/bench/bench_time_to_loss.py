@@ -119,7 +119,7 @@ def main() -> int:
     from dataclasses import replace
 
     from megatron_tf.compare import CompareConfig, compare_model, format_table, run_compare
-    from megatron_tf.train.config import ParallelConfig
+    from megatron_tf.formats.layout import ParallelConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", default="pp4", help=f"comma list of {', '.join(LAYOUTS)}")

@@ -118,14 +118,15 @@ def _tail(text: str, lines: int = 60) -> str:
 
 def uniform_plan(path: Path, *, pp: int, vpp: int, microbatches: int, ratio: float) -> Path:
     """A uniform plan for the layout (the solver's output format; ratios are what matter)."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.train.config import ParallelConfig
+    from megatron_tf.formats.plan import Plan, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
+    from megatron_tf.formats.layout import ParallelConfig
 
     spec = ParallelConfig(
         pp=pp, vpp=vpp, microbatches=microbatches, overlap_p2p_comm=vpp > 1
     ).schedule_spec()
     plan = Plan(
-        schedule=PlanSchedule.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         profile_sha256="0" * 64,
         max_freeze_ratio=ratio,
         tolerance=0.0,

@@ -180,6 +180,16 @@ def test_negative_control_full_recompute_needs_the_embedding_leaf(
         assert (worst > 1e-3) == (result["_ranks"]["pp"] == 0), (result["_ranks"], worst)
 
 
+def test_remove_restores_megatrons_frozen_linear_backward(
+    pp2_1f1b: list[dict[str, Any]],
+) -> None:
+    """The bias-gradient fix lives only while a runtime is installed."""
+    for result in pp2_1f1b:
+        for case in ("base", "none", "zero"):
+            assert result[case]["backward_replaced"] is True, case
+            assert result[case]["backward_restored"] is True, case
+
+
 def test_all_ratios_zero_is_bitwise_stock(pp2_1f1b: list[dict[str, Any]]) -> None:
     for result in pp2_1f1b:
         (it,) = result["zero"]["iterations"]

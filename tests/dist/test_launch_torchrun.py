@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from megatron_tf.launch import TorchrunLaunch, run
-from megatron_tf.launch.lifeline import LAUNCHER_ENV
+from megatron_tf.process.lifeline import LAUNCHER_ENV
 
 WORKERS = Path(__file__).parent / "workers"
 

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from megatron_tf.cli import app
-from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+from megatron_tf.formats.schedule import ScheduleRecord
 
 pytestmark = pytest.mark.dist
 
@@ -55,14 +56,14 @@ RATIOS = [[[1.0, 0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]]  # [rank][chunk][micro
 
 
 def make_spec(microbatches: int):
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     return ScheduleSpec(kind="1f1b", pp=2, microbatches=microbatches)
 
 
 def make_plan(path: Path, microbatches: int, ratios: list, vpp: int = 1) -> Path:
     kind = "1f1b" if vpp == 1 else "interleaved"
-    schedule = PlanSchedule(
+    schedule = ScheduleRecord(
         kind=kind, pp=2, vpp=vpp, microbatches=microbatches, group_size=2, overlap_p2p_comm=vpp > 1
     )
     plan = Plan(

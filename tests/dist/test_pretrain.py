@@ -195,7 +195,7 @@ def test_reprice_switches_plans_at_its_iterations(tmp_path: Path) -> None:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
     from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.solve.budget import LossCost, budget_curve
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile

@@ -103,18 +103,31 @@ def test_profile_measures_and_feeds_solve_and_simulate(tmp_path: Path, layout: l
     assert result.status == "OPTIMAL"
     assert result.makespan <= result.baseline_makespan + 1e-12
     assert result.baseline_makespan == pytest.approx(data["makespan"])
+
+    # The profiler records each stage's freezable units with their parameter counts, so
+    # `solve --weighting params` works on a measured profile, not only on hand-edited ones.
+    for stage in profile.stages:
+        assert stage.units and all(u.params and u.params > 0 for u in stage.units)
+    first, last = profile.stage(0, 0), profile.stage(spec.pp - 1, spec.vpp - 1)
+    assert first.units[0].name.endswith("embedding.word_embeddings.weight")
+    assert 512 * 32 in {u.params for u in first.units}  # vocab x hidden: the word embedding
+    assert any(u.name.endswith("linear_fc1.weight") for u in last.units)
+    weighted = _cli("solve", str(out), "--weighting", "params", "-o", str(tmp_path / "w.json"))
+    assert weighted.returncode == 0, weighted.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["weighting"] == "params"
     if "--vpp" not in layout:
         _plan_runs_with_the_freeze_runtime(tmp_path, profile, out, result, layout)
 
 
 def _plan_runs_with_the_freeze_runtime(tmp_path, profile, profile_path, result, layout) -> None:
     """The plan solved on the measured profile trains on the same layout (pretrain --plan)."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
     from megatron_tf.formats.profile import profile_sha256
 
     spec = profile.spec
     plan = Plan(
-        schedule=PlanSchedule(**spec.to_dict()),
+        schedule=ScheduleRecord(**spec.to_dict()),
         profile_sha256=profile_sha256(profile_path),
         max_freeze_ratio=0.5,
         tolerance=1e-6,

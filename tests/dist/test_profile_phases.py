@@ -7,7 +7,7 @@ import pytest
 from harness import run_torchrun
 
 from megatron_tf.schedule.order import compute_order
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 from harness import run_torchrun
 
 from megatron_tf.schedule.order import Compute, Wait, compute_order, format_order, rank_programs
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec
 
 # (pp, vpp, overlap_p2p_comm, [(microbatches, group size)]); group size is pp for 1f1b.
 CONFIGS = [

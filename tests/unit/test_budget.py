@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import synthetic_profile
 from megatron_tf.schedule.simulate import simulate
-from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.solve.budget import (
     LossCost,
     best_time_factor,

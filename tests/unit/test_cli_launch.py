@@ -12,7 +12,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from megatron_tf.cli import _launch
 from megatron_tf.cli._app import user_errors
 from megatron_tf.cli._launch import (
     DryRunOption,
@@ -23,8 +22,9 @@ from megatron_tf.cli._launch import (
     RdzvEndpointOption,
     launch_or_print,
 )
+from megatron_tf.launch import options as launch_options
 from megatron_tf.launch.torchrun import JobResult
-from megatron_tf.launch.worker_errors import ERROR_DIR_ENV
+from megatron_tf.process.worker_errors import ERROR_DIR_ENV
 
 app = typer.Typer()
 
@@ -155,11 +155,11 @@ def test_bad_launch_flags_exit_2_with_one_line(args, env, message) -> None:
 def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake_run(launch, entry_module, args, timeout=None):
+    def fake_run(launch, entry_module, args, **kwargs):
         calls.append((launch, entry_module, list(args)))
         return JobResult(code=0)
 
-    monkeypatch.setattr(_launch, "run_job", fake_run)
+    monkeypatch.setattr(launch_options, "run_job", fake_run)
     result = invoke(["--nproc-per-node", "4"])
     assert result.exit_code == 0, result.output
     [(launch, entry, args)] = calls
@@ -170,20 +170,20 @@ def test_without_dry_run_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_failed_job_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_launch, "run_job", lambda *a, **k: JobResult(code=1))
+    monkeypatch.setattr(launch_options, "run_job", lambda *a, **k: JobResult(code=1))
     result = invoke([])
     assert result.exit_code == 1
     assert "the job failed (torchrun exit code 1)" in result.output
 
 
 def test_a_worker_user_error_exits_2_with_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run(launch, entry_module, args, timeout=None):
+    def fake_run(launch, entry_module, args, **kwargs):
         folder = Path(launch.env[ERROR_DIR_ENV])
         (folder / "rank3.txt").write_text("the plan was solved for 1f1b pp=4 M=8\n")
         (folder / "rank1.txt").write_text("the plan was solved for 1f1b pp=2 M=8\n")
         return JobResult(code=1)
 
-    monkeypatch.setattr(_launch, "run_job", fake_run)
+    monkeypatch.setattr(launch_options, "run_job", fake_run)
     result = invoke([])
     assert result.exit_code == 2
     assert result.output == "error: the plan was solved for 1f1b pp=2 M=8\n"  # lowest rank

@@ -121,8 +121,8 @@ def test_bad_profile_files(tmp_path: Path) -> None:
 def _plan(tmp_path: Path) -> tuple[Path, Path]:
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
+    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.schedule.spec import ScheduleSpec
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
 
@@ -167,8 +167,8 @@ def test_subprocess_error_is_one_line() -> None:
 
 def test_measured_actions_get_their_own_tracks(tmp_path: Path) -> None:
     from megatron_tf.formats.profile import Measured, MeasuredAction, save_profile
+    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.schedule.spec import ScheduleSpec
 
     spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=1)
     profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
@@ -201,8 +201,8 @@ def test_plan_comm_model_is_the_default_and_a_flag_wins(tmp_path: Path) -> None:
     """A dataflow plan: `simulate --plan` reproduces it without --comm-model."""
     from megatron_tf.formats.plan import save_plan
     from megatron_tf.formats.profile import save_profile
+    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.schedule.spec import ScheduleSpec
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import solve_profile
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from megatron_tf.cli import app
 from megatron_tf.formats.plan import load_plan
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import synthetic_profile
-from megatron_tf.schedule.spec import ScheduleSpec
 from megatron_tf.solve.budget import LossCost, choose_budget
 from megatron_tf.train.corpus import CorpusConfig, heldout_samples, make_chain
 

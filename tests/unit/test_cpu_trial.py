@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -74,11 +75,10 @@ def test_never_active_where_cuda_is_available() -> None:
     )
 
 
-@pytest.mark.parametrize("flag", ["1", "0"])
-def test_the_worker_entry_reads_the_mode_from_the_environment(flag: str) -> None:
-    from megatron_tf.launch.megatron_lm import MegatronLMJob
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_worker_entry_reads_the_mode_from_its_job(flag: bool, tmp_path) -> None:
+    from megatron_tf.formats.job import job_env
+    from megatron_tf.train.lm_script import MegatronLMJob
 
-    env = {"TIMELYFREEZE_MEGATRON_SCRIPT": "/x/pretrain_gpt.py", "TIMELYFREEZE_CPU_TRIAL": flag}
-    job = MegatronLMJob.from_environment(env)
-    assert job.cpu_trial is (flag == "1")
-    assert job.environment().get("TIMELYFREEZE_CPU_TRIAL") == ("1" if flag == "1" else None)
+    path = MegatronLMJob(script=Path("/x/pretrain_gpt.py"), cpu_trial=flag).save(tmp_path / "j")
+    assert MegatronLMJob.load(env=job_env(path)).cpu_trial is flag

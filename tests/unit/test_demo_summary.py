@@ -40,6 +40,8 @@ def test_equal_time_reach_counts_iterations_over_the_measured_speedup() -> None:
         frozen=baseline,
         loss_floor=None,
         report=Path("report.md"),
+        profile=Path("profile.json"),
+        plan=Path("plan.json"),
         side_by_side={"baseline": (0.12, 0.11), "plan": (0.1, 0.09)},
         equal_time=equal,
     )

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze import FreezeConfig, FreezePolicy, UnitSpec, classify, make_units
-from megatron_tf.freeze.units import forward_position, prefix_closure
+from megatron_tf.freeze import FreezeConfig, FreezePolicy, UnitSpec, make_units
+from megatron_tf.freeze.units import prefix_closure
+from megatron_tf.megatron.guard import GPT_PARAM_NAMES as NAMES
 
 # A 2-layer chunk of a Megatron GPT (local spec names), numel per tensor.
 GPT_PARAMS = [
@@ -49,13 +50,13 @@ def policy(
 
 
 def test_units_are_linear_weights_embedding_and_output_never_norms_or_biases() -> None:
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     names = [u.name for u in units]
     assert names[0] == "embedding.word_embeddings.weight"
     assert names[-1] == "output_layer.weight"
     assert len(units) == 10
     assert all("norm" not in n and not n.endswith("bias") for n in names)
-    assert classify("embedding.position_embeddings.weight") is None
+    assert NAMES.classify("embedding.position_embeddings.weight") is None
     assert [u.order for u in units] == list(range(10))
     # layer order: layer 0's tensors come before layer 1's
     assert names.index("decoder.layers.0.mlp.linear_fc2.weight") < names.index(
@@ -64,14 +65,14 @@ def test_units_are_linear_weights_embedding_and_output_never_norms_or_biases() -
 
 
 def test_measured_costs_override_numel() -> None:
-    units = make_units(GPT_PARAMS, costs={"output_layer.weight": 7.0})
+    units = make_units(GPT_PARAMS, NAMES, costs={"output_layer.weight": 7.0})
     assert units[-1].cost == 7.0
     assert units[0].cost == 512 * 64
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.7])
 def test_frozen_cost_is_about_the_ratio(ratio: float) -> None:
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     total = sum(u.cost for u in units)
     p = policy([[ratio] * 8], units=[units])
     for it in range(5):
@@ -122,7 +123,7 @@ def test_same_decisions_in_a_fresh_process() -> None:
 
 @pytest.mark.parametrize("ratios", [[1.0] * 4, [0.9] * 2, [1.0, 1.0, 0.95], [0.99] * 8])
 def test_every_unit_trained_on_at_least_one_microbatch(ratios: list[float]) -> None:
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     for first in (None, 0):
         p = policy([ratios], units=[units], first=first)
         for it in range(6):
@@ -164,7 +165,7 @@ def test_units_follow_forward_order_not_registration_order() -> None:
         ("decoder.layers.0.mlp.linear_fc1.weight", 64),
         ("embedding.word_embeddings.weight", 40),
     ]
-    names = [u.name.split(".")[-2] for u in make_units(registered)]
+    names = [u.name.split(".")[-2] for u in make_units(registered, NAMES)]
     assert names == ["word_embeddings", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
     # TE's fused norm sits before its linear's weight; a bias after it; norms between.
     order = [
@@ -182,31 +183,31 @@ def test_units_follow_forward_order_not_registration_order() -> None:
         "decoder.final_layernorm.weight",
         "output_layer.weight",
     ]
-    assert sorted(order, key=forward_position) == order
+    assert sorted(order, key=NAMES.forward_position) == order
 
 
 def test_prefix_closure_freezes_everything_below_the_first_trainable_unit() -> None:
     names = [n for n, _ in GPT_PARAMS]
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     by_name = {u.name: i for i, u in enumerate(units)}
     # embedding and layer 0's qkv frozen: the first trainable unit is layer 0's linear_proj.
     frozen = frozenset({by_name["embedding.word_embeddings.weight"]}) | {
         by_name["decoder.layers.0.self_attention.linear_qkv.weight"]
     }
-    assert prefix_closure(names, units, frozen) == [
+    assert prefix_closure(names, units, frozen, NAMES) == [
         "embedding.word_embeddings.weight",
         "embedding.position_embeddings.weight",
         "decoder.layers.0.input_layernorm.weight",
         "decoder.layers.0.self_attention.linear_qkv.weight",
         "decoder.layers.0.self_attention.linear_qkv.bias",
     ]
-    assert prefix_closure(names, units, frozenset()) == []
-    assert prefix_closure(names, units, frozenset(range(len(units)))) == names  # whole chunk
+    assert prefix_closure(names, units, frozenset(), NAMES) == []
+    assert prefix_closure(names, units, frozenset(range(len(units))), NAMES) == names  # whole chunk
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7, 0.9])
 def test_first_virtual_stage_freezes_the_same_prefix_every_iteration(ratio: float) -> None:
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     total = sum(u.cost for u in units)
     p = policy([[ratio] * 3 + [0.0]], units=[units], first=0)
     first = p.plan(0).frozen
@@ -228,7 +229,7 @@ def test_first_virtual_stage_freezes_the_same_prefix_every_iteration(ratio: floa
 def test_first_stage_coverage_repair_keeps_prefixes(ratios: list[float]) -> None:
     """No microbatch trains everything: the cheapest prefix (the later on a tie) is emptied,
     every other one stays as chosen, and every parameter is trained once."""
-    units = make_units(GPT_PARAMS)
+    units = make_units(GPT_PARAMS, NAMES)
     free = policy([ratios], units=[units], first=0, coverage=False).plan(0).frozen[0]
     p = policy([ratios], units=[units], first=0)
     got = p.plan(0).frozen[0]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from megatron_tf.errors import ScheduleMismatchError
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron import hooks
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-from megatron_tf.schedule.spec import ScheduleSpec
 
 
 def test_install_and_remove_restore_megatron_exactly() -> None:
@@ -245,3 +245,20 @@ def test_group_trains_reads_megatron_recompute_closure() -> None:
     assert _group_trains(groups(0, 2)) is True
     assert _group_trains(other(0, 1)) is None
     assert _group_trains(lambda x: x) is None
+
+
+def test_layout_check_derives_the_models_schedule_like_everyone_else(monkeypatch) -> None:
+    """`_check_layout` reads the model's schedule through `megatron_schedule`, as the layout and
+    the Megatron-LM route do: same schedule passes, another pp or group size is named."""
+    from types import SimpleNamespace
+
+    from megatron.core import parallel_state
+
+    rt, _ = runtime([0.0] * 4)
+    monkeypatch.setattr(parallel_state, "get_pipeline_model_parallel_world_size", lambda: 2)
+    rt._check_layout(SimpleNamespace(microbatch_group_size_per_vp_stage=None))
+    monkeypatch.setattr(parallel_state, "get_pipeline_model_parallel_world_size", lambda: 4)
+    with pytest.raises(
+        ScheduleMismatchError, match="is for 1f1b pp=2 M=4 but the model runs 1f1b pp=4"
+    ):
+        rt._check_layout(SimpleNamespace(microbatch_group_size_per_vp_stage=None))

@@ -15,14 +15,14 @@ import pytest
 
 from megatron_tf.errors import ConfigError, SolverError
 from megatron_tf.formats.profile import MicrobatchCost
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel, synthetic_profile
 from megatron_tf.schedule.dag import Dag, Node, NodeKind, build_dag
 from megatron_tf.schedule.simulate import simulate
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
 from megatron_tf.solve.reduce import reduce_dag
 from megatron_tf.solve.sweep import uniform_ratios
-from megatron_tf.solve.timing import evaluate
 
 REL = 1e-6
 

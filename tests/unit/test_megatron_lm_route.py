@@ -10,11 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from megatron_tf.errors import ConfigError, LaunchError, ScheduleMismatchError
-from megatron_tf.launch.megatron_lm import MegatronLMJob, resolve_checkout
-from megatron_tf.megatron import megatron_lm
-from megatron_tf.megatron.megatron_lm import MegatronLMFreezer, layout_from_args
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.errors import ConfigError, FormatError, LaunchError, ScheduleMismatchError
+from megatron_tf.formats.job import JobEnvelope, job_env
+from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron import lm_freezer
+from megatron_tf.megatron.lm_freezer import MegatronLMFreezer, layout_from_args
+from megatron_tf.train.lm_script import MegatronLMJob, resolve_checkout
 
 
 def test_checkout_with_pretrain_gpt(tmp_path: Path) -> None:
@@ -55,25 +57,24 @@ def test_missing_checkout_folder(tmp_path: Path) -> None:
         resolve_checkout(tmp_path / "file")
 
 
-def test_job_travels_by_environment(tmp_path: Path) -> None:
+def test_job_travels_as_an_envelope_named_by_one_variable(tmp_path: Path) -> None:
     job = MegatronLMJob(
         script=tmp_path / "pretrain_gpt.py",
         plan=tmp_path / "plan.json",
-        freeze={"seed": 3, "warmup_iters": 10},
+        freeze=FreezeConfig(seed=3, warmup_iters=10),
     )
-    env = job.environment()
-    assert env == {
-        "TIMELYFREEZE_MEGATRON_SCRIPT": str(tmp_path / "pretrain_gpt.py"),
-        "TIMELYFREEZE_MODE": "pretrain",
-        "TIMELYFREEZE_PLAN": str(tmp_path / "plan.json"),
-        "TIMELYFREEZE_FREEZE_CONFIG": '{"seed": 3, "warmup_iters": 10}',
-    }
-    assert MegatronLMJob.from_environment(env) == job
+    env = job_env(job.save(tmp_path / "job.json"))
+    assert env == {"TIMELYFREEZE_JOB": str(tmp_path / "job.json")}
+    assert MegatronLMJob.load(env=env) == job
 
 
-def test_entry_outside_timelyfreeze_is_refused() -> None:
-    with pytest.raises(LaunchError, match="TIMELYFREEZE_MEGATRON_SCRIPT is not set"):
-        MegatronLMJob.from_environment({})
+def test_entry_outside_timelyfreeze_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="TIMELYFREEZE_JOB is not set"):
+        MegatronLMJob.load(env={})
+    # Another worker's job (or another version's) is refused by name, not half-read.
+    profile_job = JobEnvelope(kind="profile", job={}).save(tmp_path / "p.json")
+    with pytest.raises(FormatError, match="is a 'profile' job, this worker runs 'megatron_lm'"):
+        MegatronLMJob.load(env=job_env(profile_job))
 
 
 def megatron_args(**overrides) -> SimpleNamespace:
@@ -107,10 +108,11 @@ def test_layout_from_megatron_args_needs_whole_microbatches() -> None:
 
 
 def _plan_file(tmp_path: Path, microbatches: int) -> Path:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
 
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
+        schedule=ScheduleRecord(kind="1f1b", pp=4, vpp=1, microbatches=microbatches, group_size=4),
         profile_sha256="a" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
@@ -125,7 +127,7 @@ def _plan_file(tmp_path: Path, microbatches: int) -> Path:
 
 
 def test_arguments_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze=None)
     freezer.on_arguments(megatron_args())
     assert "matches Megatron-LM's arguments" in capsys.readouterr().out
     with pytest.raises(
@@ -150,7 +152,7 @@ def test_functions_are_replaced_wherever_imported_by_name(monkeypatch) -> None:
     user.save = save  # as `from tf_fake_home import save` leaves it
     monkeypatch.setitem(sys.modules, "tf_fake_home", home)
     monkeypatch.setitem(sys.modules, "tf_fake_user", user)
-    freezer = MegatronLMFreezer(plan=None, freeze={})
+    freezer = MegatronLMFreezer(plan=None, freeze=None)
     freezer._replace("tf_fake_home", "save", lambda f: lambda i: f(i).upper())
     assert (home.save(3), user.save(4)) == ("SAVED 3", "SAVED 4")
     freezer.uninstall()
@@ -171,24 +173,24 @@ class _FakeRuntime:
 
 def test_freezer_state_beside_megatron_checkpoints(tmp_path: Path, monkeypatch) -> None:
     args = SimpleNamespace(save=str(tmp_path / "ckpt"), load=str(tmp_path / "ckpt"))
-    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setattr(lm_freezer, "_megatron_args", lambda: args)
     monkeypatch.setenv("RANK", "3")
     plan = _plan_file(tmp_path, 16)
 
-    writer = MegatronLMFreezer(plan=plan, freeze={})
+    writer = MegatronLMFreezer(plan=plan, freeze=None)
     writer.runtime = _FakeRuntime({"next_iteration": 20, "counts": [[1, 2]]})
     writer.after_save(20)
     saved = tmp_path / "ckpt" / "iter_0000020" / "timelyfreeze" / "rank00003.pt"
     assert saved.is_file()
 
     # A resumed job: the state waits for the runtime, which starts at the first schedule call.
-    reader = MegatronLMFreezer(plan=plan, freeze={})
+    reader = MegatronLMFreezer(plan=plan, freeze=None)
     reader.after_load(20)
     assert reader.pending_state == {"next_iteration": 20, "counts": [[1, 2]]}
     assert reader.next_iteration == 20
 
     # A checkpoint written without TimelyFreeze: start fresh, say so.
-    fresh = MegatronLMFreezer(plan=plan, freeze={})
+    fresh = MegatronLMFreezer(plan=plan, freeze=None)
     fresh.after_load(30)
     assert fresh.pending_state is None and fresh.next_iteration == 30
 
@@ -239,20 +241,21 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     )
     assert result.exit_code == 0, result.output
     *exports, command = result.output.strip().splitlines()
-    assert f"export TIMELYFREEZE_MEGATRON_SCRIPT={tmp_path / 'pretrain_gpt.py'}" in exports
+    (job_file,) = [e.split("=", 1)[1] for e in exports if e.startswith("export TIMELYFREEZE_JOB=")]
+    assert MegatronLMJob.load(job_file).script == tmp_path / "pretrain_gpt.py"
     assert command.endswith(
         "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
-        "--module megatron_tf.launch.megatron_lm --num-layers 2 --data-path 'a b'"
+        "--module megatron_tf.train.lm_script --num-layers 2 --data-path 'a b'"
     )
 
 
 def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch) -> None:
     """Megatron-LM's save/load keep their signatures and results; the state rides along."""
     args = SimpleNamespace(save=str(tmp_path), load=str(tmp_path))
-    monkeypatch.setattr(megatron_lm, "_megatron_args", lambda: args)
+    monkeypatch.setattr(lm_freezer, "_megatron_args", lambda: args)
     monkeypatch.setenv("RANK", "0")
-    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze={})
+    freezer = MegatronLMFreezer(plan=_plan_file(tmp_path, 16), freeze=None)
     freezer.runtime = _FakeRuntime({"next_iteration": 7})
     calls = []
 
@@ -338,7 +341,12 @@ def test_supported_checkouts_pass_the_check(name: str, megatron_lm_snapshot) -> 
         + ["--dry-run", "--", "--num-layers", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert "export TIMELYFREEZE_CPU_TRIAL=1" in result.output.splitlines()
+    (job_file,) = [
+        line.split("=", 1)[1]
+        for line in result.output.splitlines()
+        if line.startswith("export TIMELYFREEZE_JOB=")
+    ]
+    assert MegatronLMJob.load(job_file).cpu_trial
 
 
 def test_cpu_trial_belongs_to_the_megatron_lm_route(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typer.core import TyperGroup, TyperOption
 
 from megatron_tf.cli import app
 from megatron_tf.cli._model_opts import LAYOUT_HELP, MODEL_FLAGS, MODEL_HELP, model_kwargs
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,13 +97,13 @@ def _run(tmp: Path, *args: str) -> None:
 
 def test_pretrain_dry_run_carries_every_model_flag(tmp_path: Path) -> None:
     _run(tmp_path, "pretrain", "--out-dir", str(tmp_path / "out"))
-    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    job = json.loads((tmp_path / "out" / "job.json").read_text())["job"]
     assert {k: job["model"][k] for k in MODEL_FLAGS} == MODEL_VALUES
     assert job["parallel"]["tp"] == 2
 
 
 def test_profile_dry_run_carries_every_model_flag(tmp_path: Path) -> None:
     _run(tmp_path, "profile", "-o", str(tmp_path / "p.json"))
-    job = json.loads((tmp_path / "p.job.json").read_text())
+    job = json.loads((tmp_path / "p.job.json").read_text())["job"]
     assert {k: job["model"][k] for k in MODEL_FLAGS} == MODEL_VALUES
     assert job["parallel"]["tp"] == 2

@@ -11,7 +11,6 @@ from megatron_tf.errors import FormatError, ScheduleMismatchError
 from megatron_tf.formats.plan import (
     PLAN_FORMAT,
     Plan,
-    PlanSchedule,
     Predicted,
     SolverInfo,
     check_plan_matches,
@@ -19,7 +18,7 @@ from megatron_tf.formats.plan import (
     parse_plan,
     save_plan,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 SPEC = ScheduleSpec(kind="interleaved", pp=2, vpp=2, microbatches=4)
 
@@ -30,7 +29,7 @@ def make_plan(spec: ScheduleSpec = SPEC) -> Plan:
         for r in range(spec.pp)
     ]
     return Plan(
-        schedule=PlanSchedule.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         profile_sha256="ab" * 32,
         max_freeze_ratio=0.5,
         tolerance=1e-6,

@@ -66,17 +66,18 @@ def test_matching_data_passes_the_checks(tmp_path: Path) -> None:
     prefix = _indexed(tmp_path / "data", max_id=500)
     proc = _cli(tmp_path, "--data-path", str(prefix), "--vocab-size", "512", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "megatron_tf.train.main --job" in proc.stdout
+    assert f"export TIMELYFREEZE_JOB={tmp_path / 'out' / 'job.json'}" in proc.stdout
+    assert "--module megatron_tf.train.main" in proc.stdout
     assert (tmp_path / "out" / "job.json").is_file()
 
 
 def test_plan_for_another_layout(tmp_path: Path) -> None:
-    from megatron_tf.formats.plan import Plan, PlanSchedule, save_plan
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.plan import Plan, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
     spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
     plan = Plan(
-        schedule=PlanSchedule.from_spec(spec),
+        schedule=ScheduleRecord.from_spec(spec),
         profile_sha256="0" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
@@ -92,7 +93,7 @@ def test_plan_for_another_layout(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_layout(tmp_path: Path) -> None:
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
     parallel = ParallelConfig(pp=4, microbatches=8).to_dict()
     ckpt.save_checkpoint(
@@ -111,3 +112,15 @@ def test_bad_flags(tmp_path: Path) -> None:
     _refused(_cli(tmp_path, "--max-freeze-ratio", "1.5"), "--max-freeze-ratio must lie in [0, 1]")
     _refused(_cli(tmp_path, "--num-layers", "3"), "must divide --num-layers 3")
     _refused(_cli(tmp_path, "--data-path", "x", "--mock-data"), "exclude each other")
+    _refused(_cli(tmp_path, "--freeze-rescale", "sum"), "--freeze-rescale must be one of mean")
+
+
+def test_freeze_rescale_reaches_the_job(tmp_path: Path) -> None:
+    """The flag the runtime's errors name exists and lands in the job the workers read."""
+    import json
+
+    proc = _cli(tmp_path, "--freeze-rescale", "none", "--freeze-warmup-iters", "3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    runtime = job["job"]["train"]["freeze"]["runtime"]
+    assert (runtime["rescale"], runtime["warmup_iters"], runtime["seed"]) == ("none", 3, 1234)

@@ -17,8 +17,8 @@ from megatron_tf.formats.profile import (
     profile_sha256,
     save_profile,
 )
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel, parse_costs, synthetic_profile
-from megatron_tf.schedule.spec import ScheduleSpec
 
 SPEC = ScheduleSpec(kind="interleaved", pp=2, vpp=2, microbatches=4)
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from megatron_tf.formats.profile import parse_profile
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.profile.stats import build_profile, fit_line, robust_stat
 from megatron_tf.schedule.order import compute_order
-from megatron_tf.schedule.spec import ScheduleSpec
 
 SPEC = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
 
@@ -137,7 +137,7 @@ def test_linearity_fit_over_phases() -> None:
 
 
 def test_gaps_between_calls_go_to_the_compute_action_next_to_them() -> None:
-    from megatron_tf.profile.stats import _with_gaps
+    from megatron_tf.profile.samples import durations_with_gaps
 
     actions = [
         ("recv_forward", -1, -1, 0.0, 1.0),
@@ -146,7 +146,7 @@ def test_gaps_between_calls_go_to_the_compute_action_next_to_them() -> None:
         ("recv_backward", -1, -1, 4.5, 5.0),  # between two P2P calls: nobody's
         ("B", 0, 0, 5.0, 7.0),
     ]
-    assert _with_gaps(actions) == [1.0, 2.25, 0.75, 0.5, 2.0]
+    assert durations_with_gaps(actions) == [1.0, 2.25, 0.75, 0.5, 2.0]
 
 
 def test_gap_attribution_follows_the_p2p_mode() -> None:

@@ -22,11 +22,11 @@ import torch
 
 from megatron_tf.cli._app import main
 from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.formats.plan import load_plan
 from megatron_tf.formats.profile import default_file_mode, load_profile
-from megatron_tf.schedule.spec import DEFAULT_MAX_ACTIONS, MAX_ACTIONS_ENV, ScheduleSpec
+from megatron_tf.formats.schedule import DEFAULT_MAX_ACTIONS, MAX_ACTIONS_ENV, ScheduleSpec
 from megatron_tf.train import checkpoint as ckpt
-from megatron_tf.train.config import ModelConfig, ParallelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 READ_ONLY = Path("/sys")
@@ -182,7 +182,7 @@ def test_load_of_one_iteration_folder_resumes_from_it(tmp_path: Path, capsys) ->
     )
     assert code == 0, err
     assert f"resuming from {tmp_path}/ck/iter_0000004" in err
-    job = json.loads((tmp_path / "out" / "job.json").read_text())
+    job = json.loads((tmp_path / "out" / "job.json").read_text())["job"]
     assert job["train"]["resume_from"] == str(tmp_path / "ck" / "iter_0000004")
 
 
@@ -525,19 +525,21 @@ def _fake_torchrun(tmp: Path, body: str) -> str:
 def _worker_code(body: str) -> str:
     return (
         f"import os, signal, sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from megatron_tf.launch.lifeline import die_with_parent\ndie_with_parent()\n" + body
+        "from megatron_tf.process.lifeline import die_with_parent\ndie_with_parent()\n" + body
     )
 
 
 def _cli_with_fake(tmp: Path, fake: str) -> subprocess.Popen[str]:
-    """`launch_or_print` in a process of its own, as the CLI runs it, with the fake torchrun."""
+    """`launch_job` in a process of its own, as the CLI runs it, with the fake torchrun."""
     code = (
-        "import sys, typer\n"
+        "import sys\n"
         f"sys.executable = {fake!r}\n"
-        "from megatron_tf.cli._launch import LaunchOptions, launch_or_print\n"
+        "from megatron_tf.cli._app import print_error\n"
+        "from megatron_tf.launch.options import JobFailed, LaunchOptions, launch_job\n"
         "try:\n"
-        "    launch_or_print(LaunchOptions(collective_timeout=3), 'm', world_size=1)\n"
-        "except typer.Exit as stop:\n"
+        "    launch_job(LaunchOptions(collective_timeout=3), 'm', world_size=1)\n"
+        "except JobFailed as stop:\n"
+        "    print_error(str(stop))\n"
         "    sys.exit(stop.exit_code)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.order import (
     Compute,
     P2PCall,
@@ -20,7 +21,6 @@ from megatron_tf.schedule.order import (
     rank_programs,
     schedule_table,
 )
-from megatron_tf.schedule.spec import ScheduleSpec
 
 GOLDEN = {
     ScheduleSpec(kind="1f1b", pp=4, microbatches=6): [

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
+from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel, parse_costs, synthetic_profile
 from megatron_tf.schedule.dag import NodeKind, build_dag
 from megatron_tf.schedule.simulate import SimResult, simulate
-from megatron_tf.schedule.spec import ScheduleSpec
 
 TOL = 1e-9
 

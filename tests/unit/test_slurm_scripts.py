@@ -157,13 +157,14 @@ def test_submit_all_chains_the_three_jobs(fake_bin: Path, tmp_path: Path) -> Non
 
 def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> None:
     """DRY_RUN=1 with the real `timelyfreeze`: each node prints its own torchrun command."""
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo, save_plan
+    from megatron_tf.formats.schedule import ScheduleRecord
 
     checkout = tmp_path / "Megatron-LM"
     checkout.mkdir()
     (checkout / "pretrain_gpt.py").write_text("")
     plan = Plan(
-        schedule=PlanSchedule(kind="1f1b", pp=4, vpp=1, microbatches=8, group_size=4),
+        schedule=ScheduleRecord(kind="1f1b", pp=4, vpp=1, microbatches=8, group_size=4),
         profile_sha256="b" * 64,
         max_freeze_ratio=0.5,
         tolerance=0.0,
@@ -182,11 +183,15 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
         "MEGATRON_LM": str(checkout),
         "PLAN": str(tmp_path / "plan.json"),
         "DRY_RUN": "1",
+        # The code under test, where a checkout other than the installed one is on the path.
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         "SLURM_JOB_ID": "5150",
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_JOB_NODELIST": "gpu[01-02]",
         "SLURM_GPUS_ON_NODE": "8",
     }
+    if "PYTHONPATH" in os.environ:  # the package under test, where it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     done = subprocess.run(
         ["bash", str(SLURM_DIR / "pretrain.sbatch"), *MEGATRON_ARGS],
         env=env,
@@ -201,7 +206,11 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
         assert (
             "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu01:29550 "
             f"--rdzv-id=timelyfreeze-5150 --node-rank={node} --max-restarts=0 "
-            "--module megatron_tf.launch.megatron_lm "
+            "--module megatron_tf.train.lm_script "
             "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c'"
         ) in command
-    assert f"export TIMELYFREEZE_PLAN={tmp_path / 'plan.json'}" in done.stdout
+    from megatron_tf.train.lm_script import MegatronLMJob
+
+    jobs = [x.split("=", 1)[1] for x in done.stdout.splitlines() if "TIMELYFREEZE_JOB=" in x]
+    assert len(jobs) == 2  # one per node, each node's own file
+    assert {MegatronLMJob.load(j).plan for j in jobs} == {tmp_path / "plan.json"}

@@ -107,12 +107,14 @@ def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     points = json.loads(result.stdout)["sweep"]
     assert [p["max_freeze_ratio"] for p in points] == [float(x) for x in ratios.split(",")]
-    gains = [p["gain"] for p in points]
+    gains = [p["speed_gain"] for p in points]
     assert gains[0] == 0.0
     assert all(b >= a - 1e-9 for a, b in zip(gains, gains[1:], strict=False))
     for p in points[1:]:
         assert p["mean_freeze_ratio"] <= p["max_freeze_ratio"] + 1e-9
-        assert p["gain"] >= p["uniform_gain"] - 1e-9  # uniform at the same ratio is feasible
+        assert (
+            p["speed_gain"] >= p["uniform_speed_gain"] - 1e-9
+        )  # uniform at the same ratio is feasible
     assert points[2]["leverage"] >= 2.5  # max 0.1, the case
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 
 def test_defaults_are_a_small_gpt_on_two_pipeline_ranks() -> None:
@@ -89,3 +89,15 @@ def test_reprice_refusals(options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         FreezeOptions(**options)
     FreezeOptions(plan="auto", max_freeze_ratio="auto", reprice_every=5)  # the valid form
+
+
+def test_freeze_options_hold_one_freeze_config() -> None:
+    """One seed default and one validation for the runtime's settings, wherever they come from."""
+    from megatron_tf.freeze.config import FreezeConfig
+    from megatron_tf.train.train_config import FreezeOptions, TrainConfig
+
+    assert FreezeOptions().runtime == FreezeConfig()
+    train = TrainConfig(freeze=FreezeOptions(runtime=FreezeConfig(rescale="none", seed=7)))
+    assert TrainConfig.from_dict(train.to_dict()) == train
+    with pytest.raises(ConfigError, match="--freeze-warmup-iters must be an integer >= 0"):
+        FreezeOptions.from_dict({"runtime": {"warmup_iters": -1}})

@@ -1,4 +1,4 @@
-"""A worker's user error reaches the CLI as one line (megatron_tf.launch.worker_errors)."""
+"""A worker's user error reaches the CLI as one line (megatron_tf.process.worker_errors)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from megatron_tf.errors import ScheduleMismatchError
-from megatron_tf.launch.worker_errors import ERROR_DIR_ENV, first_worker_error, report_user_errors
+from megatron_tf.process.worker_errors import ERROR_DIR_ENV, first_worker_error, report_user_errors
 
 
 def test_user_error_becomes_one_line_a_note_and_exit_2(tmp_path: Path, monkeypatch, capsys):

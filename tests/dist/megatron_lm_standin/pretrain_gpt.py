@@ -65,9 +65,10 @@ def main() -> None:
 
     # The model side: the project's tiny GPT builder (the real script has its own provider).
     from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-    from megatron_tf.train.config import ModelConfig, ParallelConfig
-    from megatron_tf.train.model import build_model_chunks
-    from megatron_tf.train.step import gpt_forward_step, synthetic_batches
+    from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+    from megatron_tf.model.gpt import build_model_chunks
+    from megatron_tf.model.step import forward_step as gpt_forward_step
+    from megatron_tf.model.synthetic import synthetic_batches
 
     pp = args.pipeline_model_parallel_size
     vpp = args.virtual_pipeline_model_parallel_size or 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 
 def tiny_gpt(pp: int, vpp: int, microbatches: int) -> tuple[ParallelConfig, ModelConfig]:

@@ -39,9 +39,10 @@ from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import ScheduleObserver, installed_route
-from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.model import build_model_chunks, transformer_config
-from megatron_tf.train.step import gpt_forward_step, synthetic_batch
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.model.gpt import build_model_chunks, transformer_config
+from megatron_tf.model.step import forward_step as gpt_forward_step
+from megatron_tf.model.synthetic import synthetic_batch
 
 Grads = dict[tuple[int, str], torch.Tensor]  # (chunk, parameter name) -> gradient
 
@@ -321,6 +322,7 @@ def run_case(
     case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
 ) -> dict[str, Any]:
     from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
 
     from megatron_tf.megatron.hooks import install_hooks
 
@@ -356,7 +358,9 @@ def run_case(
         # Negative control: frozen in forward only. Under recompute the forward rerun inside
         # backward then builds wgrads again, and the comparison must catch it.
         runtime.before_backward = lambda chunk, microbatch: None  # type: ignore[method-assign]
+    stock_backward = vars(LinearWithFrozenWeight)["backward"]
     runtime.install()
+    result["backward_replaced"] = vars(LinearWithFrozenWeight)["backward"] is not stock_backward
     recorder = Recorder(chunks)
     rec_handle = install_hooks(recorder)
     result["route"] = installed_route()
@@ -409,6 +413,8 @@ def run_case(
         rec_handle.remove()
         recorder.close()
         runtime.remove()
+    # remove() puts Megatron's own backward back: the process runs stock megatron-core again.
+    result["backward_restored"] = vars(LinearWithFrozenWeight)["backward"] is stock_backward
     if case.get("checkpoint"):
         result["restored_masks"] = restored_masks(chunks, ratios, spec, cfg)
     return result
@@ -432,9 +438,10 @@ def restored_masks(chunks, ratios, spec, cfg) -> dict[str, Any]:
 def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     """Each refusal must come as one TimelyFreezeError before any forward runs."""
     from megatron_tf.errors import TimelyFreezeError
-    from megatron_tf.formats.plan import Plan, PlanSchedule, Predicted, SolverInfo
+    from megatron_tf.formats.plan import Plan, Predicted, SolverInfo
+    from megatron_tf.formats.schedule import ScheduleRecord
     from megatron_tf.megatron.hooks import install_hooks
-    from megatron_tf.schedule.spec import ScheduleSpec
+    from megatron_tf.formats.schedule import ScheduleSpec
 
     model = ModelConfig(
         num_layers=parallel.pp * parallel.vpp,
@@ -449,7 +456,7 @@ def refusals(parallel: ParallelConfig) -> dict[str, Any]:
     ratios = ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
     other = ScheduleSpec(kind=spec.kind, pp=spec.pp, vpp=spec.vpp, microbatches=8)
     plan = Plan(
-        schedule=PlanSchedule.from_spec(other),
+        schedule=ScheduleRecord.from_spec(other),
         profile_sha256="0" * 64,
         max_freeze_ratio=1.0,  # the header must admit its own ratios
         tolerance=0.0,

@@ -21,9 +21,10 @@ from _results import save_result
 
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
 from megatron_tf.megatron.hooks import ScheduleObserver, install_hooks
-from megatron_tf.train.config import ModelConfig, ParallelConfig
-from megatron_tf.train.model import build_model_chunks
-from megatron_tf.train.step import gpt_forward_step, synthetic_batches
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.model.gpt import build_model_chunks
+from megatron_tf.model.step import forward_step as gpt_forward_step
+from megatron_tf.model.synthetic import synthetic_batches
 
 Action = tuple[str, int, int]
 

@@ -21,7 +21,7 @@ from megatron_tf.megatron.freeze_runtime import chunk_units
 from megatron_tf.megatron.hooks import installed_route
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import measure_phases, run_iteration
-from megatron_tf.train.model import build_model_chunks
+from megatron_tf.model.gpt import build_model_chunks
 
 
 def _grads(chunks: list[torch.nn.Module]) -> list[torch.Tensor]:

@@ -12,8 +12,9 @@ from _results import save_result
 from _tiny import tiny_gpt
 
 from megatron_tf.megatron.distributed import destroy_distributed, init_distributed
-from megatron_tf.train.model import build_model_chunks
-from megatron_tf.train.step import gpt_forward_step, synthetic_batches
+from megatron_tf.model.gpt import build_model_chunks
+from megatron_tf.model.step import forward_step as gpt_forward_step
+from megatron_tf.model.synthetic import synthetic_batches
 
 
 def main() -> None:

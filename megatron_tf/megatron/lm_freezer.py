@@ -1,7 +1,7 @@
 """TimelyFreeze inside a user's Megatron-LM script: plan check, lazy runtime, checkpoint state.
 
 `install(job)` runs on every rank before the user's `pretrain_gpt.py` (see
-`megatron_tf.launch.megatron_lm`) and sets three traps, all in megatron modules the script will
+`megatron_tf.train.lm_script`) and sets three traps, all in megatron modules the script will
 use, none in the script itself:
 
 1. Layout check, early: `megatron.training.global_vars.set_global_variables(args)` is where
@@ -35,8 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import ConfigError, ScheduleMismatchError
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.plan import check_plan_matches, load_plan
+from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron.compat import enable_cpu_compat
+from megatron_tf.megatron.freeze_runtime import FreezeRuntime
+from megatron_tf.megatron.hooks import installed_route
 
 __all__ = ["FirstCall", "MegatronLMFreezer", "install", "layout_from_args", "layout_from_call"]
 
@@ -54,7 +60,7 @@ FirstCall = Callable[[Callable[[], Callable[..., Any]], dict[str, Any]], Any]
 
 
 def _log(message: str) -> None:
-    print(f"timelyfreeze[rank {os.environ.get('RANK', '0')}]: {message}", flush=True)
+    rank_line(message)
 
 
 def layout_from_args(args: Any) -> ScheduleSpec | None:
@@ -71,14 +77,13 @@ def layout_from_args(args: Any) -> ScheduleSpec | None:
             f"--micro-batch-size {args.micro_batch_size} x data-parallel size "
             f"{args.data_parallel_size}"
         )
-    group = getattr(args, "microbatch_group_size_per_vp_stage", None) or pp
-    return ScheduleSpec(
-        kind="interleaved" if vpp > 1 else "1f1b",
+    return megatron_schedule(
         pp=pp,
         vpp=vpp,
         microbatches=microbatches,
-        group_size=group if vpp > 1 else 0,
-        overlap_p2p_comm=bool(getattr(args, "overlap_p2p_comm", False)) and vpp > 1,
+        group_size=getattr(args, "microbatch_group_size_per_vp_stage", None),
+        overlap_p2p_comm=bool(getattr(args, "overlap_p2p_comm", False)),
+        drop_interleaved_only=True,
     )
 
 
@@ -93,15 +98,13 @@ def layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
     if pp < 2:
         return None
     config = get_model_config(chunks[0])
-    vpp = len(chunks)
-    group = getattr(config, "microbatch_group_size_per_vp_stage", None) or pp
-    return ScheduleSpec(
-        kind="interleaved" if vpp > 1 else "1f1b",
+    return megatron_schedule(
         pp=pp,
-        vpp=vpp,
+        vpp=len(chunks),
         microbatches=int(kwargs["num_microbatches"]),
-        group_size=group if vpp > 1 else 0,
-        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)) and vpp > 1,
+        group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
+        drop_interleaved_only=True,
     )
 
 
@@ -109,14 +112,15 @@ class MegatronLMFreezer:
     """The per-process state behind the traps: plan, runtime, iteration, pending state."""
 
     def __init__(
-        self, *, plan: Path | None, freeze: dict[str, Any], first_call: FirstCall | None = None
+        self,
+        *,
+        plan: Path | None,
+        freeze: FreezeConfig | None = None,
+        first_call: FirstCall | None = None,
     ) -> None:
-        from megatron_tf.formats.plan import load_plan
-        from megatron_tf.freeze.config import FreezeConfig
-
         self.plan = load_plan(plan) if plan is not None else None
         self.plan_sha256 = hashlib.sha256(plan.read_bytes()).hexdigest() if plan else ""
-        self.freeze_config = FreezeConfig.from_dict(freeze)
+        self.freeze_config = freeze or FreezeConfig()
         self.runtime: Any = None
         self.next_iteration = 0
         self.pending_state: dict[str, Any] | None = None
@@ -127,7 +131,6 @@ class MegatronLMFreezer:
 
     def check_layout(self, spec: ScheduleSpec | None, where: str) -> None:
         """Refuse a plan for another layout, naming both and the Megatron-LM flags."""
-        from megatron_tf.formats.plan import check_plan_matches
 
         if self.plan is None:
             return
@@ -182,8 +185,6 @@ class MegatronLMFreezer:
         return result
 
     def _start_runtime(self, kwargs: dict[str, Any]) -> None:
-        from megatron_tf.megatron.freeze_runtime import FreezeRuntime
-
         assert self.plan is not None
         spec = layout_from_call(kwargs)
         self.check_layout(spec, "at its first schedule call")
@@ -197,8 +198,6 @@ class MegatronLMFreezer:
         runtime.install()
         self.runtime = runtime
         from megatron.core import __file__ as core_file
-
-        from megatron_tf.megatron.hooks import installed_route
 
         _log(
             f"freeze runtime installed before iteration {self._current_iteration()}: "
@@ -318,22 +317,21 @@ class MegatronLMFreezer:
 def install(
     *,
     plan: Path | None,
-    freeze: dict[str, Any] | None = None,
+    freeze: FreezeConfig | None = None,
     first_call: FirstCall | None = None,
 ) -> MegatronLMFreezer:
     """Set the traps for this process (once); see the module docstring.
 
     Args:
         plan: plan.json to train with; None runs the script unchanged (a baseline).
-        freeze: FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters).
+        freeze: the runtime's settings (seed, rescale, warm-up, ramp); None: FreezeConfig().
         first_call: takes over the first training schedule call (the profile mode).
     """
     global _ACTIVE
     if _ACTIVE is not None:
         return _ACTIVE
-    from megatron_tf.megatron.compat import enable_cpu_compat
 
-    freezer = MegatronLMFreezer(plan=plan, freeze=freeze or {}, first_call=first_call)
+    freezer = MegatronLMFreezer(plan=plan, freeze=freeze, first_call=first_call)
     enable_cpu_compat()  # a no-op with CUDA; lets a stand-in script run on CPU with gloo
     freezer.install()
     _ACTIVE = freezer

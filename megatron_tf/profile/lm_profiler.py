@@ -1,7 +1,7 @@
 """Profile a user's Megatron-LM job from inside its own script (`profile --megatron-lm`).
 
 The user's script builds its model, data and optimizer exactly as in training. Its first
-training call of the pipeline schedule is taken over (`megatron_tf.megatron.megatron_lm`'s
+training call of the pipeline schedule is taken over (`megatron_tf.megatron.lm_freezer`'s
 `first_call`): with that call's own arguments (forward step, data iterator, model chunks,
 microbatches) the schedule runs the warm-up and the measured rounds of `ProfileConfig` (each
 round one iteration of every phase: nothing frozen, everything frozen, optionally the linearity
@@ -21,18 +21,20 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from megatron_tf.console import progress_line, worker_line
 from megatron_tf.errors import ConfigError
-from megatron_tf.megatron.megatron_lm import layout_from_call
+from megatron_tf.formats.profile import save_profile
+from megatron_tf.formats.schedule import ScheduleSpec
+from megatron_tf.megatron.lm_freezer import layout_from_call
 from megatron_tf.profile.config import ProfileConfig
 from megatron_tf.profile.runner import (
-    Timings,
     gather_profile,
     measure_rounds,
     measurement_environment,
     zero_grads,
 )
-from megatron_tf.profile.timing import TimingObserver
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.profile.samples import RankTimings
+from megatron_tf.profile.timer import TimingObserver
 
 __all__ = ["measure_and_stop"]
 
@@ -53,10 +55,10 @@ def measure_and_stop(
     model = kwargs["model"]
     chunks = list(model) if isinstance(model, (list, tuple)) else [model]
     timings = _measure(fetch, kwargs, chunks, spec, config)
-    _write(timings, spec, config, output)
+    _write(timings, spec, config, output, chunks)
     dist.barrier()
     if dist.get_rank() == 0:
-        print(f"[profile] wrote {output}; stopping before any optimizer step", flush=True)
+        worker_line(f"[profile] wrote {output}; stopping before any optimizer step")
     dist.destroy_process_group()
     raise SystemExit(0)
 
@@ -67,7 +69,7 @@ def _measure(
     chunks: list[torch.nn.Module],
     spec: ScheduleSpec,
     config: ProfileConfig,
-) -> Timings:
+) -> RankTimings:
     def one_call(iteration: int, timing: TimingObserver | None) -> None:
         # `iteration` is unused: the user's data iterator supplies each call's batches.
         zero_grads(chunks)
@@ -78,17 +80,21 @@ def _measure(
 
     def progress(bar: str, done: int, total: int) -> None:
         if dist.get_rank() == 0:
-            print(f"[profile] {bar}: {done}/{total}", flush=True)
+            progress_line(bar, done, total)
 
     out = measure_rounds(one_call, chunks, spec, config, progress)
     zero_grads(chunks)
     return out
 
 
-def _write(timings: Timings, spec: ScheduleSpec, config: ProfileConfig, output: Path) -> None:
-    from megatron_tf.formats.profile import save_profile
-
-    profile = gather_profile(timings, spec, config, lambda: _provenance(config))
+def _write(
+    timings: RankTimings,
+    spec: ScheduleSpec,
+    config: ProfileConfig,
+    output: Path,
+    chunks: list[torch.nn.Module],
+) -> None:
+    profile = gather_profile(timings, spec, config, lambda: _provenance(config), chunks=chunks)
     if profile is not None:
         save_profile(profile, output)
 

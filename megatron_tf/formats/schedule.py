@@ -1,7 +1,12 @@
 """What identifies a pipeline schedule: kind, pp, vpp, microbatches, group size.
 
-Validation follows megatron-core 0.19.2 (`pipeline_parallel/schedules.py`), so a schedule this
-module accepts is one Megatron runs, and a rejected one carries Megatron's rule in the message.
+The one schedule record: the formats (`ScheduleRecord`, the `schedule` object of profile.json and
+plan.json), the layout (`ParallelConfig.schedule_spec`), the simulator, the runtime and the
+trainer all hold a `ScheduleSpec`, and `megatron_schedule` is the only place that turns
+Megatron's settings (pp, vpp, microbatches, group size, overlap) into one. Validation follows
+megatron-core 0.19.2 (`pipeline_parallel/schedules.py`) and lives in `ScheduleSpec.__post_init__`
+only, so a schedule this module accepts is one Megatron runs, and a rejected one carries
+Megatron's rule in the message.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from megatron_tf.errors import ConfigError
 
@@ -128,6 +135,70 @@ class ScheduleSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduleSpec:
         return cls(**data)
+
+
+def megatron_schedule(
+    *,
+    pp: int,
+    vpp: int,
+    microbatches: int,
+    group_size: int | None = 0,
+    overlap_p2p_comm: bool = False,
+    drop_interleaved_only: bool = False,
+) -> ScheduleSpec:
+    """The schedule Megatron runs for its settings: 1F1B when vpp is 1, interleaved otherwise.
+
+    Megatron has no schedule switch: the virtual pipeline size picks it. `group_size` None or 0
+    means Megatron's default (pp). With `drop_interleaved_only` (settings read from Megatron
+    itself, which ignores them under 1F1B) the group size and `overlap_p2p_comm` are dropped
+    for 1F1B; otherwise (a user's flags) setting them there is an error, raised by ScheduleSpec.
+    """
+    interleaved = vpp > 1
+    if drop_interleaved_only and not interleaved:
+        group_size, overlap_p2p_comm = 0, False
+    return ScheduleSpec(
+        kind="interleaved" if interleaved else "1f1b",
+        pp=pp,
+        vpp=vpp,
+        microbatches=microbatches,
+        group_size=group_size or 0,
+        overlap_p2p_comm=overlap_p2p_comm,
+    )
+
+
+class ScheduleRecord(BaseModel):
+    """`ScheduleSpec` as the `schedule` object of profile.json and plan.json.
+
+    A view, not a second set of rules: the fields are stored as written (so a file's fingerprint
+    does not move) and checked by building the `ScheduleSpec`.
+    """
+
+    # strict: "2" or true where a number belongs is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    kind: Literal["1f1b", "interleaved"]
+    pp: int = Field(ge=2)
+    vpp: int = Field(default=1, ge=1)
+    microbatches: int = Field(ge=1)
+    group_size: int = Field(default=0, ge=0)
+    """0 means Megatron's default, pp."""
+    overlap_p2p_comm: bool = False
+
+    @model_validator(mode="after")
+    def _megatron_accepts(self) -> ScheduleRecord:
+        try:
+            self.to_spec()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def to_spec(self) -> ScheduleSpec:
+        """The validated spec (Megatron's default group size filled in)."""
+        return ScheduleSpec(**self.model_dump())
+
+    @classmethod
+    def from_spec(cls, spec: ScheduleSpec) -> ScheduleRecord:
+        return cls(**spec.to_dict())
 
 
 def _positive_int(name: str, value: object, flag: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from megatron_tf.train.config import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 
 __all__ = [
     "build_model_chunks",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from megatron_tf.console import rank_line
 from megatron_tf.errors import TimelyFreezeError
+from megatron_tf.process.lifeline import die_with_parent
 
 __all__ = ["ERROR_DIR_ENV", "WorkerUserError", "first_worker_error", "report_user_errors"]
 
@@ -34,15 +35,13 @@ def report_user_errors() -> Iterator[None]:
     so a killed launcher leaves no worker behind.
     """
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        from megatron_tf.launch.lifeline import die_with_parent
-
         die_with_parent()
     try:
         yield
     except TimelyFreezeError as exc:
         message = " ".join(str(exc).split())
         rank = os.environ.get("RANK", "0")
-        print(f"timelyfreeze[rank {rank}] error: {message}", file=sys.stderr, flush=True)
+        rank_line(message, error=True)
         folder = os.environ.get(ERROR_DIR_ENV)
         if folder:
             with contextlib.suppress(OSError):

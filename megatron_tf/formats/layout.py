@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.schedule.spec import ScheduleSpec
+from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "full", "selective")
 
@@ -120,16 +120,7 @@ class ParallelConfig:
 
     def schedule_spec(self) -> ScheduleSpec:
         """The schedule this layout runs (1F1B when vpp is 1, interleaved otherwise)."""
-        if self.pp < 2:
-            raise ConfigError(f"--pp must be at least 2 for a pipeline schedule, got {self.pp}")
-        if self.vpp == 1:
-            if self.group_size not in (0, self.pp):
-                raise ConfigError("--group-size applies to the interleaved schedule (--vpp > 1)")
-            if self.overlap_p2p_comm:
-                raise ConfigError("--overlap-p2p-comm applies to the interleaved schedule only")
-            return ScheduleSpec(kind="1f1b", pp=self.pp, microbatches=self.microbatches)
-        return ScheduleSpec(
-            kind="interleaved",
+        return megatron_schedule(
             pp=self.pp,
             vpp=self.vpp,
             microbatches=self.microbatches,

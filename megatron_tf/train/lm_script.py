@@ -1,9 +1,10 @@
 """Run a user's Megatron-LM entry script (e.g. `pretrain_gpt.py`) with TimelyFreeze installed.
 
-torchrun starts `python -m megatron_tf.launch.megatron_lm <Megatron-LM arguments>` on every
-rank. This entry reads its own settings from `TIMELYFREEZE_*` environment variables (Megatron-LM's
-parser rejects flags it does not know, so they can never travel in argv), installs the freeze
-bootstrap (`megatron_tf.megatron.megatron_lm`), and then runs the script exactly as
+torchrun starts `python -m megatron_tf.train.lm_script <Megatron-LM arguments>` on every
+rank. This entry reads its own settings from a `megatron_lm` job envelope (`formats/job.py`) named
+by `$TIMELYFREEZE_JOB` (Megatron-LM's parser rejects flags it does not know, so they can never
+travel in argv), installs the freeze
+bootstrap (`megatron_tf.megatron.lm_freezer`), and then runs the script exactly as
 `python PATH/pretrain_gpt.py <arguments>` would: `sys.argv` is the script and the untouched
 arguments, the checkout is first on `sys.path` (so a fork's own `megatron/` package is the one
 imported), and the script runs as `__main__`.
@@ -13,7 +14,7 @@ Everything at module level is torch-free: the CLI imports this module to validat
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import runpy
 import sys
@@ -22,19 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from megatron_tf.console import worker_line
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.job import JobEnvelope, job_from_env
+from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.process.worker_errors import report_user_errors
+from megatron_tf.profile.config import ProfileConfig
 
 __all__ = ["ENTRY_MODULE", "MegatronLMJob", "main", "resolve_checkout"]
 
-ENTRY_MODULE = "megatron_tf.launch.megatron_lm"
-
-SCRIPT_ENV = "TIMELYFREEZE_MEGATRON_SCRIPT"
-MODE_ENV = "TIMELYFREEZE_MODE"
-PLAN_ENV = "TIMELYFREEZE_PLAN"
-FREEZE_ENV = "TIMELYFREEZE_FREEZE_CONFIG"
-PROFILE_ENV = "TIMELYFREEZE_PROFILE_OUT"
-PROFILE_CONFIG_ENV = "TIMELYFREEZE_PROFILE_CONFIG"
-CPU_TRIAL_ENV = "TIMELYFREEZE_CPU_TRIAL"
+ENTRY_MODULE = "megatron_tf.train.lm_script"
 
 Mode = Literal["pretrain", "profile"]
 
@@ -48,7 +46,7 @@ _CHECKOUT_MARKERS = (
 
 @dataclass(kw_only=True, slots=True)
 class MegatronLMJob:
-    """What the workers need to know, carried by environment variables."""
+    """What the workers need to know; travels as a `megatron_lm` job envelope."""
 
     script: Path
     """Absolute path of the entry script inside the checkout."""
@@ -57,12 +55,12 @@ class MegatronLMJob:
     call, write profile_out, and stop before any optimizer step."""
     plan: Path | None = None
     """plan.json (absolute; on a file system every node sees). None: train without freezing."""
-    freeze: dict[str, Any] = field(default_factory=dict)
-    """FreezeConfig fields (seed, rescale, warmup_iters, ramp_iters) as a dict."""
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    """The freeze runtime's settings (seed, rescale, warm-up, ramp)."""
     profile_out: Path | None = None
     """Where profile mode writes profile.json."""
-    profile: dict[str, Any] = field(default_factory=dict)
-    """ProfileConfig fields (iters, warmup_iters, linearity) for profile mode."""
+    profile: ProfileConfig | None = None
+    """What profile mode measures (iters, warm-up, linearity); None: ProfileConfig()."""
     cpu_trial: bool = False
     """Run the script on CPU with a stand-in for torch.cuda (`megatron_tf.megatron.cpu_trial`);
     ignored on a machine with CUDA."""
@@ -71,54 +69,52 @@ class MegatronLMJob:
     def checkout(self) -> Path:
         return self.script.parent
 
-    def environment(self) -> dict[str, str]:
-        env = {SCRIPT_ENV: str(self.script), MODE_ENV: self.mode}
-        if self.plan is not None:
-            env[PLAN_ENV] = str(self.plan)
-        if self.freeze:
-            env[FREEZE_ENV] = json.dumps(self.freeze, sort_keys=True)
-        if self.profile_out is not None:
-            env[PROFILE_ENV] = str(self.profile_out)
-        if self.profile:
-            env[PROFILE_CONFIG_ENV] = json.dumps(self.profile, sort_keys=True)
-        if self.cpu_trial:
-            env[CPU_TRIAL_ENV] = "1"
-        return env
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "script": str(self.script),
+            "mode": self.mode,
+            "plan": None if self.plan is None else str(self.plan),
+            "freeze": self.freeze.to_dict(),
+            "profile_out": None if self.profile_out is None else str(self.profile_out),
+            "profile": None if self.profile is None else self.profile.to_dict(),
+            "cpu_trial": self.cpu_trial,
+        }
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> MegatronLMJob:
-        env = os.environ if env is None else env
-        script = env.get(SCRIPT_ENV)
-        if not script:
-            raise LaunchError(
-                f"{SCRIPT_ENV} is not set: start this entry through "
-                "`timelyfreeze pretrain --megatron-lm PATH`"
-            )
-        mode = env.get(MODE_ENV, "pretrain")
+    def from_dict(cls, data: Mapping[str, Any]) -> MegatronLMJob:
+        mode = data.get("mode", "pretrain")
         if mode not in ("pretrain", "profile"):
-            raise LaunchError(f"{MODE_ENV} must be pretrain or profile, got {mode!r}")
-        freeze, profile = _json_env(env, FREEZE_ENV), _json_env(env, PROFILE_CONFIG_ENV)
-        if mode == "profile" and not env.get(PROFILE_ENV):
-            raise LaunchError(f"{MODE_ENV}=profile needs {PROFILE_ENV} (where to write it)")
+            raise LaunchError(f"job field 'mode' must be pretrain or profile, got {mode!r}")
+        if not data.get("script"):
+            raise LaunchError("job field 'script' is missing: the Megatron-LM script to run")
+        if mode == "profile" and not data.get("profile_out"):
+            raise LaunchError("a profile job needs 'profile_out' (where to write profile.json)")
+        for name in ("freeze", "profile"):
+            if not isinstance(data.get(name) or {}, dict):
+                raise LaunchError(f"job field {name!r} must be a JSON object")
+        profile = data.get("profile")
         return cls(
-            script=Path(script),
-            mode=mode,  # type: ignore[arg-type]
-            plan=Path(env[PLAN_ENV]) if env.get(PLAN_ENV) else None,
-            freeze=freeze,
-            profile_out=Path(env[PROFILE_ENV]) if env.get(PROFILE_ENV) else None,
-            profile=profile,
-            cpu_trial=env.get(CPU_TRIAL_ENV, "0") == "1",
+            script=Path(data["script"]),
+            mode=mode,
+            plan=Path(data["plan"]) if data.get("plan") else None,
+            freeze=FreezeConfig.from_dict(data.get("freeze") or {}),
+            profile_out=Path(data["profile_out"]) if data.get("profile_out") else None,
+            profile=None if profile is None else ProfileConfig(**profile),
+            cpu_trial=bool(data.get("cpu_trial", False)),
         )
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the `megatron_lm` envelope; return its absolute path (for `job_env`)."""
+        return JobEnvelope(kind="megatron_lm", job=self.to_dict()).save(path)
 
-def _json_env(env: Mapping[str, str], name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(env.get(name) or "{}")
-    except json.JSONDecodeError as exc:
-        raise LaunchError(f"{name} is not JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise LaunchError(f"{name} must hold a JSON object, got {type(value).__name__}")
-    return value
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> MegatronLMJob:
+        """From `path`, else (in a worker) from the file `$TIMELYFREEZE_JOB` names."""
+        if path is not None:
+            return cls.from_dict(JobEnvelope.load(path, "megatron_lm").job)
+        return cls.from_dict(job_from_env("megatron_lm", env))
 
 
 def resolve_checkout(path: str | os.PathLike[str], script: str = "pretrain_gpt.py") -> Path:
@@ -147,11 +143,9 @@ def resolve_checkout(path: str | os.PathLike[str], script: str = "pretrain_gpt.p
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Worker entry: install TimelyFreeze, then run the user's script with its own argv."""
-    from megatron_tf.launch.worker_errors import report_user_errors
-
     args = list(sys.argv[1:] if argv is None else argv)
     with report_user_errors():
-        job = MegatronLMJob.from_environment()
+        job = MegatronLMJob.load()
         # As `python script.py` would set them: the script's folder first on the path, and
         # argv[0] the script. Done before anything imports megatron, so a fork's `megatron/`
         # package wins over the installed megatron-core.
@@ -161,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from megatron_tf.megatron.cpu_trial import enable_cpu_trial
 
             if not enable_cpu_trial() and os.environ.get("RANK", "0") == "0":
-                print("timelyfreeze: CUDA is available: the CPU trial mode stays off", flush=True)
-        from megatron_tf.megatron.megatron_lm import install
+                worker_line("timelyfreeze: CUDA is available: the CPU trial mode stays off")
+        from megatron_tf.megatron.lm_freezer import install
 
         if job.mode == "profile":
             install(plan=None, first_call=_profile_first_call(job))
@@ -173,14 +167,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _profile_first_call(job: MegatronLMJob) -> Any:
     """Profile mode: measure at the first training schedule call, write, stop the script."""
-    import functools
-
-    from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.megatron_lm import measure_and_stop
+    # Imports torch: deferred, like the megatron modules in `main`, so that this module stays
+    # torch-free for the CLI.
+    from megatron_tf.profile.lm_profiler import measure_and_stop
 
     assert job.profile_out is not None
     return functools.partial(
-        measure_and_stop, config=ProfileConfig(**job.profile), output=job.profile_out
+        measure_and_stop, config=job.profile or ProfileConfig(), output=job.profile_out
     )
 
 

@@ -15,6 +15,7 @@ import torch
 
 from megatron_tf.formats.profile import WAIT_PREFIX
 from megatron_tf.megatron.hooks import ScheduleObserver
+from megatron_tf.profile.samples import RawAction
 
 __all__ = ["ActionTime", "IterationTiming", "TimingObserver"]
 
@@ -30,7 +31,7 @@ class ActionTime:
     start: float
     end: float
 
-    def as_tuple(self) -> tuple[str, int, int, float, float]:
+    def as_tuple(self) -> RawAction:
         return (self.kind, self.chunk, self.microbatch, self.start, self.end)
 
 
