@@ -280,25 +280,10 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
             )
         return cfg.profile
     if cfg.time == "measured":
-        from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
-        from megatron_tf.profile.config import ProfileConfig
-        from megatron_tf.profile.measure import measure_profile, prepare_profile_job
+        from megatron_tf.profile.measure import measure_quietly
 
         say(f"profiling {spec.describe()} on this machine")
-        path = out / "profile.json"
-        job = prepare_profile_job(
-            cfg.model, cfg.parallel, ProfileConfig(iters=20, warmup_iters=2), path
-        )
-        with job_log(out / "profile.log", "profiling") as log:
-            measure_profile(
-                job,
-                LaunchOptions(),
-                job_file=out / "profile_job.json",
-                env=QUIET_WORKERS_ENV,
-                stdout=log,
-                stderr=log,
-            )
-        return path
+        return measure_quietly(cfg.model, cfg.parallel, 20, out)
     path = out / "profile.json"
     save_profile(synthetic_profile(spec, parse_costs(cfg.costs, spec.pp)), path)
     return path

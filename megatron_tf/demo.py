@@ -188,24 +188,9 @@ def run_demo(cfg: DemoConfig, say: Say) -> DemoResult:
 
 def profile_model(cfg: DemoConfig, out: Path) -> Path:
     """Measure the demo model's profile, as `timelyfreeze profile` does (`measure_profile`)."""
-    from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
-    from megatron_tf.profile.config import ProfileConfig
-    from megatron_tf.profile.measure import measure_profile, prepare_profile_job
+    from megatron_tf.profile.measure import measure_quietly
 
-    path = out / "profile.json"
-    job = prepare_profile_job(
-        cfg.model, cfg.parallel, ProfileConfig(iters=cfg.profile_iters, warmup_iters=2), path
-    )
-    with job_log(out / "profile.log", "profiling") as log:
-        measure_profile(
-            job,
-            LaunchOptions(),
-            job_file=out / "profile_job.json",
-            env=QUIET_WORKERS_ENV,
-            stdout=log,
-            stderr=log,
-        )
-    return path
+    return measure_quietly(cfg.model, cfg.parallel, cfg.profile_iters, out)
 
 
 def solve_plan(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, tuple[float, float]]:

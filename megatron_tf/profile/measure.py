@@ -18,7 +18,7 @@ from typing import IO
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.job import job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
-from megatron_tf.launch.options import LaunchOptions, launch_job
+from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
 from megatron_tf.profile.config import ProfileConfig, ProfileJob
 
 __all__ = ["ENTRY_MODULE", "measure_profile", "prepare_profile_job", "summary_line"]
@@ -87,6 +87,23 @@ def measure_profile(
                 stdout=stdout,
                 stderr=stderr,
             )
+
+
+def measure_quietly(model: ModelConfig, parallel: ParallelConfig, iters: int, out: Path) -> Path:
+    """Profile `model` on `parallel` into `out/profile.json`, the workers' output in
+    `out/profile.log` (quoted if the job fails): for callers that show their own progress."""
+    path = out / "profile.json"
+    job = prepare_profile_job(model, parallel, ProfileConfig(iters=iters, warmup_iters=2), path)
+    with job_log(out / "profile.log", "profiling") as log:
+        measure_profile(
+            job,
+            LaunchOptions(),
+            job_file=out / "profile_job.json",
+            env=QUIET_WORKERS_ENV,
+            stdout=log,
+            stderr=log,
+        )
+    return path
 
 
 def summary_line(path: Path) -> str:

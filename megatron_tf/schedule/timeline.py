@@ -7,7 +7,6 @@ times); `draw_timelines` stacks several on one time axis so they can be compared
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.formats.profile import Measured, default_file_mode
+from megatron_tf.formats.profile import Measured, default_file_mode, write_json_atomic
 from megatron_tf.schedule.dag import NodeKind
 from megatron_tf.schedule.simulate import SimResult
 
@@ -268,13 +267,4 @@ def chrome_trace(timelines: Sequence[Timeline]) -> dict[str, object]:
 
 def write_chrome_trace(timelines: Sequence[Timeline], path: str | os.PathLike[str]) -> None:
     """Write the trace atomically; open it at https://ui.perfetto.dev or chrome://tracing."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(chrome_trace(timelines), fh)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_json_atomic(chrome_trace(timelines), path)
