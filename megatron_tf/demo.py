@@ -244,7 +244,6 @@ def time_side_by_side(
     """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
     import json
 
-    from megatron_tf.formats.job import job_env
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.alternate import medians
     from megatron_tf.train.data import DataConfig
@@ -270,7 +269,8 @@ def time_side_by_side(
             "megatron_tf.train.alternate",
             args,
             world_size=cfg.parallel.world_size,
-            env={**QUIET_WORKERS_ENV, **job_env(job_file)},
+            env=QUIET_WORKERS_ENV,
+            job_file=job_file,
             stdout=log,
             stderr=log,
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from megatron_tf.errors import LaunchError
+from megatron_tf.formats.job import job_env
 from megatron_tf.launch.slurm import read_slurm_env, slurm_launch
 from megatron_tf.launch.torchrun import (
     COLLECTIVE_TIMEOUT_ENV,
@@ -133,11 +134,14 @@ def launch_job(
     *,
     world_size: int | None = None,
     env: Mapping[str, str] | None = None,
+    job_file: Path | None = None,
     timeout: float | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> str | None:
     """Run the job under torchrun; under --dry-run return what to print instead of running it.
+
+    `job_file` is the worker's job envelope, named to every rank in $TIMELYFREEZE_JOB.
 
     The dry-run text is the `export` lines of the variables the job sets, then the command.
     `timeout` (seconds; default: $TIMELYFREEZE_TIMEOUT if set, else none) kills a job that runs
@@ -148,6 +152,8 @@ def launch_job(
     refused to run for a reason the user can fix (both exit 2 in the CLI), and JobFailed when
     the job failed otherwise or was stopped by a signal.
     """
+    if job_file is not None:
+        env = {**(env or {}), **job_env(job_file)}
     launch = options.build(world_size=world_size, env=env)
     if options.dry_run:
         return format_dry_run(launch, entry_module, args)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import IO
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.formats.job import job_env
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
 from megatron_tf.profile.config import ProfileConfig, ProfileJob
@@ -83,7 +82,8 @@ def measure_profile(
                 launch,
                 ENTRY_MODULE,
                 world_size=job.parallel.world_size,
-                env={**(env or {}), **job_env(job_file)},
+                env=env,
+                job_file=job_file,
                 stdout=stdout,
                 stderr=stderr,
             )

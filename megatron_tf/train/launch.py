@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from megatron_tf.formats.job import job_env
 from megatron_tf.launch.options import LaunchOptions, launch_job
 from megatron_tf.train.job import Job, write_job
 
@@ -35,7 +34,8 @@ def run_pretrain(
         launch,
         ENTRY_MODULE,
         world_size=job.parallel.world_size,
-        env={**(env or {}), **job_env(job_file)},
+        env=env,
+        job_file=job_file,
         stdout=stdout,
         stderr=stderr,
     )
