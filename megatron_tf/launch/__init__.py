@@ -1,4 +1,4 @@
-"""Starting distributed jobs: torchrun command lines, Slurm allocations, Megatron-LM scripts.
+"""Starting distributed jobs: launch resolution (local or Slurm), torchrun command lines, signals.
 
 Nothing here imports torch or megatron at module level; the workers do that in their own
 processes.
