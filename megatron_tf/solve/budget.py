@@ -32,7 +32,7 @@ import numpy as np
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.profile import Profile
-from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.lp import LpResult, SolverConfig, solve_caps
 from megatron_tf.solve.planner import SolveOutcome, make_plan, profile_dag, stage_param_weights
 from megatron_tf.solve.reduce import reduce_dag
 
@@ -236,7 +236,7 @@ def budget_curve(
     base: SolverConfig | None = None,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
 ) -> BudgetCurve:
-    """Solve the LP at every candidate cap (> 0) of `profile` once."""
+    """Solve the LP at every candidate cap (> 0) of `profile` once, warm-started cap to cap."""
     base = base or SolverConfig()
     dag = profile_dag(profile, base.comm_model)
     precedence = reduce_dag(dag)
@@ -244,12 +244,11 @@ def budget_curve(
     spec = profile.spec
     keys = [(r, c) for r in range(spec.pp) for c in range(spec.vpp)]
     weights = tuple(1.0 if param_weights is None else param_weights[k] for k in keys)
-    options, results = [], {}
-    for cap in sorted({float(c) for c in candidates} - {0.0}):
-        config = dataclasses.replace(base, max_freeze_ratio=cap)
-        result = solve_lp(dag, config, stage_weights=None, precedence=precedence)
-        results[cap] = result
-        options.append(CapOption(cap, result.speedup, tuple(stage_shares(result.ratios))))
+    caps = sorted({float(c) for c in candidates} - {0.0})
+    # one LP for every cap, each warm-starting the next (solve_caps)
+    solved = solve_caps(dag, base, caps, stage_weights=None, precedence=precedence)
+    results = {cap: solved[cap] for cap in caps}
+    options = [CapOption(c, r.speedup, tuple(stage_shares(r.ratios))) for c, r in results.items()]
     return BudgetCurve(profile, base, weights, tuple(options), results)
 
 

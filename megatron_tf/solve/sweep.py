@@ -11,8 +11,6 @@ is what critical-path placement buys; it is widest at small budgets, where users
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -24,8 +22,7 @@ import numpy as np
 from megatron_tf.errors import ConfigError
 from megatron_tf.schedule.dag import Dag, NodeKind
 from megatron_tf.solve.critical_path import evaluate
-from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_lp
-from megatron_tf.solve.reduce import reduce_dag
+from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_caps
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +96,12 @@ def sweep(
     progress: Progress | None = None,
 ) -> list[SweepPoint]:
     """Solve the LP at each `max_freeze_ratio` in `max_ratios` (other options from `base`);
-    `progress` hears each step, prefixed with the budget being solved."""
+    `progress` hears each step, prefixed with the budget being solved. The caps share one LP
+    and warm-start each other (`solve_caps`)."""
+    results = solve_caps(dag, base, max_ratios, stage_weights=stage_weights, progress=progress)
     points = []
-    precedence = reduce_dag(dag)  # the DAG is the same for every budget
     for r_max in max_ratios:
-        config = dataclasses.replace(base, max_freeze_ratio=r_max)
-        say = None
-        if progress is not None:
-            say = functools.partial(_prefixed, progress, f"--max-freeze-ratio {r_max:g}: ")
-        result: LpResult = solve_lp(
-            dag, config, stage_weights=stage_weights, precedence=precedence, progress=say
-        )
+        result: LpResult = results[float(r_max)]
         mean = result.mean_freeze_ratio
         points.append(
             SweepPoint(
@@ -122,10 +114,6 @@ def sweep(
             )
         )
     return points
-
-
-def _prefixed(progress: Progress, prefix: str, step: str) -> None:
-    progress(prefix + step)
 
 
 def plot_sweep(
