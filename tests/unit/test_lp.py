@@ -20,7 +20,7 @@ from megatron_tf.schedule.costs import CostModel, synthetic_profile
 from megatron_tf.schedule.dag import Dag, Node, NodeKind, build_dag
 from megatron_tf.schedule.simulate import simulate
 from megatron_tf.solve.critical_path import evaluate
-from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.lp import LpResult, SolverConfig, solve_caps, solve_lp
 from megatron_tf.solve.reduce import reduce_dag
 from megatron_tf.solve.sweep import uniform_ratios
 
@@ -563,6 +563,91 @@ def test_randomized_grid_every_solver_against_the_path_lp(seed: int) -> None:
     assert bound <= _path_lp(dag, r_max, k_min, first_order.first_stage_pinned) * (1 + 1e-9)
     assert bound >= reference * (1 - 20 * eps)  # and tight to PDLP's accuracy
     assert first_order.extras["certified_gap"] >= -1e-9
+
+
+# ---------------------------------------------------------------- a sequence of caps (solve_caps)
+
+GRID_CAPS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+
+
+def _least_freezing(result: LpResult) -> float:
+    """Pass 2's objective with uniform weights: the plan's total freeze ratio."""
+    return float(result.ratios.sum())
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_randomized_grid_warm_started_caps_equal_cold_solves(seed: int) -> None:
+    """Both schedules, both comm models, unbalanced jittered costs, caps 0.05-1, k_min 0-2:
+    every cap of a warm-started sequence has a cold solve's T* to 1e-9 relative, the same
+    first-stage zeros, a plan that satisfies every row and reaches T* within the tolerance,
+    and the cold plan's least total freezing (another vertex of pass 2's face is allowed)."""
+    dag, _, k_min = _random_instance(seed)
+    k_min = min(k_min + seed % 3 // 2, dag.spec.microbatches)  # 2 on some seeds
+    config = SolverConfig(min_trained_microbatches=k_min, comm_model=dag.comm_model, solver="glop")
+    warm = solve_caps(dag, config, GRID_CAPS)
+    assert sorted(warm) == sorted(GRID_CAPS)
+    for cap in GRID_CAPS:
+        cold = solve_lp(dag, dataclasses.replace(config, max_freeze_ratio=cap))
+        got = warm[cap]
+        assert got.lp_makespan == pytest.approx(cold.lp_makespan, rel=1e-9, abs=0)
+        assert got.first_stage_pinned == cold.first_stage_pinned
+        _assert_feasible(dag, got, cap, k_min)
+        assert got.makespan <= got.lp_makespan * (1 + config.tolerance + 1e-9)
+        assert _least_freezing(got) == pytest.approx(_least_freezing(cold), rel=1e-7, abs=1e-9)
+        assert got.extras["dual_bound"] == pytest.approx(got.lp_makespan, rel=1e-9)
+        # and the optimum of the independent path LP with those zeros
+        reference = _path_lp(dag, cap, k_min, got.first_stage_pinned)
+        assert got.lp_makespan == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.mark.parametrize(("name", "costs", "comm_model", "comm", "jitter"), CASES)
+def test_warm_started_caps_on_the_test_schedules(
+    name: str, costs: list, comm_model: str, comm: float, jitter: bool
+) -> None:
+    """The larger schedules, k_min 1 and 2 (first-stage zeros fixed on many caps): T* and
+    the fixed zeros are the cold solve's, the least freezing too, and a cold sequence
+    (`warm=False`, the shared model re-bounded cap to cap) is a fresh solve bit for bit."""
+    dag = make_dag(SCHEDULES[name], costs, comm_model, comm=comm, jitter=jitter)
+    for k_min in (1, 2):
+        config = SolverConfig(min_trained_microbatches=k_min, comm_model=comm_model, solver="glop")
+        warm = solve_caps(dag, config, GRID_CAPS)
+        shared = solve_caps(dag, config, GRID_CAPS, warm=False)
+        for cap in GRID_CAPS:
+            cold = solve_lp(dag, dataclasses.replace(config, max_freeze_ratio=cap))
+            np.testing.assert_array_equal(shared[cap].ratios, cold.ratios)
+            assert shared[cap].lp_makespan == cold.lp_makespan
+            got = warm[cap]
+            assert got.lp_makespan == pytest.approx(cold.lp_makespan, rel=1e-9, abs=0)
+            assert got.first_stage_pinned == cold.first_stage_pinned
+            _assert_feasible(dag, got, cap, k_min)
+            assert _least_freezing(got) == pytest.approx(_least_freezing(cold), rel=1e-7, abs=1e-9)
+
+
+def test_caps_in_any_order_and_repeated_give_one_result_each() -> None:
+    """The caller's order does not matter (solved descending) and cap 0 is the baseline."""
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, "megatron", comm=0.05, jitter=True)
+    config = SolverConfig(comm_model="megatron")
+    ascending = solve_caps(dag, config, (0.0, 0.1, 0.3))
+    shuffled = solve_caps(dag, config, (0.3, 0.0, 0.1, 0.3))
+    assert sorted(shuffled) == [0.0, 0.1, 0.3]
+    for cap in (0.0, 0.1, 0.3):
+        np.testing.assert_array_equal(shuffled[cap].ratios, ascending[cap].ratios)
+    assert not ascending[0.0].ratios.any()
+    assert ascending[0.0].makespan == pytest.approx(ascending[0.0].baseline_makespan, rel=1e-12)
+    assert solve_caps(dag, config, ()) == {}
+    with pytest.raises(SolverError, match="--min-trained-microbatches"):
+        solve_caps(dag, dataclasses.replace(config, min_trained_microbatches=9), (0.1,))
+
+
+def test_pdlp_caps_are_solved_one_by_one() -> None:
+    """PDLP has no basis to pass on: each cap of a sequence is its own PDLP solve."""
+    dag = make_dag(SCHEDULES["il-pp4-v2-m8"], UNBALANCED, "megatron", comm=0.05, jitter=True)
+    config = SolverConfig(comm_model="megatron", solver="pdlp", pdlp_eps=1e-6)
+    caps = solve_caps(dag, config, (0.1, 0.3))
+    for cap, got in caps.items():
+        assert got.solver == "PDLP"
+        one = solve_lp(dag, dataclasses.replace(config, max_freeze_ratio=cap))
+        np.testing.assert_array_equal(got.ratios, one.ratios)
 
 
 def test_auto_picks_by_lp_size_and_reports_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
