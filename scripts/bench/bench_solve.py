@@ -5,6 +5,13 @@
     .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --comm-model dataflow
     .venv/bin/python scripts/bench/bench_solve.py --case 64,1,1024  # vpp 1: a 1F1B schedule
     .venv/bin/python scripts/bench/bench_solve.py --solver pdlp --pdlp-eps 1e-4
+    .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --caps auto  # cold vs warm
+
+`--caps auto` (the 11 caps `--max-freeze-ratio auto` solves) or `--caps 0.05,0.1,...` solves
+every cap twice in one process: cold (one `solve_lp` per cap, what each cap cost before
+`solve_caps`) and warm (`solve_caps`, one LP re-bounded cap to cap, pass 2 restarted from the
+previous cap's basis), and prints CPU seconds and pivots per cap side by side, with the
+largest relative difference of T* between the two.
 
 `--solver` is `solve`'s flag: auto (GLOP up to 60,000 LP variables, PDLP above), glop or
 pdlp. Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own,
@@ -74,6 +81,103 @@ def run_case(
     }
 
 
+def run_caps(pp: int, vpp: int, m: int, comm_model: str, caps: list[float], solver: str) -> dict:
+    """Every cap cold (one solve_lp each) and warm (solve_caps), CPU seconds and pivots."""
+    from megatron_tf.formats.schedule import ScheduleSpec
+    from megatron_tf.schedule.costs import CostModel, synthetic_profile
+    from megatron_tf.schedule.dag import build_dag
+    from megatron_tf.solve.lp import SolverConfig, solve_caps, solve_lp
+    from megatron_tf.solve.reduce import reduce_dag
+
+    kind = "1f1b" if vpp == 1 else "interleaved"
+    spec = ScheduleSpec(kind=kind, pp=pp, vpp=vpp, microbatches=m)
+    dag = build_dag(
+        spec, CostModel.from_profile(synthetic_profile(spec, [(1.0, 1.0, 1.0)])), comm_model
+    )
+    cpu0 = time.process_time()
+    prec = reduce_dag(dag)
+    reduce_cpu = time.process_time() - cpu0
+    config = SolverConfig(comm_model=comm_model, solver=solver)
+    cold: dict[float, dict] = {}
+    cpu_cold = time.process_time()
+    for cap in sorted(caps, reverse=True):
+        cpu0 = time.process_time()
+        r = solve_lp(
+            dag, SolverConfig(**{**config.to_dict(), "max_freeze_ratio": cap}), precedence=prec
+        )
+        cold[cap] = _row(r, time.process_time() - cpu0)
+    cpu_cold = time.process_time() - cpu_cold
+    marks: dict[float, float] = {}
+
+    def mark(line: str) -> None:  # the first line of a cap: its CPU clock starts
+        cap = float(line.split(":")[0].split()[-1])
+        marks.setdefault(cap, time.process_time())
+
+    cpu_warm = time.process_time()
+    solved = solve_caps(dag, config, caps, precedence=prec, progress=mark)
+    end = time.process_time()
+    cpu_warm = end - cpu_warm
+    order = sorted(marks, key=marks.__getitem__) + [None]
+    warm = {}
+    for cap, nxt in zip(order, order[1:], strict=False):
+        warm[cap] = _row(solved[cap], (marks[nxt] if nxt is not None else end) - marks[cap])
+    worst = max(abs(warm[c]["t_star"] - cold[c]["t_star"]) / cold[c]["t_star"] for c in caps)
+    return {
+        "case": f"{case_name(pp, vpp, m)} ({comm_model}, {solved[caps[0]].solver})",
+        "dag_nodes": len(dag.nodes),
+        "lp_variables": solved[caps[0]].num_variables,
+        "lp_rows": solved[caps[0]].num_constraints,
+        "reduce_cpu_seconds": reduce_cpu,
+        "cold": {str(c): cold[c] for c in caps},
+        "warm": {str(c): warm[c] for c in caps},
+        "cold_cpu_seconds": cpu_cold,
+        "warm_cpu_seconds": cpu_warm,
+        "max_rel_t_star_difference": worst,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _row(result: object, cpu: float) -> dict:
+    r = result
+    return {
+        "cpu_seconds": cpu,
+        "pivots": [r.extras["pass1_iterations"], r.extras["pass2_iterations"]],  # type: ignore[attr-defined]
+        "t_star": r.lp_makespan,  # type: ignore[attr-defined]
+        "total_freezing": float(r.ratios.sum()),  # type: ignore[attr-defined]
+        "pinned": list(r.first_stage_pinned),  # type: ignore[attr-defined]
+    }
+
+
+def _cell(cpu: float, pivots: list[float]) -> str:
+    return f"{cpu:7.2f} s  {pivots[0]:7.0f} + {pivots[1]:7.0f}"
+
+
+def print_caps(out: dict) -> None:
+    """The cold and warm columns of `run_caps`, one line per cap, then the totals."""
+    print(
+        f"{out['case']}: {out['dag_nodes']} DAG nodes -> LP {out['lp_variables']} vars, "
+        f"{out['lp_rows']} rows (series reduction {out['reduce_cpu_seconds']:.2f} s CPU, shared)"
+    )
+    print("cap     cold CPU  cold pivots (1 + 2)  warm CPU  warm pivots (1 + 2)")
+    total = {"cold": [0.0, 0.0], "warm": [0.0, 0.0]}
+    for cap in sorted(out["cold"], key=float, reverse=True):
+        c, w = out["cold"][cap], out["warm"][cap]
+        for name, row in (("cold", c), ("warm", w)):
+            total[name][0] += row["pivots"][0]
+            total[name][1] += row["pivots"][1]
+        print(
+            f"{float(cap):<6g}  {_cell(c['cpu_seconds'], c['pivots'])}"
+            f"   {_cell(w['cpu_seconds'], w['pivots'])}"
+        )
+    print(
+        f"all     {_cell(out['cold_cpu_seconds'], total['cold'])}"
+        f"   {_cell(out['warm_cpu_seconds'], total['warm'])}"
+        f"   warm/cold CPU {out['warm_cpu_seconds'] / out['cold_cpu_seconds']:.2f}; "
+        f"largest relative T* difference {out['max_rel_t_star_difference']:.1e}; "
+        f"peak RSS {out['peak_rss_mb']:.0f} MB"
+    )
+
+
 def run_limited(cmd: list[str], limit: float) -> tuple[str | None, float]:
     """Run `cmd`; its stdout, or None when it ran past `limit` seconds (then it is killed)."""
     started = time.perf_counter()
@@ -108,8 +212,20 @@ def main() -> None:
         help="`solve --solver`: auto (by LP size), glop (exact simplex) or pdlp (first-order)",
     )
     parser.add_argument("--pdlp-eps", type=float, default=1e-4, help="PDLP relative accuracy")
+    parser.add_argument(
+        "--caps",
+        help="`auto` (the auto budget's grid) or a list like 0.05,0.1: every cap cold and warm",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line per case")
     args = parser.parse_args()
+    caps = _parse_caps(parser, args.caps) if args.caps else None
+    if args.case and caps is not None:
+        pp, vpp, m = (int(x) for x in args.case.split(","))
+        out = run_caps(pp, vpp, m, args.comm_model, caps, args.solver)
+        print(json.dumps(out) if args.json else "", end="\n" if args.json else "")
+        if not args.json:
+            print_caps(out)
+        return
     if args.case:
         pp, vpp, m = (int(x) for x in args.case.split(","))
         out = run_case(
@@ -122,6 +238,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--case", f"{pp},{vpp},{m}"]
         cmd += ["--comm-model", args.comm_model, "--max-freeze-ratio", str(args.max_freeze_ratio)]
         cmd += ["--solver", args.solver, "--pdlp-eps", str(args.pdlp_eps)]
+        if args.caps:
+            cmd += ["--caps", args.caps, "--json"]
         stdout, waited = run_limited(cmd, limit)
         name = f"{case_name(pp, vpp, m)} ({args.comm_model}, --solver {args.solver})"
         if stdout is None:
@@ -134,6 +252,9 @@ def main() -> None:
         if args.json:
             print(json.dumps(out))
             continue
+        if args.caps:
+            print_caps(out)
+            continue
         print(
             f"{out['case']}: {out['dag_nodes']} DAG nodes -> LP {out['lp_variables']} vars, "
             f"{out['lp_rows']} rows; solve {out['solve_wall_seconds']:.2f} s wall, "
@@ -145,6 +266,21 @@ def main() -> None:
             f"{out['lp_gap']:+.1e} from the LP's T*, at most {out['certified_gap']:.1e} above "
             f"the optimum by the dual bound {out['dual_bound']:.6g} s)"
         )
+
+
+def _parse_caps(parser: argparse.ArgumentParser, text: str) -> list[float]:
+    """`auto` -> the auto budget's caps above 0; else a comma list in (0, 1]."""
+    if text == "auto":
+        from megatron_tf.solve.budget import DEFAULT_CANDIDATES
+
+        return sorted(c for c in DEFAULT_CANDIDATES if c > 0)
+    try:
+        caps = sorted({float(x) for x in text.split(",")})
+    except ValueError:
+        parser.error(f"--caps: expected auto or comma-separated ratios, got {text!r}")
+    if not caps or not all(0.0 <= c <= 1.0 for c in caps):
+        parser.error(f"--caps: ratios must lie in [0, 1], got {text!r}")
+    return caps
 
 
 if __name__ == "__main__":
