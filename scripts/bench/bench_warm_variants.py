@@ -24,12 +24,14 @@ from typing import Any
 VARIANTS = [
     ("cold (each cap alone)", "desc", "crash", False, "new1", False),
     ("kept: desc, pass 2 dual from prev pass 2", "desc", "crash", False, "prev2", True),
+    ("asc, pass 2 dual from prev pass 2", "asc", "crash", False, "prev2", True),
     ("asc, pass 2 primal from prev pass 2", "asc", "crash", False, "prev2", False),
     ("asc, pass 1 primal from prev pass 1", "asc", "prev1", False, "new1", False),
     ("desc, pass 1 dual from prev pass 1", "desc", "prev1", True, "new1", False),
     ("desc, both passes dual from prev", "desc", "prev1", True, "prev2", True),
     ("asc, pass 1 primal from prev pass 2", "asc", "prev2", False, "new1", False),
     ("asc, both passes primal from prev pass 2", "asc", "prev2", False, "prev2", False),
+    ("asc, pass 1 primal, pass 2 dual, both from prev 2", "asc", "prev2", False, "prev2", True),
 ]
 
 
@@ -48,6 +50,10 @@ def main() -> None:
     parser.add_argument("--case", default="8,2,64", help="pp,vpp,M")
     parser.add_argument("--comm-model", default="megatron", choices=["megatron", "dataflow"])
     parser.add_argument("--single", type=float, default=0.2, help="cap of the pass-1 test")
+    parser.add_argument(
+        "--only", help="comma-separated indices into VARIANTS (0 = cold) to run; default all"
+    )
+    parser.add_argument("--no-single", action="store_true", help="skip the pass-1 test")
     args = parser.parse_args()
 
     import numpy as np
@@ -69,7 +75,10 @@ def main() -> None:
     caps = sorted(c for c in DEFAULT_CANDIDATES if c > 0)
     print(f"{spec.describe()}, {args.comm_model}: {len(caps)} caps {caps[0]:g}-{caps[-1]:g}")
     reference: dict[float, float] = {}
-    for name, order, p1, p1_dual, p2, p2_dual in VARIANTS:
+    chosen = VARIANTS
+    if args.only:
+        chosen = [VARIANTS[int(i)] for i in args.only.split(",")]
+    for name, order, p1, p1_dual, p2, p2_dual in chosen:
         lp = _GlopLp(dag, prec, config, None)
         lp.solve(pass_number=1)  # the first GLOP call of a model sets things up: off the clock
         prev1 = prev2 = None
@@ -96,6 +105,8 @@ def main() -> None:
         cpu = time.process_time() - cpu0
         print(f"  {name:<44} {cpu:6.2f} s CPU, {pivots[0]:6d} + {pivots[1]:6d} pivots")
 
+    if args.no_single:
+        return
     # One cap, pass 1: primal simplex from the r = 0 schedule (today) against the dual simplex
     # from a dual-feasible start. In the r = 0 basis each time variable is basic on its tight
     # row, so the row duals are one unit of flow along the longest path back from T; a ratio on
