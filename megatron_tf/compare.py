@@ -31,6 +31,7 @@ from megatron_tf.demo import demo_model
 from megatron_tf.errors import ConfigError, FormatError
 from megatron_tf.formats.job import JobEnvelope
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
 
 Say = Callable[[str], None]
@@ -72,6 +73,8 @@ class CompareConfig:
     """Which of the baseline's noise-scale probes prices freezing for `auto`: `warmup` (what a
     live run measures before its plan) or `final` (the last iteration's: the noise scale where
     the target loss is reached; needs a pilot run)."""
+    auto_min_saving: float = DEFAULT_MIN_SAVING
+    """The auto budget's least predicted time saving (`--auto-min-saving`)."""
     equal_iterations: bool = False
     """Also train each budget for `iters` iterations (loss at equal iterations)."""
     cache_dir: str | None = None
@@ -91,6 +94,8 @@ class CompareConfig:
             raise ConfigError(f"--reprice-every must be >= 1, got {self.reprice_every}")
         if self.noise_from not in ("warmup", "final"):
             raise ConfigError(f"--noise-from must be warmup or final, got {self.noise_from!r}")
+        if not 0.0 <= self.auto_min_saving < 1.0:  # also rejects NaN
+            raise ConfigError(f"--auto-min-saving must lie in [0, 1), got {self.auto_min_saving}")
         for b in self.budgets:
             parse_budget(b)
         self.parallel.check_model(self.model)
@@ -308,7 +313,7 @@ def _plan_for(
 
     cap = parse_budget(budget)
     if cap is None:
-        choice = choose_budget(profile, LossCost(noise_scale=noise, batch=batch))
+        choice = choose_budget(profile, LossCost(noise, batch, min_saving=cfg.auto_min_saving))
         if choice.outcome is None:
             return 0.0, None, 1.0, "auto: " + choice.reason
         outcome, reason = choice.outcome, "auto: " + choice.reason
@@ -336,7 +341,8 @@ def _reprice_iters(cfg: CompareConfig, profile: Any, probes: list[dict], batch: 
     spent, n, speed = 0.0, 0, 1.0
     while spent < cfg.iters - w - 1e-9:
         if n % k == 0:
-            speed = curve.best(LossCost(noise_at(trail, w + spent), batch)).speedup
+            cost = LossCost(noise_at(trail, w + spent), batch, min_saving=cfg.auto_min_saving)
+            speed = curve.best(cost).speedup
         spent += 1.0 / speed
         n += 1
     return w + n
@@ -422,6 +428,7 @@ def _train(
                 if reprice_profile is None
                 else {
                     "max_freeze_ratio": "auto",
+                    "auto_min_saving": cfg.auto_min_saving,
                     "reprice_every": cfg.reprice_every,
                     "reprice_profile": str(reprice_profile),
                 }

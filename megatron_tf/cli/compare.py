@@ -11,6 +11,7 @@ import typer
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
+from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 
 if TYPE_CHECKING:
     from megatron_tf.compare import CompareConfig
@@ -60,6 +61,13 @@ class CompareFlags:
         str,
         typer.Option(help="Noise probe that prices freezing for auto: warmup or final."),
     ] = "warmup"
+    auto_min_saving: Annotated[
+        float,
+        typer.Option(
+            help="For auto: freeze only when the best cap predicts at least this share less "
+            "time than the baseline (0 trusts any predicted saving)."
+        ),
+    ] = DEFAULT_MIN_SAVING
     time: Annotated[
         str,
         typer.Option(
@@ -109,6 +117,7 @@ class CompareFlags:
             corpus_seed=self.corpus_seed,
             budgets=tuple(b.strip() for b in self.budgets.split(",") if b.strip()),
             noise_from=self.noise_from,
+            auto_min_saving=self.auto_min_saving,
             reprice_every=self.reprice_every,
             time=self.time,
             costs=self.costs,

@@ -30,7 +30,7 @@ from megatron_tf.cli._megatron_lm import (
 from megatron_tf.cli._model_opts import model_option
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING, FreezeConfig
 from megatron_tf.outputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -237,6 +237,14 @@ class PretrainOptions:
             rich_help_panel=_FREEZE,
         ),
     ] = str(DEFAULT_MAX_FREEZE_RATIO)
+    auto_min_saving: Annotated[
+        float,
+        typer.Option(
+            help="With --max-freeze-ratio auto: freeze only when the best cap predicts at least "
+            "this share less time than the baseline (0 trusts any predicted saving).",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = DEFAULT_MIN_SAVING
     freeze_warmup_iters: Annotated[
         int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
     ] = 0
@@ -335,6 +343,7 @@ class PretrainOptions:
             plan=self.plan,
             no_freeze=not self.freeze,
             max_freeze_ratio=self.max_freeze_ratio,
+            auto_min_saving=self.auto_min_saving,
             runtime=self.freeze_config(),
             profile_iters=self.profile_iters,
             drift_threshold=self.drift_threshold,

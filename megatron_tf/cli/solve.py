@@ -14,7 +14,7 @@ from rich.table import Table
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING
 from megatron_tf.outputs import check_output_file
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.progress import solve_status
@@ -46,6 +46,13 @@ class SolverFlags:
         int | None,
         typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
     ] = None
+    auto_min_saving: Annotated[
+        float,
+        typer.Option(
+            help="For auto: freeze only when the best cap predicts at least this share less "
+            "time than the baseline (0 trusts any predicted saving)."
+        ),
+    ] = DEFAULT_MIN_SAVING
     tolerance: Annotated[
         float,
         typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
@@ -94,6 +101,7 @@ class SolverFlags:
             auto_budget=auto,
             noise_scale=self.noise_scale,
             batch_samples=self.batch_samples,
+            min_saving=self.auto_min_saving,
         )
 
 

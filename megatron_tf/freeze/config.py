@@ -19,6 +19,10 @@ DEFAULT_MAX_FREEZE_RATIO = 0.3
 baseline's final loss in about the baseline's wall time at best; 0.8 cost +1.4% at 1000
 iterations and never caught up. Check any budget on your own task before raising it."""
 
+DEFAULT_MIN_SAVING = 0.05
+"""`--auto-min-saving`: the auto budget freezes only when its best cap predicts at least this
+share less time to the target loss than the baseline (`solve/budget.py` says why 5%)."""
+
 
 @dataclass(kw_only=True, slots=True)
 class FreezeConfig:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.profile import Profile
+from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 from megatron_tf.schedule.dag import Dag
 from megatron_tf.solve.budget import BudgetChoice, LossCost, choose_budget
 from megatron_tf.solve.lp import Progress, SolverConfig
@@ -35,6 +36,8 @@ class SolveRequest:
     """The measured gradient noise scale B_noise in samples."""
     batch_samples: int | None = None
     """Samples per iteration (micro batch x microbatches x dp)."""
+    min_saving: float = DEFAULT_MIN_SAVING
+    """The least predicted time saving for which auto freezes (`--auto-min-saving`)."""
 
     def loss_cost(self) -> LossCost:
         """The loss-cost model of `--max-freeze-ratio auto`; ConfigError names a missing flag."""
@@ -44,7 +47,7 @@ class SolveRequest:
             )
         if self.batch_samples is None or self.batch_samples < 1:
             raise ConfigError("--max-freeze-ratio auto needs --batch-samples >= 1")
-        return LossCost(noise_scale=self.noise_scale, batch=self.batch_samples)
+        return LossCost(self.noise_scale, self.batch_samples, min_saving=self.min_saving)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, FreezeConfig
+from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING, FreezeConfig
 
 LR_DECAY_STYLES: tuple[str, ...] = ("constant", "linear", "cosine", "inverse-square-root")
 
@@ -29,6 +29,8 @@ class FreezeOptions:
     """Cap of each stage's mean freeze ratio for `--plan auto` and re-planning, in [0, 1], or
     `auto`: the noise scale is probed at the end of the freeze warm-up and the cap with the
     least predicted time to a target loss is chosen (`solve/budget.py`)."""
+    auto_min_saving: float = DEFAULT_MIN_SAVING
+    """With `auto`: freeze only when the best cap predicts at least this share less time."""
     runtime: FreezeConfig = field(default_factory=FreezeConfig)
     """What the runtime does with a plan: seed, gradient rescale, freeze warm-up and ramp
     (`--seed`, `--freeze-rescale`, `--freeze-warmup-iters`, `--freeze-ramp-iters`)."""
@@ -57,6 +59,8 @@ class FreezeOptions:
                     f"--max-freeze-ratio must be a number in [0, 1] or `auto`, got {r!r}"
                 ) from None
         _finite(("--drift-threshold", self.drift_threshold))
+        if not 0.0 <= self.auto_min_saving < 1.0:  # also rejects NaN
+            raise ConfigError(f"--auto-min-saving must lie in [0, 1), got {self.auto_min_saving}")
         if not isinstance(r, str):
             _finite(("--max-freeze-ratio", r))
             if not 0.0 <= r <= 1.0:

@@ -330,13 +330,9 @@ class Trainer:
             # Resumed: the speed curve of the in-job profile is not in the checkpoint.
             self._replan(reason=f"re-pricing at iteration {self.iteration} after a resume")
             return
-        cost = LossCost(
-            noise_scale=self.noise_estimates[-1]["noise_scale"],
-            batch=self.batches.samples_per_iteration,
-        )
         plan, why = reprice(
             profile,
-            cost,
+            self._loss_cost(),
             curves=self.budget_curves,
             source=f"reprice:{self.iteration}",
             out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}",
@@ -364,18 +360,19 @@ class Trainer:
             self.drift_count = 0
             self._replan(reason=f"drift {drift.item():.1%} > {f.drift_threshold:.1%}")
 
+    def _loss_cost(self) -> LossCost:
+        """The auto budget's loss-cost model at the latest noise probe."""
+        return LossCost(
+            noise_scale=self.noise_estimates[-1]["noise_scale"],
+            batch=self.batches.samples_per_iteration,
+            min_saving=self.cfg.freeze.auto_min_saving,
+        )
+
     def _replan(self, *, reason: str) -> None:
         """Profile the current model in-job (weights untouched), solve, retarget the freezer."""
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
         cap = self.cfg.freeze.max_freeze_ratio
-        budget = (
-            LossCost(
-                noise_scale=self.noise_estimates[-1]["noise_scale"],
-                batch=self.batches.samples_per_iteration,
-            )
-            if cap == "auto"
-            else float(cap)
-        )
+        budget = self._loss_cost() if cap == "auto" else float(cap)
         runtime = self.freezer
         if runtime is not None:  # the profiler installs its own runtimes; measure unfrozen
             runtime.remove()

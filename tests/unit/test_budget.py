@@ -2,7 +2,8 @@
 
 - the noise-scale estimator is exact on exact expectations;
 - the iteration factor is the closed form of McCandlish et al.'s step model;
-- the choice is 0, with a reason, when the model says freezing cannot pay;
+- the choice is 0, with a reason, when the model says freezing cannot pay, and when the best
+  predicted saving is below `min_saving` (the model's measured error); at 0 it trusts any;
 - a larger measured noise scale never raises the chosen cap (each lost sample costs more), a
   larger batch never lowers it (the issue asked for "never lowers" with the noise scale: the
   model says the opposite direction, checked here);
@@ -77,6 +78,26 @@ def test_loss_cost_rejects_bad_input() -> None:
         LossCost(noise_scale=-1.0, batch=16)
     with pytest.raises(ConfigError, match="--noise-scale"):
         LossCost(noise_scale=math.nan, batch=16)
+    for bad in (-0.1, 1.0, math.nan):
+        with pytest.raises(ConfigError, match="--auto-min-saving"):
+            LossCost(noise_scale=1.0, batch=16, min_saving=bad)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_min_saving_only_decides_whether_to_freeze(name: str) -> None:
+    # The margin never changes which cap wins, only whether its predicted saving is enough:
+    # cap 0 exactly when the best cap's predicted time is above 1 - min_saving.
+    curve = budget_curve(synthetic_profile(LAYOUTS[name], [(1.0, 1.0, 1.0)]), candidates=CANDIDATES)
+    for noise in (0.0, 4.0, 16.0, 64.0):
+        trusting = curve.best(LossCost(noise, 16, min_saving=0.0))
+        for margin in (0.0, 0.02, 0.05, 0.1, 0.3):
+            choice = curve.choose(LossCost(noise, 16, min_saving=margin))
+            enough = trusting.time_factor <= 1.0 - margin
+            expected = trusting.max_freeze_ratio if enough else 0.0
+            assert choice.max_freeze_ratio == expected, (noise, margin)
+            assert (choice.outcome is None) == (expected == 0.0)
+            if not enough and trusting.time_factor < 1.0:
+                assert "--auto-min-saving" in choice.reason
 
 
 def test_zero_when_freezing_buys_no_time() -> None:
@@ -123,7 +144,8 @@ def test_chosen_plan_satisfies_every_lp_constraint(name: str) -> None:
     spec = LAYOUTS[name]
     profile = synthetic_profile(spec, [(1.0, 1.2, 0.9)])
     config = SolverConfig(min_trained_microbatches=2)
-    choice = choose_budget(profile, LossCost(noise_scale=8.0, batch=16), config, CANDIDATES)
+    cost = LossCost(noise_scale=8.0, batch=16, min_saving=0.0)
+    choice = choose_budget(profile, cost, config, CANDIDATES)
     assert choice.outcome is not None
     cap = choice.max_freeze_ratio
     ratios = np.asarray(choice.outcome.plan.ratios)

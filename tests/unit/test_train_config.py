@@ -81,6 +81,8 @@ def test_pp_1_is_a_valid_reference_layout_without_a_schedule() -> None:
         ({"plan": "auto", "max_freeze_ratio": 0.3, "reprice_every": 5}, "--max-freeze-ratio"),
         ({"max_freeze_ratio": "auto", "reprice_every": 5}, "--plan"),
         ({"plan": "p.json", "max_freeze_ratio": "auto", "reprice_every": 5}, "--reprice-profile"),
+        ({"plan": "auto", "auto_min_saving": 1.0}, "--auto-min-saving"),
+        ({"plan": "auto", "auto_min_saving": -0.01}, "--auto-min-saving"),
     ],
 )
 def test_reprice_refusals(options: dict, match: str) -> None:
