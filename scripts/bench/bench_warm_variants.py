@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--comm-model", default="megatron", choices=["megatron", "dataflow"])
     parser.add_argument("--single", type=float, default=0.2, help="cap of the pass-1 test")
     parser.add_argument(
-        "--only", help="comma-separated indices into VARIANTS (0 = cold) to run; default all"
+        "--only", help="comma-separated indices into VARIANTS (0 = cold), or none; default all"
     )
     parser.add_argument("--no-single", action="store_true", help="skip the pass-1 test")
     args = parser.parse_args()
@@ -76,7 +76,9 @@ def main() -> None:
     print(f"{spec.describe()}, {args.comm_model}: {len(caps)} caps {caps[0]:g}-{caps[-1]:g}")
     reference: dict[float, float] = {}
     chosen = VARIANTS
-    if args.only:
+    if args.only == "none":
+        chosen = []
+    elif args.only:
         chosen = [VARIANTS[int(i)] for i in args.only.split(",")]
     for name, order, p1, p1_dual, p2, p2_dual in chosen:
         lp = _GlopLp(dag, prec, config, None)
