@@ -204,10 +204,11 @@ def solve_caps(
     The LP is built once and only the budget rows' bound changes between caps. With `warm`
     (and GLOP), caps are solved in descending order and pass 2 restarts from the previous
     cap's pass-2 basis with the dual simplex: a new cap changes only bounds (the budget rows,
-    T's bound), so that basis stays dual feasible, and it took 45% fewer pass-2 pivots than
-    starting from pass 1 (docs/lp.md, section 3.2). Pass 1 still starts from the r = 0
-    schedule: the previous cap's pass-1 basis, by either simplex and in either order, took
-    more pivots than that crash start. T* equals a cold solve's; pass 2 may end at another
+    T's bound), so that basis stays dual feasible: on the auto grid it took 3.3 times fewer
+    pass-2 pivots than starting from pass 1 on interleaved pp=16 (megatron comm model), 14%
+    fewer on dataflow (docs/lp.md, section 3.2; descending beat ascending there). Pass 1
+    still starts from the r = 0 schedule: the previous cap's pass-1 basis, by either simplex
+    and in either order, took more pivots than that crash start. T* equals a cold solve's; pass 2 may end at another
     vertex of the same optimal face (same least freezing). When that vertex lacks the
     first stage's exact zeros, pass 2 is redone from pass 1's basis, as a cold solve does,
     so the zeros fixed are the ones a cold solve fixes. `progress` hears each step with the cap.
