@@ -204,14 +204,16 @@ def solve_caps(
     The LP is built once and only the budget rows' bound changes between caps. With `warm`
     (and GLOP), caps are solved in descending order and pass 2 restarts from the previous
     cap's pass-2 basis with the dual simplex: a new cap changes only bounds (the budget rows,
-    T's bound), so that basis stays dual feasible: on the auto grid it took 3.3 times fewer
-    pass-2 pivots than starting from pass 1 on interleaved pp=16 (megatron comm model), 14%
-    fewer on dataflow (docs/lp.md, section 3.2; descending beat ascending there). Pass 1
+    T's bound), so that basis stays dual feasible. On the auto grid of interleaved pp=16 it
+    took 3.3 times fewer pass-2 pivots than starting from pass 1 with the megatron comm model,
+    14% fewer with dataflow (docs/lp.md, section 3.2; descending beat ascending there). Pass 1
     still starts from the r = 0 schedule: the previous cap's pass-1 basis, by either simplex
-    and in either order, took more pivots than that crash start. T* equals a cold solve's; pass 2 may end at another
-    vertex of the same optimal face (same least freezing). When that vertex lacks the
-    first stage's exact zeros, pass 2 is redone from pass 1's basis, as a cold solve does,
-    so the zeros fixed are the ones a cold solve fixes. `progress` hears each step with the cap.
+    and in either order, took more pivots than that crash start.
+
+    T* equals a cold solve's; pass 2 may end at another vertex of the same optimal face (the
+    same least freezing). When that vertex lacks the first stage's exact zeros, pass 2 is
+    redone from pass 1's basis, as a cold solve does, so the zeros fixed are the ones a cold
+    solve fixes. `progress` hears each step, prefixed with the cap.
     """
     _check_floor(dag, config)
     unique = sorted({float(c) for c in caps}, reverse=True)
@@ -223,12 +225,14 @@ def solve_caps(
         say(f"series-reducing the DAG ({len(dag.nodes):,} actions)")
     prec = precedence if precedence is not None else reduce_dag(dag)
     chosen = pick_solver(config.solver, prec)
+    started = time.perf_counter()  # the first cap's seconds include building the LP
     first_config = dataclasses.replace(config, max_freeze_ratio=unique[0])
     lp = _GlopLp(dag, prec, first_config, stage_weights, method=chosen, pdlp_eps=config.pdlp_eps)
     baseline = evaluate(dag).makespan
     previous: Any = None
     for cap in unique:
-        started = time.perf_counter()
+        if cap != unique[0]:
+            started = time.perf_counter()
         lp.set_cap(cap)
         step = functools.partial(_prefixed, say, f"--max-freeze-ratio {cap:g}: ")
         start = previous if warm and chosen == "glop" else None
