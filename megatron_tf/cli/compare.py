@@ -10,6 +10,7 @@ import typer
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._options import option_groups
+from megatron_tf.cli.solve import AutoMinSavingOption
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 
@@ -61,13 +62,7 @@ class CompareFlags:
         str,
         typer.Option(help="Noise probe that prices freezing for auto: warmup or final."),
     ] = "warmup"
-    auto_min_saving: Annotated[
-        float,
-        typer.Option(
-            help="For auto: freeze only when the best cap predicts at least this share less "
-            "time than the baseline (0 trusts any predicted saving)."
-        ),
-    ] = DEFAULT_MIN_SAVING
+    auto_min_saving: AutoMinSavingOption = DEFAULT_MIN_SAVING
     time: Annotated[
         str,
         typer.Option(

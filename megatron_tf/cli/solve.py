@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from megatron_tf.solve.sweep import SweepPoint
 
 
+AutoMinSavingOption = Annotated[
+    float,
+    typer.Option(
+        help="For auto: freeze only when the best cap predicts at least this share less "
+        "time than the baseline (0 trusts any predicted saving)."
+    ),
+]
+"""`--auto-min-saving`, shared by `solve` and `compare`."""
+
+
 @dataclass(kw_only=True, slots=True)
 class SolverFlags:
     """The LP's flags (and the auto budget's inputs), as parsed."""
@@ -46,13 +56,7 @@ class SolverFlags:
         int | None,
         typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
     ] = None
-    auto_min_saving: Annotated[
-        float,
-        typer.Option(
-            help="For auto: freeze only when the best cap predicts at least this share less "
-            "time than the baseline (0 trusts any predicted saving)."
-        ),
-    ] = DEFAULT_MIN_SAVING
+    auto_min_saving: AutoMinSavingOption = DEFAULT_MIN_SAVING
     tolerance: Annotated[
         float,
         typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
