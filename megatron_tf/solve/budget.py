@@ -16,9 +16,10 @@ of what freezing costs in loss. This module prices that cost with the gradient n
 
 The cap with the smallest predicted time wins; 0 (no freezing) when no cap predicts at least
 `min_saving` (default 5%) less than the baseline's time, with the reason. The margin is the
-model's measured error at the choice: on the runs of docs/results.md it over-promised by 3-17%
-where freezing won (pp 4, pp 8, a larger batch) and predicted 1-4% savings where freezing lost
-(pp 2, pp 4 x vpp 2), so a smaller predicted saving is no evidence that freezing pays.
+model's measured error at the choice: on the runs of docs/results.md it over-promised by 1-17%
+where freezing won (pp 4, pp 8, a larger batch, pp 2 at synthetic costs) and predicted 1-4%
+savings where freezing lost (pp 2 at this machine's measured costs, pp 4 x vpp 2), so a smaller
+predicted saving is no evidence that freezing pays.
 
 A larger noise scale makes every lost sample dearer, so it can only lower (never raise) the
 chosen cap; a larger batch makes them cheaper.
