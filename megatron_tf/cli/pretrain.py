@@ -291,6 +291,15 @@ class PretrainOptions:
         ),
     ] = None
 
+    replan_lag: Annotated[
+        int,
+        typer.Option(
+            help="Iterations to keep training under the current plan while rank 0 solves an "
+            "in-job plan (--plan auto, drift, re-pricing); 0 = wait for the solve.",
+            rich_help_panel=_FREEZE,
+        ),
+    ] = 0
+
     def freeze_config(self) -> FreezeConfig:
         """The runtime's settings, one object for both routes (validated by FreezeConfig)."""
         return FreezeConfig(
@@ -350,6 +359,7 @@ class PretrainOptions:
             drift_patience=self.drift_patience,
             reprice_every=self.reprice_every,
             reprice_profile=self.reprice_profile,
+            replan_lag=self.replan_lag,
         )
         train = TrainConfig(
             iters=self.iters,

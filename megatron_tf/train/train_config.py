@@ -48,6 +48,10 @@ class FreezeOptions:
     reprice_profile: str | None = None
     """Profile to re-solve with when re-pricing (None: the in-job profile of `--plan auto`).
     `compare` passes its layout's profile so the plans match the time it charges."""
+    replan_lag: int = 0
+    """Iterations that train on while rank 0 solves an in-job plan (`--plan auto`, drift,
+    re-pricing); the new plan is in force from the iteration after them. 0: training waits
+    for the solve, as a stall of its length (train/pending.py)."""
 
     def __post_init__(self) -> None:
         r = self.max_freeze_ratio
@@ -73,6 +77,8 @@ class FreezeOptions:
             raise ConfigError(f"--drift-threshold must be >= 0, got {self.drift_threshold}")
         if self.drift_patience < 1:
             raise ConfigError(f"--drift-patience must be >= 1, got {self.drift_patience}")
+        if self.replan_lag < 0:
+            raise ConfigError(f"--replan-lag must be >= 0, got {self.replan_lag}")
         if self.reprice_every < 0:
             raise ConfigError(f"--reprice-every must be >= 0, got {self.reprice_every}")
         if self.reprice_every and self.max_freeze_ratio != "auto":

@@ -13,9 +13,11 @@ clipping inside the optimizer, bf16 on GPU (Float16Module), and the pipeline sch
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,12 +47,22 @@ from megatron_tf.train.data import (
     heldout_microbatches,
     iteration_iterators,
 )
-from megatron_tf.train.injob import profile_and_solve, reprice
+from megatron_tf.train.injob import (
+    SolvedPlan,
+    broadcast_plan,
+    measure_profile,
+    reprice,
+    solve_in_job,
+)
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
+from megatron_tf.train.pending import PendingSolve
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 
 __all__ = ["Trainer"]
+
+OnPlan = Callable[[PlanSource, str], None]
+"""What every rank does with a solved plan and the auto budget's reason when it is due."""
 
 
 class Trainer:
@@ -91,6 +103,8 @@ class Trainer:
         self._idle_freezer: FreezeRuntime | None = None  # removed by set_plan(None), kept
         self.drift_count = 0
         self.replans = 0
+        self.pending: PendingSolve[SolvedPlan] | None = None  # a solve beside training
+        self._on_plan: OnPlan | None = None  # what every rank does with the pending plan
         self.budget_curves: dict[str, Any] = {}  # rank 0: speed curves solved for re-pricing
         self.curve_profile: Path | None = None  # the auto budget's in-job profile (this run)
         self.metrics = MetricsLogger(
@@ -117,6 +131,7 @@ class Trainer:
                 self.iteration - start_iteration >= self.cfg.exit_after_iters
             ):
                 break
+            self._apply_due_plan()
             if self.iteration in self.cfg.noise_probe_at:
                 self._noise_probe()
             self._maybe_auto_plan()
@@ -304,6 +319,7 @@ class Trainer:
         if (
             self.cfg.freeze.auto
             and self.plan is None
+            and self.pending is None
             and (self.iteration >= self.cfg.freeze.runtime.warmup_iters)
         ):
             if self.cfg.freeze.auto_budget and not self.noise_estimates:
@@ -318,6 +334,12 @@ class Trainer:
         since = self.iteration - f.runtime.warmup_iters
         if not f.reprice_every or self.plan is None or since <= 0 or since % f.reprice_every:
             return
+        if self.pending is not None:
+            self.metrics.note(
+                f"re-pricing at iteration {self.iteration} skipped: the {self.pending.what} "
+                f"started at iteration {self.pending.started} takes effect at {self.pending.due}"
+            )
+            return
         if self.freezer is not None:
             self.freezer.remove()
         try:
@@ -330,15 +352,21 @@ class Trainer:
             # Resumed: the speed curve of the in-job profile is not in the checkpoint.
             self._replan(reason=f"re-pricing at iteration {self.iteration} after a resume")
             return
-        plan, why = reprice(
+        at = self.iteration
+        work = functools.partial(
+            reprice,
             profile,
             self._loss_cost(),
             curves=self.budget_curves,
-            source=f"reprice:{self.iteration}",
-            out_dir=Path(self.cfg.out_dir) / f"reprice_{self.iteration}",
+            source=f"reprice:{at}",
+            out_dir=Path(self.cfg.out_dir) / f"reprice_{at}",
         )
-        self.metrics.note(f"re-priced at iteration {self.iteration}: {why}")
-        self.set_plan(plan)
+
+        def repriced(plan: PlanSource, why: str) -> None:
+            self.metrics.note(f"re-priced at iteration {at}: {why}")
+            self.set_plan(plan)
+
+        self._solve_beside_training(work, what="re-pricing", on_plan=repriced)
 
     def _check_drift(self, m: StepMetrics) -> None:
         """Re-profile when the measured time drifts from the prediction for long enough."""
@@ -349,6 +377,8 @@ class Trainer:
             return  # synthetic costs predict no time to drift from
         if self.iteration >= self.cfg.iters:
             return  # nothing left to train with a new plan
+        if self.pending is not None:
+            return  # a new plan is on its way; its prediction is what to compare with next
         # The prediction covers the pipeline schedule (forward and backward of all microbatches),
         # so it is compared with that part of the iteration. Every rank must take the same
         # decision: rank 0's measurement is broadcast.
@@ -369,36 +399,88 @@ class Trainer:
         )
 
     def _replan(self, *, reason: str) -> None:
-        """Profile the current model in-job (weights untouched), solve, retarget the freezer."""
+        """Profile the current model in-job (weights untouched), solve, retarget the freezer.
+
+        Every rank measures; rank 0 solves, on a thread beside training with `--replan-lag`."""
         self.metrics.note(f"re-planning ({reason}): profiling {self.cfg.freeze.profile_iters} x 2")
         cap = self.cfg.freeze.max_freeze_ratio
         budget = self._loss_cost() if cap == "auto" else float(cap)
+        out_dir = Path(self.cfg.out_dir) / f"replan_{self.replans}"
+        source = f"auto:{self.replans}"
+        self.replans += 1
         runtime = self.freezer
         if runtime is not None:  # the profiler installs its own runtimes; measure unfrozen
             runtime.remove()
         try:
-            plan, why = profile_and_solve(
+            profile = measure_profile(
                 self.chunks,
                 self.job.model,
                 self.job.parallel,
                 profile_iters=self.cfg.freeze.profile_iters,
-                budget=budget,
-                source=f"auto:{self.replans}",
                 iteration=self.iteration,
-                out_dir=Path(self.cfg.out_dir) / f"replan_{self.replans}",
+                out_dir=out_dir,
             )
         finally:
             if runtime is not None:
                 runtime.install()
-        if why:
-            self.metrics.note(f"budget: {why}")
-        if cap == "auto":
-            self.curve_profile = Path(self.cfg.out_dir) / f"replan_{self.replans}" / "profile.json"
-        self.replans += 1
-        self.set_plan(plan)
+        work = None
+        if profile is not None:
+            work = functools.partial(solve_in_job, profile, budget, source, out_dir)
+
+        def replanned(plan: PlanSource, why: str) -> None:
+            if why:
+                self.metrics.note(f"budget: {why}")
+            if cap == "auto":
+                self.curve_profile = out_dir / "profile.json"
+            self.set_plan(plan)
+            self.metrics.note(
+                f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> "
+                f"{plan.makespan * 1e3:.1f} ms per iteration "
+                f"(speedup {plan.baseline_makespan / plan.makespan:.3f})"
+            )
+
+        self._solve_beside_training(work, what=f"re-plan {source}", on_plan=replanned)
+
+    def _solve_beside_training(self, work: Any, *, what: str, on_plan: OnPlan) -> None:
+        """Start rank 0's solve (`work`, None on other ranks); its plan takes effect
+        `--replan-lag` iterations from now on every rank (now, when the lag is 0)."""
+        lag = self.cfg.freeze.replan_lag
+        self.pending = PendingSolve(work, started=self.iteration, lag=lag, what=what)
+        self._on_plan = on_plan
+        self._apply_due_plan()
+
+    def _apply_due_plan(self) -> None:
+        """At the iteration the pending solve is due: its plan, broadcast by rank 0, applies."""
+        pending = self.pending
+        if pending is None or not pending.is_due(self.iteration):
+            return
+        solved, waited = pending.result() if self.rank == 0 else (None, 0.0)
+        plan, why = broadcast_plan(solved)
+        on_plan = self._on_plan
+        assert on_plan is not None
+        self.pending = self._on_plan = None
+        if pending.due > pending.started:
+            self.metrics.note(
+                f"{pending.what}: solved in {pending.solve_seconds:.1f} s beside iterations "
+                f"{pending.started + 1}-{pending.due}, in force from {pending.due + 1} "
+                f"(training waited {waited:.1f} s for it)"
+            )
+        on_plan(plan, why)
+
+    def _abandon_pending(self) -> None:
+        """The run ended before the pending solve was due: wait for it, so its files are
+        written whole, and say that its plan was not applied."""
+        pending, self.pending, self._on_plan = self.pending, None, None
+        assert pending is not None
+        outcome = "was not applied"
+        if self.rank == 0:
+            try:
+                pending.result()
+            except Exception as exc:  # the run is over: report it, do not mask its own error
+                outcome = f"failed ({exc})"
         self.metrics.note(
-            f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> {plan.makespan * 1e3:.1f} ms "
-            f"per iteration (speedup {plan.baseline_makespan / plan.makespan:.3f})"
+            f"{pending.what}, due at iteration {pending.due}, {outcome}: the run ended at "
+            f"iteration {self.iteration}"
         )
 
     def _realised_ratios(self) -> list[float]:
@@ -532,6 +614,8 @@ class Trainer:
         return bool(self.cfg.save_interval) and self.iteration % self.cfg.save_interval == 0
 
     def close(self) -> None:
+        if self.pending is not None:
+            self._abandon_pending()
         if self.freezer is not None:
             self.freezer.remove()
         self.metrics.close()

@@ -232,3 +232,26 @@ def test_reprice_switches_plans_at_its_iterations(tmp_path: Path) -> None:
     mine = _losses(tmp_path, "reprice")
     assert [mine[i] for i in range(1, 5)] == [once[i] for i in range(1, 5)]
     assert "re-priced at iteration 4" in proc.stdout
+
+
+def test_replan_lag_solves_beside_training_and_switches_at_a_fixed_iteration(
+    tmp_path: Path,
+) -> None:
+    """`--replan-lag 2`: the in-job profile is measured after the 2-iteration warm-up, rank 0
+    solves while iterations 3 and 4 train unfrozen, and the plan is in force from iteration 5 on
+    every rank. The run equals one given that plan as a file with a 4-iteration warm-up, loss
+    for loss: the switch happens at the lag, not when the solve finished."""
+    common = ["--iters", "7", "--lr-warmup-iters", "1", "--profile-iters", "2"]
+    common += ["--max-freeze-ratio", "0.8"]
+    lagged = _pretrain(
+        tmp_path, *common, "--plan", "auto", "--freeze-warmup-iters", "2", "--replan-lag", "2"
+    )
+    _ok(lagged)
+    assert "beside iterations 3-4, in force from 5" in lagged.stdout
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plan = tmp_path / "run" / "replan_0" / "plan.json"
+    makespan = json.loads(plan.read_text())["predicted"]["makespan"]
+    assert [r["predicted_seconds"] for r in records[:4]] == [None] * 4
+    assert [r["predicted_seconds"] for r in records[4:]] == pytest.approx([makespan] * 3)
+    _ok(_pretrain(tmp_path, *common, "--plan", str(plan), "--freeze-warmup-iters", "4", out="file"))
+    assert _losses(tmp_path) == _losses(tmp_path, "file")

@@ -113,6 +113,7 @@ def test_bad_flags(tmp_path: Path) -> None:
     _refused(_cli(tmp_path, "--num-layers", "3"), "must divide --num-layers 3")
     _refused(_cli(tmp_path, "--data-path", "x", "--mock-data"), "exclude each other")
     _refused(_cli(tmp_path, "--freeze-rescale", "sum"), "--freeze-rescale must be one of mean")
+    _refused(_cli(tmp_path, "--replan-lag", "-2"), "--replan-lag must be >= 0, got -2")
 
 
 def test_freeze_rescale_reaches_the_job(tmp_path: Path) -> None:
