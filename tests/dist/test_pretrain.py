@@ -255,3 +255,39 @@ def test_replan_lag_solves_beside_training_and_switches_at_a_fixed_iteration(
     assert [r["predicted_seconds"] for r in records[4:]] == pytest.approx([makespan] * 3)
     _ok(_pretrain(tmp_path, *common, "--plan", str(plan), "--freeze-warmup-iters", "4", out="file"))
     assert _losses(tmp_path) == _losses(tmp_path, "file")
+
+
+def test_replan_lag_with_repricing_skips_and_abandons_in_order(tmp_path: Path) -> None:
+    """`--reprice-every 2 --replan-lag 3` after a 2-iteration warm-up: the re-pricing started
+    at iteration 4 is in force from 8 (not before), the one due at 6 is skipped while it is
+    pending, and the one started at 8 is still pending when the 9-iteration run ends: its plan
+    is written whole but not applied."""
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.formats.schedule import ScheduleSpec
+    from megatron_tf.schedule.costs import synthetic_profile
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
+    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
+    save_profile(profile, tmp_path / "profile.json")
+    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3)).plan
+    save_plan(plan, tmp_path / "plan.json")
+    args = ["--iters", "9", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
+    args += ["--plan", str(tmp_path / "plan.json"), "--noise-probe-rounds", "2"]
+    args += ["--max-freeze-ratio", "auto", "--reprice-every", "2", "--replan-lag", "3"]
+    args += ["--reprice-profile", str(tmp_path / "profile.json")]
+    proc = _pretrain(tmp_path, *args)
+    _ok(proc)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("reprice_*")) == ["reprice_4", "reprice_8"]
+    assert "re-pricing at iteration 6 skipped" in proc.stdout
+    assert "re-pricing, due at iteration 11, was not applied" in proc.stdout
+    new = json.loads((run / "reprice_4" / "plan.json").read_text())["predicted"]["makespan"]
+    json.loads((run / "reprice_8" / "plan.json").read_text())  # whole, parseable
+    assert new != pytest.approx(plan.predicted.makespan)  # the switch is visible in the record
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    predicted = [r["predicted_seconds"] for r in records]
+    assert predicted[2:7] == pytest.approx([plan.predicted.makespan] * 5)
+    assert predicted[7:] == pytest.approx([new] * 2)
