@@ -79,6 +79,11 @@ class FreezeOptions:
             raise ConfigError(f"--drift-patience must be >= 1, got {self.drift_patience}")
         if self.replan_lag < 0:
             raise ConfigError(f"--replan-lag must be >= 0, got {self.replan_lag}")
+        if self.replan_lag and not (self.auto or self.drift_threshold or self.reprice_every):
+            raise ConfigError(
+                "--replan-lag applies to in-job plans: use it with --plan auto, "
+                "--drift-threshold or --reprice-every"
+            )
         if self.reprice_every < 0:
             raise ConfigError(f"--reprice-every must be >= 0, got {self.reprice_every}")
         if self.reprice_every and self.max_freeze_ratio != "auto":

@@ -84,6 +84,7 @@ def test_pp_1_is_a_valid_reference_layout_without_a_schedule() -> None:
         ({"plan": "auto", "auto_min_saving": 1.0}, "--auto-min-saving"),
         ({"plan": "auto", "auto_min_saving": -0.01}, "--auto-min-saving"),
         ({"plan": "auto", "replan_lag": -1}, "--replan-lag must be >= 0"),
+        ({"plan": "p.json", "replan_lag": 2}, "--replan-lag applies to in-job plans"),
     ],
 )
 def test_reprice_refusals(options: dict, match: str) -> None:
