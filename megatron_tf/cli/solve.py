@@ -57,6 +57,14 @@ class SolverFlags:
         typer.Option(help="For auto: samples per iteration (micro batch x microbatches x dp)."),
     ] = None
     auto_min_saving: AutoMinSavingOption = DEFAULT_MIN_SAVING
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="For auto: caps solved at once, each on its own core (default: one per core "
+            "this process may use). The plans do not depend on it.",
+            show_default=False,
+        ),
+    ] = None
     tolerance: Annotated[
         float,
         typer.Option(help="Relative slack on the best iteration time while minimising freezing."),
@@ -106,6 +114,7 @@ class SolverFlags:
             noise_scale=self.noise_scale,
             batch_samples=self.batch_samples,
             min_saving=self.auto_min_saving,
+            threads=self.threads,
         )
 
 

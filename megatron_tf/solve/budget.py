@@ -39,7 +39,7 @@ import numpy as np
 from megatron_tf.errors import ConfigError
 from megatron_tf.formats.profile import Profile
 from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
-from megatron_tf.solve.lp import LpResult, SolverConfig, solve_lp
+from megatron_tf.solve.lp import LpResult, Progress, SolverConfig, solve_each_cap
 from megatron_tf.solve.planner import SolveOutcome, make_plan, profile_dag, stage_param_weights
 from megatron_tf.solve.reduce import reduce_dag
 
@@ -254,14 +254,19 @@ def budget_curve(
     profile: Profile,
     base: SolverConfig | None = None,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
 ) -> BudgetCurve:
-    """Solve the LP at every candidate cap (> 0) of `profile` once.
+    """Solve the LP at every candidate cap (> 0) of `profile` once, `threads` caps at a time
+    (None: one per usable core; `solve_each_cap`).
 
     Each cap is solved cold (`solve_lp`), not warm-started with `solve_caps`: a warm pass 2
     reaches the same T* and least total freezing but can end at another vertex of pass 2's
     optimal face, i.e. another placement of the freezing, and the time-to-loss results in
     docs/results.md were measured with the cold plans. The warm start (0.67x CPU on pp 16)
-    waits for a time-to-loss measurement of its plans."""
+    waits for a time-to-loss measurement of its plans. Cold caps are independent, so they
+    run in parallel with the same plans."""
     base = base or SolverConfig()
     dag = profile_dag(profile, base.comm_model)
     precedence = reduce_dag(dag)
@@ -270,10 +275,9 @@ def budget_curve(
     keys = [(r, c) for r in range(spec.pp) for c in range(spec.vpp)]
     weights = tuple(1.0 if param_weights is None else param_weights[k] for k in keys)
     caps = sorted({float(c) for c in candidates} - {0.0})
-    results = {
-        cap: solve_lp(dag, dataclasses.replace(base, max_freeze_ratio=cap), precedence=precedence)
-        for cap in caps
-    }
+    results = solve_each_cap(
+        dag, base, caps, precedence=precedence, threads=threads, progress=progress
+    )
     options = [CapOption(c, r.speedup, tuple(stage_shares(r.ratios))) for c, r in results.items()]
     return BudgetCurve(profile, base, weights, tuple(options), results)
 
@@ -283,9 +287,13 @@ def choose_budget(
     cost: LossCost,
     base: SolverConfig | None = None,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
 ) -> BudgetChoice:
     """The cap in `candidates` minimising predicted time to a target loss (0 if none beats 1)."""
-    return budget_curve(profile, base, candidates).choose(cost)
+    curve = budget_curve(profile, base, candidates, threads=threads, progress=progress)
+    return curve.choose(cost)
 
 
 # ------------------------------------------------------------------ over a noise trajectory

@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -240,6 +242,57 @@ def solve_caps(
             lp, (), step, started=started, pass_two_start=start, baseline=baseline
         )
     return results
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a Slurm allocation or taskset, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def solve_each_cap(
+    dag: Dag,
+    config: SolverConfig,
+    caps: Sequence[float],
+    *,
+    precedence: Precedence | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> dict[float, LpResult]:
+    """A cold `solve_lp` at every cap in `caps` (other options from `config`), `threads` at once.
+
+    Each cap is its own LP and solve, exactly as one `solve_lp` call would do it, so the plans
+    are the same whatever the number of threads; only the wall time changes. GLOP and PDLP
+    run outside Python's lock, so the threads solve in parallel (1.85x on 2 cores for the
+    auto grid, docs/lp.md section 3.3). `threads` None: one per usable core, at most one per
+    cap. `progress` hears a line as each cap finishes. A cap that fails raises its error.
+    """
+    unique = sorted({float(c) for c in caps})
+    if not unique:
+        return {}
+    _check_floor(dag, config)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    say = progress if progress is not None else _silent
+    prec = precedence if precedence is not None else reduce_dag(dag)
+    workers = min(len(unique), threads or usable_cores())
+    say(f"{len(unique)} caps, {workers} at a time")
+
+    def one(cap: float) -> LpResult:
+        return solve_lp(dag, dataclasses.replace(config, max_freeze_ratio=cap), precedence=prec)
+
+    results: dict[float, LpResult] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="timelyfreeze-cap")
+    try:
+        futures = {pool.submit(one, cap): cap for cap in unique}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            say(f"{len(results)} of {len(unique)} caps solved ({workers} at a time)")
+    finally:  # on an error, caps not yet started are dropped (running ones end on their own)
+        pool.shutdown(wait=len(results) == len(unique), cancel_futures=True)
+    return {cap: results[cap] for cap in unique}
 
 
 def _check_floor(dag: Dag, config: SolverConfig) -> None:

@@ -38,6 +38,14 @@ class SolveRequest:
     """Samples per iteration (micro batch x microbatches x dp)."""
     min_saving: float = DEFAULT_MIN_SAVING
     """The least predicted time saving for which auto freezes (`--auto-min-saving`)."""
+    threads: int | None = None
+    """Caps the auto budget solves at once (None: one per usable core)."""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not self.auto_budget:
+            raise ConfigError("--threads applies to --max-freeze-ratio auto (its caps)")
 
     def loss_cost(self) -> LossCost:
         """The loss-cost model of `--max-freeze-ratio auto`; ConfigError names a missing flag."""
@@ -77,7 +85,9 @@ def solve_request(
     if not request.plan:
         return SolveAnswer(dag=dag, synthetic=synthetic, points=points)
     if request.auto_budget:
-        budget = choose_budget(profile, request.loss_cost(), config)
+        budget = choose_budget(
+            profile, request.loss_cost(), config, threads=request.threads, progress=progress
+        )
         return SolveAnswer(
             dag=dag, synthetic=synthetic, points=points, budget=budget, outcome=budget.outcome
         )

@@ -77,7 +77,7 @@ def solve_in_job(
     why = ""
     with solve_status() as progress:  # --solver auto; a long solve says what it is doing
         if isinstance(budget, LossCost):
-            choice = choose_budget(profile, budget)
+            choice = choose_budget(profile, budget, progress=progress)
             why = choice.reason
             # Cap 0 when freezing cannot pay: an all-zero plan, nothing frozen.
             outcome = choice.outcome or solve_profile(

@@ -11,7 +11,9 @@
 every cap twice in one process: cold (one `solve_lp` per cap, what each cap cost before
 `solve_caps`) and warm (`solve_caps`, one LP re-bounded cap to cap, pass 2 restarted from the
 previous cap's basis), and prints CPU seconds and pivots per cap side by side, with the
-largest relative difference of T* between the two.
+largest relative difference of T* between the two. It then solves the cold caps once more on
+one thread per usable core (`solve_each_cap`, what `--max-freeze-ratio auto` does) and prints
+that wall time against the one-by-one cold wall time, and whether the plans are identical.
 
 `--solver` is `solve`'s flag: auto (GLOP up to 60,000 LP variables, PDLP above), glop or
 pdlp. Each case runs in a fresh subprocess so its peak RSS (resource.getrusage) is its own,
@@ -86,7 +88,13 @@ def run_caps(pp: int, vpp: int, m: int, comm_model: str, caps: list[float], solv
     from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.schedule.costs import CostModel, synthetic_profile
     from megatron_tf.schedule.dag import build_dag
-    from megatron_tf.solve.lp import SolverConfig, solve_caps, solve_lp
+    from megatron_tf.solve.lp import (
+        SolverConfig,
+        solve_caps,
+        solve_each_cap,
+        solve_lp,
+        usable_cores,
+    )
     from megatron_tf.solve.reduce import reduce_dag
 
     kind = "1f1b" if vpp == 1 else "interleaved"
@@ -102,14 +110,21 @@ def run_caps(pp: int, vpp: int, m: int, comm_model: str, caps: list[float], solv
     tiny = ScheduleSpec(kind="1f1b", pp=2, microbatches=2)
     solve_lp(build_dag(tiny, CostModel.from_profile(synthetic_profile(tiny, [(1, 1, 1)]))), config)
     cold: dict[float, dict] = {}
-    cpu_cold = time.process_time()
+    plans = {}
+    cpu_cold, wall_cold = time.process_time(), time.perf_counter()
     for cap in sorted(caps, reverse=True):
         cpu0 = time.process_time()
         r = solve_lp(
             dag, SolverConfig(**{**config.to_dict(), "max_freeze_ratio": cap}), precedence=prec
         )
         cold[cap] = _row(r, time.process_time() - cpu0)
-    cpu_cold = time.process_time() - cpu_cold
+        plans[cap] = r.ratios
+    cpu_cold, wall_cold = time.process_time() - cpu_cold, time.perf_counter() - wall_cold
+    # The same cold solves, one thread per usable core (what budget_curve does)
+    cpu_par, wall_par = time.process_time(), time.perf_counter()
+    parallel = solve_each_cap(dag, config, caps, precedence=prec)
+    cpu_par, wall_par = time.process_time() - cpu_par, time.perf_counter() - wall_par
+    identical = all((parallel[c].ratios == plans[c]).all() for c in caps)
     marks: dict[float, float] = {}
 
     def mark(line: str) -> None:  # the first line of a cap: its CPU clock starts
@@ -134,6 +149,13 @@ def run_caps(pp: int, vpp: int, m: int, comm_model: str, caps: list[float], solv
         "cold": {str(c): cold[c] for c in caps},
         "warm": {str(c): warm[c] for c in caps},
         "cold_cpu_seconds": cpu_cold,
+        "cold_wall_seconds": wall_cold,
+        "parallel": {
+            "threads": min(len(caps), usable_cores()),
+            "wall_seconds": wall_par,
+            "cpu_seconds": cpu_par,
+            "plans_identical": identical,
+        },
         "warm_cpu_seconds": cpu_warm,
         "max_rel_t_star_difference": worst,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -178,6 +200,13 @@ def print_caps(out: dict) -> None:
         f"   warm/cold CPU {out['warm_cpu_seconds'] / out['cold_cpu_seconds']:.2f}; "
         f"largest relative T* difference {out['max_rel_t_star_difference']:.1e}; "
         f"peak RSS {out['peak_rss_mb']:.0f} MB"
+    )
+    par = out["parallel"]
+    print(
+        f"cold caps in parallel ({par['threads']} threads, budget_curve): wall "
+        f"{par['wall_seconds']:.2f} s against {out['cold_wall_seconds']:.2f} s one by one "
+        f"({par['wall_seconds'] / out['cold_wall_seconds']:.2f}x), CPU {par['cpu_seconds']:.2f} s; "
+        f"plans identical: {'yes' if par['plans_identical'] else 'NO'}"
     )
 
 

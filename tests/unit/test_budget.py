@@ -214,3 +214,34 @@ def test_trajectory_bound(name: str) -> None:
     hopeless = best_time_factor(curve, [(30, math.inf)], batch=16, iters=300, warmup_iters=30)
     if name == "pp2-m8":
         assert hopeless.best == 1.0 and set(hopeless.caps) == {0.0}
+
+
+@pytest.mark.parametrize("threads", [1, 3, None])
+def test_caps_solved_in_parallel_are_the_one_by_one_solves(threads: int | None) -> None:
+    """`budget_curve` solves its caps on a thread pool: every cap's result equals a lone cold
+    `solve_lp` at that cap bit for bit (ratios, T*, makespan), whatever the thread count, and
+    the progress callback hears one line per cap."""
+    from megatron_tf.solve.lp import solve_lp
+
+    spec = ScheduleSpec(kind="interleaved", pp=4, vpp=2, microbatches=8)
+    costs = [(1.0, 1.3, 0.6), (0.9, 1.1, 0.5), (1.2, 1.0, 0.8), (1.0, 0.9, 0.4)]
+    profile = synthetic_profile(spec, costs, comm=0.05)
+    lines: list[str] = []
+    curve = budget_curve(profile, threads=threads, progress=lines.append)
+    dag = profile_dag(profile, "megatron")
+    assert sorted(curve.results) == [0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6]
+    for cap, got in curve.results.items():
+        alone = solve_lp(dag, SolverConfig(max_freeze_ratio=cap))
+        assert np.array_equal(got.ratios, alone.ratios), cap
+        assert (got.lp_makespan, got.makespan) == (alone.lp_makespan, alone.makespan)
+    assert sum("caps solved" in line for line in lines) == 11
+
+
+def test_a_cap_that_fails_in_a_thread_raises_its_error() -> None:
+    from megatron_tf.solve.lp import solve_each_cap
+
+    dag = profile_dag(synthetic_profile(LAYOUTS["pp4-m8"], [(1.0, 1.0, 1.0)]), "megatron")
+    with pytest.raises(ConfigError, match="--weighting params needs"):
+        solve_each_cap(dag, SolverConfig(weighting="params"), [0.1, 0.2, 0.3], threads=2)
+    with pytest.raises(ConfigError, match="--threads must be >= 1, got 0"):
+        solve_each_cap(dag, SolverConfig(), [0.1], threads=0)
