@@ -30,12 +30,10 @@ from megatron_tf.solve.budget import BudgetCurve, LossCost, budget_curve, choose
 from megatron_tf.solve.lp import SolverConfig
 from megatron_tf.solve.planner import solve_profile
 from megatron_tf.solve.progress import solve_status
+from megatron_tf.train.pending import SolvedPlan
 from megatron_tf.train.plan_source import PlanSource, from_plan
 
-__all__ = ["SolvedPlan", "broadcast_plan", "measure_profile", "reprice", "solve_in_job"]
-
-SolvedPlan = tuple[dict[str, Any], str]
-"""What rank 0 broadcasts: the plan (`PlanSource.to_dict()`) and the auto budget's reason."""
+__all__ = ["broadcast_plan", "measure_profile", "reprice", "solve_in_job"]
 
 
 def measure_profile(

@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,22 +46,13 @@ from megatron_tf.train.data import (
     heldout_microbatches,
     iteration_iterators,
 )
-from megatron_tf.train.injob import (
-    SolvedPlan,
-    broadcast_plan,
-    measure_profile,
-    reprice,
-    solve_in_job,
-)
+from megatron_tf.train.injob import broadcast_plan, measure_profile, reprice, solve_in_job
 from megatron_tf.train.job import Job
 from megatron_tf.train.metrics import MetricsLogger, StepMetrics
-from megatron_tf.train.pending import PendingSolve
+from megatron_tf.train.pending import PendingPlan
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 
 __all__ = ["Trainer"]
-
-OnPlan = Callable[[PlanSource, str], None]
-"""What every rank does with a solved plan and the auto budget's reason when it is due."""
 
 
 class Trainer:
@@ -103,8 +93,7 @@ class Trainer:
         self._idle_freezer: FreezeRuntime | None = None  # removed by set_plan(None), kept
         self.drift_count = 0
         self.replans = 0
-        self.pending: PendingSolve[SolvedPlan] | None = None  # a solve beside training
-        self._on_plan: OnPlan | None = None  # what every rank does with the pending plan
+        self.pending: PendingPlan | None = None  # an in-job plan rank 0 solves beside training
         self.budget_curves: dict[str, Any] = {}  # rank 0: speed curves solved for re-pricing
         self.curve_profile: Path | None = None  # the auto budget's in-job profile (this run)
         self.metrics = MetricsLogger(
@@ -361,12 +350,7 @@ class Trainer:
             source=f"reprice:{at}",
             out_dir=Path(self.cfg.out_dir) / f"reprice_{at}",
         )
-
-        def repriced(plan: PlanSource, why: str) -> None:
-            self.metrics.note(f"re-priced at iteration {at}: {why}")
-            self.set_plan(plan)
-
-        self._solve_beside_training(work, what="re-pricing", on_plan=repriced)
+        self._solve_beside_training(work, what="re-pricing", then=("reprice", str(at)))
 
     def _check_drift(self, m: StepMetrics) -> None:
         """Re-profile when the measured time drifts from the prediction for long enough."""
@@ -426,56 +410,55 @@ class Trainer:
         work = None
         if profile is not None:
             work = functools.partial(solve_in_job, profile, budget, source, out_dir)
+        self._solve_beside_training(work, what=f"re-plan {source}", then=("replan", str(out_dir)))
 
-        def replanned(plan: PlanSource, why: str) -> None:
-            if why:
-                self.metrics.note(f"budget: {why}")
-            if cap == "auto":
-                self.curve_profile = out_dir / "profile.json"
-            self.set_plan(plan)
-            self.metrics.note(
-                f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> "
-                f"{plan.makespan * 1e3:.1f} ms per iteration "
-                f"(speedup {plan.baseline_makespan / plan.makespan:.3f})"
-            )
-
-        self._solve_beside_training(work, what=f"re-plan {source}", on_plan=replanned)
-
-    def _solve_beside_training(self, work: Any, *, what: str, on_plan: OnPlan) -> None:
+    def _solve_beside_training(self, work: Any, *, what: str, then: tuple[str, str]) -> None:
         """Start rank 0's solve (`work`, None on other ranks); its plan takes effect
         `--replan-lag` iterations from now on every rank (now, when the lag is 0)."""
-        lag = self.cfg.freeze.replan_lag
-        self.pending = PendingSolve(work, started=self.iteration, lag=lag, what=what)
-        self._on_plan = on_plan
+        self.pending = PendingPlan.start(
+            work, iteration=self.iteration, lag=self.cfg.freeze.replan_lag, what=what, then=then
+        )
         self._apply_due_plan()
 
     def _apply_due_plan(self) -> None:
-        """At the iteration the pending solve is due: its plan, broadcast by rank 0, applies."""
+        """At the iteration the pending plan is due: rank 0's solve, broadcast, applies."""
         pending = self.pending
         if pending is None or not pending.is_due(self.iteration):
             return
-        solved, waited = pending.result() if self.rank == 0 else (None, 0.0)
-        plan, why = broadcast_plan(solved)
-        on_plan = self._on_plan
-        assert on_plan is not None
-        self.pending = self._on_plan = None
+        plan, why = pending.collect(self.rank, broadcast_plan)
+        self.pending = None
         if pending.due > pending.started:
+            took = "" if pending.solve is None else f" in {pending.solve.seconds:.1f} s"
             self.metrics.note(
-                f"{pending.what}: solved in {pending.solve_seconds:.1f} s beside iterations "
-                f"{pending.started + 1}-{pending.due}, in force from {pending.due + 1} "
-                f"(training waited {waited:.1f} s for it)"
+                f"{pending.what}: solved{took} beside iterations {pending.started + 1}-"
+                f"{pending.due}, in force from {pending.due + 1} (training waited "
+                f"{pending.waited:.1f} s for it)"
             )
-        on_plan(plan, why)
+        kind, arg = pending.then
+        if kind == "reprice":
+            self.metrics.note(f"re-priced at iteration {arg}: {why}")
+            self.set_plan(plan)
+            return
+        if why:
+            self.metrics.note(f"budget: {why}")
+        if self.cfg.freeze.max_freeze_ratio == "auto":
+            self.curve_profile = Path(arg) / "profile.json"
+        self.set_plan(plan)
+        self.metrics.note(
+            f"plan: predicted {plan.baseline_makespan * 1e3:.1f} -> "
+            f"{plan.makespan * 1e3:.1f} ms per iteration "
+            f"(speedup {plan.baseline_makespan / plan.makespan:.3f})"
+        )
 
     def _abandon_pending(self) -> None:
-        """The run ended before the pending solve was due: wait for it, so its files are
-        written whole, and say that its plan was not applied."""
-        pending, self.pending, self._on_plan = self.pending, None, None
+        """The run ended before the pending plan was due: wait for its solve, so its files
+        are written whole, and say that the plan was not applied."""
+        pending, self.pending = self.pending, None
         assert pending is not None
         outcome = "was not applied"
-        if self.rank == 0:
+        if self.rank == 0 and pending.solve is not None and pending.solved is None:
             try:
-                pending.result()
+                pending.solve.result()
             except Exception as exc:  # the run is over: report it, do not mask its own error
                 outcome = f"failed ({exc})"
         self.metrics.note(
@@ -525,6 +508,7 @@ class Trainer:
             "plan": None if self.plan is None else self.plan.to_dict(),
             "replans": self.replans,
             "drift_count": self.drift_count,
+            "pending": None if self.pending is None else self.pending.to_dict(),
             "rng": rng_state(),
         }
 
@@ -538,10 +522,13 @@ class Trainer:
         self._resume_plan(state)
         self.replans = int(state["replans"])
         self.drift_count = int(state["drift_count"])
+        self._resume_pending(state.get("pending"))
         set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         assert self.cfg.save is not None
+        if self.pending is not None:  # stored with its due iteration: a resume switches there
+            self.pending.collect(self.rank, broadcast_plan)
         meta = {
             "model": self.job.model.to_dict(),
             "parallel": self.job.parallel.to_dict(),
@@ -600,6 +587,20 @@ class Trainer:
             self.freezer.load_state_dict(state["freezer"])
         if not f.enabled:
             self.metrics.note(f"continuing the checkpoint's plan ({saved.source})")
+
+    def _resume_pending(self, data: dict[str, Any] | None) -> None:
+        """The checkpoint's plan on its way (`--replan-lag`) is due where it was, unless this
+        run plans nothing in-job (`--no-freeze`, or a plan file without drift or re-pricing)."""
+        if data is None:
+            return
+        f = self.cfg.freeze
+        if f.no_freeze or not (f.auto or f.drift_threshold or f.reprice_every):
+            self.metrics.note(
+                f"the checkpoint's {data['what']}, due at iteration {data['due']}, is dropped: "
+                "this run plans nothing in-job"
+            )
+            return
+        self.pending = PendingPlan.from_dict(data)
 
     def load_checkpoint(self, path: str) -> None:
         """Resume from the iteration folder the launcher resolved and checked (`resume_from`)."""

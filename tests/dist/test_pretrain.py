@@ -291,3 +291,27 @@ def test_replan_lag_with_repricing_skips_and_abandons_in_order(tmp_path: Path) -
     predicted = [r["predicted_seconds"] for r in records]
     assert predicted[2:7] == pytest.approx([plan.predicted.makespan] * 5)
     assert predicted[7:] == pytest.approx([new] * 2)
+
+
+def test_a_checkpoint_inside_the_replan_lag_resumes_with_that_plan_where_it_was_due(
+    tmp_path: Path,
+) -> None:
+    """`--plan auto --replan-lag 3`: measured after the 2-iteration warm-up, in force from
+    iteration 6. A run that saves at 4, while its plan is on its way, stops there and resumes:
+    the resumed run measures nothing and switches to the checkpoint's plan at 6, so the two
+    halves equal one run given that plan as a file with a 5-iteration warm-up, loss for loss.
+    (Two auto runs measure two profiles, so they may solve different plans.)"""
+    common = ["--iters", "7", "--lr-warmup-iters", "1", "--max-freeze-ratio", "0.8"]
+    lagged = ["--plan", "auto", "--freeze-warmup-iters", "2", "--profile-iters", "2"]
+    lagged += ["--replan-lag", "3", "--save-interval", "4", "--save", str(tmp_path / "ck")]
+    _ok(_pretrain(tmp_path, *common, *lagged, "--exit-after-iters", "4", out="first"))
+    second = _pretrain(tmp_path, *common, *lagged, "--load", str(tmp_path / "ck"), out="second")
+    _ok(second)
+    assert "beside iterations 3-5, in force from 6" in second.stdout
+    assert not (tmp_path / "second" / "replan_0").exists()  # nothing measured again
+    plan = tmp_path / "first" / "replan_0" / "plan.json"
+    file_run = ["--plan", str(plan), "--freeze-warmup-iters", "5"]
+    _ok(_pretrain(tmp_path, *common, *file_run, out="file"))
+    first, after = _losses(tmp_path, "first"), _losses(tmp_path, "second")
+    assert sorted(first) == [1, 2, 3, 4] and sorted(after) == [5, 6, 7]
+    assert {**first, **after} == _losses(tmp_path, "file")
