@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -186,25 +187,32 @@ def test_plan_auto_with_the_auto_budget(tmp_path: Path) -> None:
     assert plan["max_freeze_ratio"] == choice.max_freeze_ratio
 
 
+def _reprice_inputs(tmp: Path) -> tuple[Any, Any]:
+    """The pp 2 x 4 profile (synthetic 1:1:1) and its plan at cap 0.3, saved as profile.json
+    and plan.json under `tmp`: the starting plan and speed curve of a re-pricing run."""
+    from megatron_tf.formats.plan import save_plan
+    from megatron_tf.formats.profile import save_profile
+    from megatron_tf.formats.schedule import ScheduleSpec
+    from megatron_tf.schedule.costs import synthetic_profile
+    from megatron_tf.solve.lp import SolverConfig
+    from megatron_tf.solve.planner import solve_profile
+
+    profile = synthetic_profile(ScheduleSpec(kind="1f1b", pp=2, microbatches=4), [(1.0, 1.0, 1.0)])
+    save_profile(profile, tmp / "profile.json")
+    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3)).plan
+    save_plan(plan, tmp / "plan.json")
+    return profile, plan
+
+
 def test_reprice_switches_plans_at_its_iterations(tmp_path: Path) -> None:
     """`--reprice-every 2` after a 2-iteration warm-up: the noise scale is probed again before
     iterations 4 and 6 (0-based: after 4 and 6 steps), each probe's cap is the budget choice on
     the given profile's speed curve, each plan is in force from the next step on (its predicted
     time in metrics.jsonl), and the probes change no loss: up to the first switch the losses
     equal those of the same run without re-pricing, exactly."""
-    from megatron_tf.formats.plan import save_plan
-    from megatron_tf.formats.profile import save_profile
-    from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.formats.schedule import ScheduleSpec
     from megatron_tf.solve.budget import LossCost, budget_curve
-    from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
 
-    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
-    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
-    save_profile(profile, tmp_path / "profile.json")
-    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3)).plan
-    save_plan(plan, tmp_path / "plan.json")
+    profile, plan = _reprice_inputs(tmp_path)
     common = ["--iters", "7", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
     common += ["--plan", str(tmp_path / "plan.json"), "--noise-probe-rounds", "2"]
     reprice = ["--max-freeze-ratio", "auto", "--reprice-every", "2"]
@@ -262,18 +270,7 @@ def test_replan_lag_with_repricing_skips_and_abandons_in_order(tmp_path: Path) -
     at iteration 4 is in force from 8 (not before), the one due at 6 is skipped while it is
     pending, and the one started at 8 is still pending when the 9-iteration run ends: its plan
     is written whole but not applied."""
-    from megatron_tf.formats.plan import save_plan
-    from megatron_tf.formats.profile import save_profile
-    from megatron_tf.formats.schedule import ScheduleSpec
-    from megatron_tf.schedule.costs import synthetic_profile
-    from megatron_tf.solve.lp import SolverConfig
-    from megatron_tf.solve.planner import solve_profile
-
-    spec = ScheduleSpec(kind="1f1b", pp=2, microbatches=4)
-    profile = synthetic_profile(spec, [(1.0, 1.0, 1.0)])
-    save_profile(profile, tmp_path / "profile.json")
-    plan = solve_profile(profile, SolverConfig(max_freeze_ratio=0.3)).plan
-    save_plan(plan, tmp_path / "plan.json")
+    _, plan = _reprice_inputs(tmp_path)
     args = ["--iters", "9", "--lr-warmup-iters", "1", "--freeze-warmup-iters", "2"]
     args += ["--plan", str(tmp_path / "plan.json"), "--noise-probe-rounds", "2"]
     args += ["--max-freeze-ratio", "auto", "--reprice-every", "2", "--replan-lag", "3"]
