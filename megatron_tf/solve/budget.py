@@ -276,7 +276,13 @@ def budget_curve(
     weights = tuple(1.0 if param_weights is None else param_weights[k] for k in keys)
     caps = sorted({float(c) for c in candidates} - {0.0})
     results = solve_each_cap(
-        dag, base, caps, precedence=precedence, threads=threads, progress=progress
+        dag,
+        base,
+        caps,
+        stage_weights=param_weights if base.weighting == "params" else None,
+        precedence=precedence,
+        threads=threads,
+        progress=progress,
     )
     options = [CapOption(c, r.speedup, tuple(stage_shares(r.ratios))) for c, r in results.items()]
     return BudgetCurve(profile, base, weights, tuple(options), results)

@@ -257,6 +257,7 @@ def solve_each_cap(
     config: SolverConfig,
     caps: Sequence[float],
     *,
+    stage_weights: dict[tuple[int, int], float] | None = None,
     precedence: Precedence | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
@@ -281,7 +282,8 @@ def solve_each_cap(
     say(f"{len(unique)} caps, {workers} at a time")
 
     def one(cap: float) -> LpResult:
-        return solve_lp(dag, dataclasses.replace(config, max_freeze_ratio=cap), precedence=prec)
+        capped = dataclasses.replace(config, max_freeze_ratio=cap)
+        return solve_lp(dag, capped, stage_weights=stage_weights, precedence=prec)
 
     results: dict[float, LpResult] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="timelyfreeze-cap")

@@ -245,3 +245,31 @@ def test_a_cap_that_fails_in_a_thread_raises_its_error() -> None:
         solve_each_cap(dag, SolverConfig(weighting="params"), [0.1, 0.2, 0.3], threads=2)
     with pytest.raises(ConfigError, match="--threads must be >= 1, got 0"):
         solve_each_cap(dag, SolverConfig(), [0.1], threads=0)
+
+
+def test_params_weighting_reaches_every_cap() -> None:
+    """`--weighting params` with auto: every cap is solved with the profile's parameter counts
+    (it used to fail, claiming the profile had none), equal to a lone solve given them."""
+    from megatron_tf.solve.lp import solve_lp
+    from megatron_tf.solve.planner import stage_param_weights
+
+    profile = synthetic_profile(LAYOUTS["pp4-m8"], [(1.0, 1.0, 1.0)])
+    data = profile.model_dump(mode="json")
+    for stage in data["stages"]:
+        params = 10_000 if stage["rank"] == 3 else 1_000
+        stage["units"] = [{"name": "linear.weight", "share": 1.0, "params": params}]
+    profile = type(profile).model_validate(data)
+    base = SolverConfig(weighting="params")
+    curve = budget_curve(profile, base, (0.0, 0.1, 0.3), threads=2)
+    weights = stage_param_weights(profile)
+    dag = profile_dag(profile, "megatron")
+    for cap, got in curve.results.items():
+        alone = solve_lp(
+            dag, SolverConfig(max_freeze_ratio=cap, weighting="params"), stage_weights=weights
+        )
+        assert np.array_equal(got.ratios, alone.ratios), cap
+    uniform = budget_curve(profile, SolverConfig(), (0.0, 0.1))
+    assert not np.array_equal(uniform.results[0.1].ratios, curve.results[0.1].ratios)  # reached
+    bare = synthetic_profile(LAYOUTS["pp4-m8"], [(1.0, 1.0, 1.0)])
+    with pytest.raises(ConfigError, match="--weighting params needs each stage's parameter count"):
+        budget_curve(bare, base, (0.0, 0.1))
