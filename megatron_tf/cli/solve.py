@@ -60,8 +60,9 @@ class SolverFlags:
     threads: Annotated[
         int | None,
         typer.Option(
-            help="For auto: caps solved at once, each on its own core (default: one per core "
-            "this process may use). The plans do not depend on it.",
+            help="For auto and --sweep: caps solved at once, each on its own core (default: one "
+            "per core this process may use). Auto's plans do not depend on it; 1 lets --sweep "
+            "warm-start its caps (less CPU, more wall time).",
             show_default=False,
         ),
     ] = None

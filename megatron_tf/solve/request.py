@@ -39,13 +39,13 @@ class SolveRequest:
     min_saving: float = DEFAULT_MIN_SAVING
     """The least predicted time saving for which auto freezes (`--auto-min-saving`)."""
     threads: int | None = None
-    """Caps the auto budget solves at once (None: one per usable core)."""
+    """Caps the auto budget or the sweep solves at once (None: one per usable core)."""
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        if self.threads is not None and not self.auto_budget:
-            raise ConfigError("--threads applies to --max-freeze-ratio auto (its caps)")
+        if self.threads is not None and not self.auto_budget and self.sweep is None:
+            raise ConfigError("--threads applies to --max-freeze-ratio auto and --sweep (caps)")
 
     def loss_cost(self) -> LossCost:
         """The loss-cost model of `--max-freeze-ratio auto`; ConfigError names a missing flag."""
@@ -81,7 +81,14 @@ def solve_request(
     points = None
     if request.sweep is not None:
         weights = stage_param_weights(profile) if config.weighting == "params" else None
-        points = sweep(dag, request.sweep, config, stage_weights=weights, progress=progress)
+        points = sweep(
+            dag,
+            request.sweep,
+            config,
+            stage_weights=weights,
+            threads=request.threads,
+            progress=progress,
+        )
     if not request.plan:
         return SolveAnswer(dag=dag, synthetic=synthetic, points=points)
     if request.auto_budget:

@@ -184,7 +184,7 @@ def test_bad_profiles_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
         (["--weighting", "params"], "--weighting params needs each stage's parameter count"),
         (["--solver", "simplex"], "--solver must be one of auto, glop, pdlp, got 'simplex'"),
         (["--pdlp-eps", "0"], "--pdlp-eps must be a relative accuracy in (0, 1)"),
-        (["--threads", "2"], "--threads applies to --max-freeze-ratio auto"),
+        (["--threads", "2"], "--threads applies to --max-freeze-ratio auto and --sweep"),
         (
             ["--max-freeze-ratio", "auto", "--noise-scale", "4", "--batch-samples", "8"]
             + ["--threads", "0"],
