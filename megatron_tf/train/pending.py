@@ -30,20 +30,15 @@ SolvedPlan = tuple[dict[str, Any], str]
 
 
 class PendingSolve[T]:
-    """`work()` on a thread, started now; `result()` waits for it on the caller's thread.
+    """`work()` on a thread, started now; `result()` waits for it on the caller's thread."""
 
-    Ranks other than 0 hold one with `work=None`: they have nothing to wait for.
-    """
-
-    def __init__(self, work: Callable[[], T] | None, *, name: str = "timelyfreeze solve") -> None:
+    def __init__(self, work: Callable[[], T], *, name: str = "timelyfreeze solve") -> None:
         self.seconds = 0.0
         """How long the work ran (once it is done)."""
         self._value: T | None = None
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if work is not None:
-            self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
 
     def _run(self, work: Callable[[], T]) -> None:
         began = time.perf_counter()
@@ -55,15 +50,14 @@ class PendingSolve[T]:
             self.seconds = time.perf_counter() - began
 
     def done(self) -> bool:
-        return self._thread is None or not self._thread.is_alive()
+        return not self._thread.is_alive()
 
     def result(self) -> tuple[T | None, float]:
-        """The work's value (None without work) and the seconds spent waiting for it here.
+        """The work's value and the seconds spent waiting for it here.
 
         An exception the work raised is raised again here, on the caller's thread."""
         began = time.perf_counter()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         waited = time.perf_counter() - began
         if self._error is not None:
             raise self._error
@@ -81,7 +75,7 @@ class PendingPlan:
     then: tuple[str, str]
     """What every rank does with the plan: (`replan`, its folder) or (`reprice`, iteration)."""
     solve: PendingSolve[SolvedPlan] | None = None
-    """Rank 0's solve, until the plan is collected (None on a resumed run)."""
+    """Rank 0's solve (None on the other ranks and on a resumed run)."""
     solved: tuple[PlanSource, str] | None = None
     """The plan and the auto budget's reason, on every rank, once collected."""
     waited: float = 0.0
@@ -99,20 +93,20 @@ class PendingPlan:
     ) -> PendingPlan:
         if lag < 0:
             raise ValueError(f"lag must be >= 0, got {lag}")
-        solve = PendingSolve(work, name=f"timelyfreeze {what}")
+        solve = None if work is None else PendingSolve(work, name=f"timelyfreeze {what}")
         return cls(started=iteration, due=iteration + lag, what=what, then=then, solve=solve)
 
     def is_due(self, iteration: int) -> bool:
         return iteration >= self.due
 
     def collect(
-        self, rank: int, broadcast: Callable[[SolvedPlan | None], tuple[PlanSource, str]]
+        self, broadcast: Callable[[SolvedPlan | None], tuple[PlanSource, str]]
     ) -> tuple[PlanSource, str]:
         """The plan on every rank: rank 0 waits for its solve, `broadcast` shares it. Call on
         every rank at the same point; a second call returns the same plan, no collective."""
         if self.solved is None:
             value: SolvedPlan | None = None
-            if rank == 0 and self.solve is not None:
+            if self.solve is not None:
                 value, self.waited = self.solve.result()
             self.solved = broadcast(value)
         return self.solved

@@ -425,7 +425,7 @@ class Trainer:
         pending = self.pending
         if pending is None or not pending.is_due(self.iteration):
             return
-        plan, why = pending.collect(self.rank, broadcast_plan)
+        plan, why = pending.collect(broadcast_plan)
         self.pending = None
         if pending.due > pending.started:
             took = "" if pending.solve is None else f" in {pending.solve.seconds:.1f} s"
@@ -456,7 +456,7 @@ class Trainer:
         pending, self.pending = self.pending, None
         assert pending is not None
         outcome = "was not applied"
-        if self.rank == 0 and pending.solve is not None and pending.solved is None:
+        if pending.solve is not None and pending.solved is None:
             try:
                 pending.solve.result()
             except Exception as exc:  # the run is over: report it, do not mask its own error
@@ -528,7 +528,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         assert self.cfg.save is not None
         if self.pending is not None:  # stored with its due iteration: a resume switches there
-            self.pending.collect(self.rank, broadcast_plan)
+            self.pending.collect(broadcast_plan)
         meta = {
             "model": self.job.model.to_dict(),
             "parallel": self.job.parallel.to_dict(),

@@ -38,10 +38,10 @@ def test_work_runs_beside_the_caller_and_the_plan_is_due_lag_iterations_later() 
     assert (pending.started, pending.due) == (7, 10)
     assert [pending.is_due(i) for i in (7, 9, 10, 11)] == [False, False, True, True]
     release.set()
-    assert pending.collect(0, _broadcast) == (PLAN, "cap 0.3")
+    assert pending.collect(_broadcast) == (PLAN, "cap 0.3")
     assert pending.waited >= 0.0 and pending.solve.seconds > 0.0
     # a second collect is the same plan and calls no collective
-    assert pending.collect(0, lambda _: pytest.fail("broadcast twice")) == (PLAN, "cap 0.3")
+    assert pending.collect(lambda _: pytest.fail("broadcast twice")) == (PLAN, "cap 0.3")
 
 
 def test_result_waits_for_slow_work_and_reports_the_wait() -> None:
@@ -62,7 +62,7 @@ def test_an_error_in_the_work_is_raised_by_result() -> None:
 
 def test_ranks_without_work_take_rank_0s_plan() -> None:
     pending = PendingPlan.start(None, iteration=4, lag=2, what="x", then=("reprice", "4"))
-    got = pending.collect(1, lambda value: (PLAN, "from rank 0") if value is None else None)
+    got = pending.collect(lambda value: (PLAN, "from rank 0") if value is None else None)
     assert got == (PLAN, "from rank 0") and pending.due == 6
     with pytest.raises(ValueError, match="lag"):
         PendingPlan.start(None, iteration=0, lag=-1, what="x", then=("reprice", "0"))
@@ -76,7 +76,7 @@ def test_a_collected_plan_round_trips_through_a_checkpoint() -> None:
         what="re-plan auto:0",
         then=("replan", "run/replan_0"),
     )
-    pending.collect(0, _broadcast)
+    pending.collect(_broadcast)
     back = PendingPlan.from_dict(pending.to_dict())
     assert (back.started, back.due, back.what, back.then) == (2, 5, "re-plan auto:0", pending.then)
     assert back.solved == (PLAN, "") and back.solve is None
