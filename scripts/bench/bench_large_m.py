@@ -8,7 +8,11 @@ misses (docs/lp.md, section 8: the lead for large M).
 For each M it solves the LP (GLOP, k_min 0) and prints T* and its increments per microbatch.
 Then it splices each smaller M's plan: K = M_max - M microbatches frozen uniformly at the cap,
 inserted at every position in turn, evaluated on the M_max schedule's DAG; the best splice
-is printed against T*(M_max).
+is printed against T*(M_max). Rank r inserts its block `shift` x r microbatches later than
+rank 0 (`--shifts`, default 0 and 1): at shift 0 the inserted block's backwards are not a cut
+of the steady state (a path can hop ranks past them), at shift 1 on 1F1B they are.
+
+    .venv/bin/python scripts/bench/bench_large_m.py --ms 16,32                 # shift 1 reaches T*
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ def node_ratios(dag: Dag, ratios: np.ndarray) -> np.ndarray:
     return out
 
 
+def splice(ratios: np.ndarray, count: int, cap: float, at: int, shift: int) -> np.ndarray:
+    """`ratios` with `count` microbatches at ratio `cap` inserted, on rank r before microbatch
+    at + shift * r."""
+    pp, vpp, m = ratios.shape
+    out = np.empty((pp, vpp, m + count))
+    for r in range(pp):
+        p = at + shift * r
+        out[r] = np.concatenate([ratios[r, :, :p], np.full((vpp, count), cap), ratios[r, :, p:]], 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", default="1f1b", choices=("1f1b", "interleaved"))
@@ -42,6 +57,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=0.2)
     parser.add_argument("--comm", type=float, default=0.0)
     parser.add_argument("--unbalanced", action="store_true", help="per-rank costs in [0.5, 1.5]")
+    parser.add_argument("--shifts", default="0,1", help="per-rank offsets of the spliced block")
     args = parser.parse_args()
     ms = [int(x) for x in args.ms.split(",")]
     rng = np.random.default_rng(0)
@@ -67,17 +83,17 @@ def main() -> None:
     step = args.pp if args.kind == "interleaved" else 1  # keep microbatch groups whole
     for m in ms[:-1]:
         ratios = solved[m][1].ratios
-        fill = np.full((args.pp, args.vpp, big - m), args.cap)
-        spans = []
-        for at in range(0, m + 1, step):
-            spliced = np.concatenate([ratios[:, :, :at], fill, ratios[:, :, at:]], axis=2)
-            spans.append((evaluate(dag, node_ratios(dag, spliced)).makespan, at))
-        span, at = min(spans)
-        gap = span / best_big.lp_makespan - 1
-        print(
-            f"M={m} plan spliced to M={big} at {at}: {span:.6f} against T* "
-            f"{best_big.lp_makespan:.6f} ({gap:+.2e})"
-        )
+        for shift in (int(x) for x in args.shifts.split(",")):
+            spans = []
+            for at in range(0, m + 1 - shift * (args.pp - 1), step):
+                spliced = splice(ratios, big - m, args.cap, at, shift)
+                spans.append((evaluate(dag, node_ratios(dag, spliced)).makespan, at))
+            span, at = min(spans)
+            gap = span / best_big.lp_makespan - 1
+            print(
+                f"M={m} plan spliced to M={big} at {at}, shift {shift}: {span:.6f} against T* "
+                f"{best_big.lp_makespan:.6f} ({gap:+.2e})"
+            )
 
 
 if __name__ == "__main__":
