@@ -13,6 +13,8 @@ rank 0 (`--shifts`, default 0 and 1): at shift 0 the inserted block's backwards 
 of the steady state (a path can hop ranks past them), at shift 1 on 1F1B they are.
 
     .venv/bin/python scripts/bench/bench_large_m.py --ms 16,32                 # shift 1 reaches T*
+    .venv/bin/python scripts/bench/bench_large_m.py --pp 8 --unbalanced --comm 0.05 --cap 0.3 \
+        --ms 32,48,64,80 --shifts=-2,-1,0,1,2
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def main() -> None:
         ratios = solved[m][1].ratios
         for shift in (int(x) for x in args.shifts.split(",")):
             spans = []
-            for at in range(0, m + 1 - shift * (args.pp - 1), step):
+            reach = shift * (args.pp - 1)  # rank pp - 1 inserts `reach` after rank 0
+            for at in range(max(0, -reach), m + 1 - max(0, reach), step):
                 spliced = splice(ratios, big - m, args.cap, at, shift)
                 spans.append((evaluate(dag, node_ratios(dag, spliced)).makespan, at))
             span, at = min(spans)
