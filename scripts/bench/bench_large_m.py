@@ -7,7 +7,7 @@ misses (docs/lp.md, section 8: the lead for large M).
 
 For each M it solves the LP (GLOP, k_min 0) and prints T* and its increments per microbatch.
 Then it splices each smaller M's plan: K = M_max - M microbatches frozen uniformly at the cap,
-inserted at every position in turn, evaluated on the M_max schedule's DAG; the best splice
+inserted at every position in turn (every `--at-step`-th), evaluated on the M_max schedule's DAG; the best splice
 is printed against T*(M_max). Rank r inserts its block `shift` x r microbatches later than
 rank 0 (`--shifts`, default 0 and 1): at shift 0 the inserted block's backwards are not a cut
 of the steady state (a path can hop ranks past them), at shift 1 on 1F1B they are. With
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--bound", type=float, help="a proven lower bound on T*(largest M)")
     args = parser.parse_args()
     ms = [int(x) for x in args.ms.split(",")]
+    if args.unsolved_largest and len(ms) < 3:
+        parser.error("--unsolved-largest needs two solved M below the largest (--ms)")
     rng = np.random.default_rng(0)
     costs = (
         [tuple(float(x) for x in rng.uniform(0.5, 1.5, 3)) for _ in range(args.pp)]
@@ -99,8 +101,8 @@ def main() -> None:
             f"M={m}: T* {result.lp_makespan:.6f} (nothing frozen: "
             f"{result.baseline_makespan:.6f}; {time.process_time() - cpu:.1f} s CPU)"
         )
-    t = [t_star[m] for m in sorted(t_star)]
     solved_ms = sorted(t_star)
+    t = [t_star[m] for m in solved_ms]
     steps = [(t[i + 1] - t[i]) / (solved_ms[i + 1] - solved_ms[i]) for i in range(len(t) - 1)]
     print("T* increments per microbatch:", ", ".join(f"{x:.6f}" for x in steps))
     if args.unsolved_largest:
