@@ -8,12 +8,12 @@ misses (docs/lp.md, section 8: the lead for large M).
 For each M it solves the LP (GLOP, k_min 0) and prints T* and its increments per microbatch.
 Then it splices each smaller M's plan: K = M_max - M microbatches frozen uniformly at the cap,
 inserted at every position in turn (or every `--at-step`-th), evaluated on the M_max
-schedule's DAG; the best splice is printed against T*(M_max). Rank r inserts its block `shift` x r microbatches later than
-rank 0 (`--shifts`, default 0 and 1): at shift 0 the inserted block's backwards are not a cut
-of the steady state (a path can hop ranks past them), at shift 1 on 1F1B they are. With
-`--unsolved-largest` the largest M is only evaluated, not solved (GLOP does not finish at pp
-64), and the splice is compared with T* extrapolated from the last increment (not a bound)
-and with `--bound`, a proven lower bound such as `solve`'s dual bound.
+schedule's DAG; the best splice is printed against T*(M_max). Rank r inserts its block `shift`
+x r microbatches later than rank 0 (`--shifts`, default 0 and 1): at shift 0 the inserted
+block's backwards are not a cut of the steady state (a path can hop ranks past them), at shift
+1 on 1F1B they are. With `--unsolved-largest` the largest M is only evaluated, not solved
+(GLOP does not finish at pp 64), and the splice is compared with T* extrapolated from the last
+increment (not a bound) and with `--bound`, a proven lower bound such as `solve`'s dual bound.
 
     .venv/bin/python scripts/bench/bench_large_m.py --ms 16,32                 # shift 1 reaches T*
     .venv/bin/python scripts/bench/bench_large_m.py --pp 8 --unbalanced --comm 0.05 --cap 0.3 \
