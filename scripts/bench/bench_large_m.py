@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,13 +37,20 @@ from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.lp import SolverConfig, solve_lp
 
 
-def node_ratios(dag: Dag, ratios: np.ndarray) -> np.ndarray:
-    """Per-node ratios of a (pp, vpp, M) plan on `dag`."""
-    out = np.zeros(len(dag.nodes))
-    for i, nd in enumerate(dag.nodes):
-        if nd.kind is NodeKind.BACKWARD:
-            out[i] = ratios[nd.rank, nd.chunk, nd.microbatch]
-    return out
+def plan_on(dag: Dag) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-node ratios of a (pp, vpp, M) plan on `dag`; the backward index is built once, since
+    one DAG evaluates every insertion point."""
+    nodes = [i for i, nd in enumerate(dag.nodes) if nd.kind is NodeKind.BACKWARD]
+    where = tuple(
+        np.array([getattr(dag.nodes[i], f) for i in nodes]) for f in ("rank", "chunk", "microbatch")
+    )
+
+    def node_ratios(ratios: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(dag.nodes))
+        out[nodes] = ratios[where]
+        return out
+
+    return node_ratios
 
 
 def splice(ratios: np.ndarray, count: int, cap: float, at: int, shift: int) -> np.ndarray:
@@ -108,11 +116,12 @@ def main() -> None:
     if args.unsolved_largest:
         # an extrapolation, not a bound: T* is affine in M only once M is large enough
         reference = t[-1] + steps[-1] * (big - solved_ms[-1])
+        what = "the extrapolated T*"
         print(f"M={big}: not solved; T* extrapolated from the last increment: {reference:.6f}")
     else:
-        reference = t_star[big]
-    what = "the extrapolated T*" if args.unsolved_largest else "T*"
+        reference, what = t_star[big], "T*"
     dag = dag_for(big)
+    node_ratios = plan_on(dag)
     step = args.at_step or (args.pp if args.kind == "interleaved" else 1)  # groups whole
     for m in ms[:-1]:
         for shift in (int(x) for x in args.shifts.split(",")):
@@ -120,7 +129,7 @@ def main() -> None:
             reach = shift * (args.pp - 1)  # rank pp - 1 inserts `reach` after rank 0
             for at in range(max(0, -reach), m + 1 - max(0, reach), step):
                 spliced = splice(ratios[m], big - m, args.cap, at, shift)
-                spans.append((evaluate(dag, node_ratios(dag, spliced)).makespan, at))
+                spans.append((evaluate(dag, node_ratios(spliced)).makespan, at))
             span, at = min(spans)
             bound = "" if args.bound is None else f"; {span / args.bound - 1:+.2e} over the bound"
             print(
