@@ -145,6 +145,9 @@ def launch_megatron_lm(
             "(tensor x pipeline x data parallel) is decided by its own arguments"
         )
     args = list(megatron_args or [])
+    from megatron_tf.megatron.guard import check_argv
+
+    check_argv(args)  # every refused flag in one line, before torchrun
     if options.dry_run:
         folder = tempfile.mkdtemp(prefix="timelyfreeze-job-")
         env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))
