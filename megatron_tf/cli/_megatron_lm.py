@@ -147,7 +147,8 @@ def launch_megatron_lm(
     args = list(megatron_args or [])
     from megatron_tf.megatron.guard import check_argv
 
-    check_argv(args)  # every refused flag in one line, before torchrun
+    if job.plan is not None or job.mode == "profile":  # freezing, or profiling frozen backwards
+        check_argv(args)  # every refused flag in one line, before torchrun
     if options.dry_run:
         folder = tempfile.mkdtemp(prefix="timelyfreeze-job-")
         env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))

@@ -365,6 +365,16 @@ def _te_bias_outside_fp8(config: Any) -> bool:
     return bool(te and biased and not getattr(config, "fp8", None))
 
 
+def _te_bulk_wgrad_overlap(config: Any) -> bool:
+    return bool(
+        getattr(config, "tp_comm_overlap", False)
+        and getattr(config, "tp_comm_bulk_wgrad", True)
+        and not getattr(config, "tp_comm_overlap_rs_dgrad", False)
+        and getattr(config, "sequence_parallel", False)
+        and getattr(config, "transformer_impl", None) == "transformer_engine"
+    )
+
+
 def _cuda_graph_impl(config: Any) -> bool:
     return getattr(config, "cuda_graph_impl", "none") not in (None, "none")
 
@@ -383,13 +393,19 @@ REFUSALS: tuple[Refusal, ...] = (
         "--disable-bias-linear (and no --add-qkv-bias) or --transformer-impl local",
         _te_bias_outside_fp8,
     ),
-    # TransformerEngine module/linear.py `_Linear.backward`: with ub_bulk_wgrad the input
-    # gradient's reduce-scatter is taken only inside `if ctx.requires_wgrad`.
+    # TransformerEngine v2.17.1 module/layernorm_linear.py `_LayerNormLinear.backward`: with
+    # ub_bulk_wgrad (kept only with sequence parallel and no ub_overlap_rs_dgrad) the dgrad GEMM
+    # leaves this rank's unreduced chunk and the reduce-scatter runs as the bulk overlap of the
+    # wgrad GEMM, inside `if ctx.requires_wgrad:`. Megatron passes ub_bulk_wgrad only to
+    # TELayerNormColumnParallelLinear (extensions/transformer_engine.py); local linears ignore
+    # every tp_comm_* setting.
     Refusal(
         "--tp-comm-overlap",
         "tp_comm_overlap",
-        "TransformerEngine's bulk wgrad overlap reduce-scatters the input gradient only when the "
-        "weight needs a gradient",
+        "with sequence parallelism TransformerEngine's bulk wgrad overlap reduce-scatters the "
+        "input gradient only when the weight needs a gradient; turn off its bulk wgrad overlap "
+        "(tp_comm_bulk_wgrad) or pass --tp-comm-overlap-rs-dgrad",
+        _te_bulk_wgrad_overlap,
     ),
     # megatron/core/distributed/distributed_data_parallel.py `_make_forward_pre_hook`:
     # `assert param.requires_grad` before each gathered parameter is used.
@@ -488,6 +504,10 @@ _ARGV_DEFAULTS: dict[str, Any] = {
     "add_qkv_bias": False,
     "fp8": None,
     "cuda_graph_impl": "none",
+    "tp_comm_overlap": False,
+    "tp_comm_bulk_wgrad": True,
+    "tp_comm_overlap_rs_dgrad": False,
+    "sequence_parallel": False,
 }
 _VALUE_FLAGS = {
     "--transformer-impl": "transformer_impl",
@@ -497,6 +517,11 @@ _VALUE_FLAGS = {
 _SWITCHES: dict[str, tuple[str, bool]] = {
     "--disable-bias-linear": ("add_bias_linear", False),
     "--add-qkv-bias": ("add_qkv_bias", True),
+    "--tp-comm-overlap": ("tp_comm_overlap", True),
+    "--disable-tp-comm-bulk-wgrad": ("tp_comm_bulk_wgrad", False),
+    "--no-tp-comm-bulk-wgrad": ("tp_comm_bulk_wgrad", False),
+    "--tp-comm-overlap-rs-dgrad": ("tp_comm_overlap_rs_dgrad", True),
+    "--sequence-parallel": ("sequence_parallel", True),
 }
 
 

@@ -149,6 +149,11 @@ def test_each_table_entry_refuses_its_setting(refusal: guard.Refusal) -> None:
     on = {
         "transformer_impl": TE_BIAS,
         "cuda_graph_impl": {"cuda_graph_impl": "transformer_engine"},
+        "tp_comm_overlap": {
+            "tp_comm_overlap": True,
+            "sequence_parallel": True,
+            "transformer_impl": "transformer_engine",
+        },
     }.get(refusal.attr, {refusal.attr: True})
     with pytest.raises(UnsupportedMegatronError, match=rf"^{refusal.attr}=") as info:
         guard.check_config(SimpleNamespace(**on))
@@ -215,6 +220,8 @@ def test_argv_scan_reads_every_flag_of_the_table() -> None:
     for refusal in guard.REFUSALS:
         if refusal.attr == "transformer_impl":
             argv = ["--add-qkv-bias", "--disable-bias-linear"]  # the default spec, a qkv bias
+        elif refusal.attr == "tp_comm_overlap":  # TE's bulk wgrad overlap, sequence parallel
+            argv = ["--disable-bias-linear", "--sequence-parallel", refusal.flag]
         elif refusal.attr == "cuda_graph_impl":
             argv = ["--transformer-impl", "local", "--cuda-graph-impl", "local"]
         else:
@@ -223,3 +230,17 @@ def test_argv_scan_reads_every_flag_of_the_table() -> None:
     local = ["--transformer-impl", "local"]
     assert guard.refused_flags([*local, "--cuda-graph-impl=none"]) == []
     assert guard.refused_flags(["--fp8-format", "hybrid"]) == []  # TE with FP8: bias in FP8 path
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--transformer-impl", "local", "--sequence-parallel"],  # local linears ignore tp_comm_*
+        [],  # no sequence parallelism: TE keeps no bulk wgrad overlap
+        ["--sequence-parallel", "--tp-comm-overlap-rs-dgrad"],
+        ["--sequence-parallel", "--disable-tp-comm-bulk-wgrad"],
+        ["--sequence-parallel", "--no-tp-comm-bulk-wgrad"],
+    ],
+)
+def test_tp_comm_overlap_is_refused_only_with_the_bulk_wgrad_overlap(extra: list[str]) -> None:
+    assert guard.refused_flags(["--disable-bias-linear", "--tp-comm-overlap", *extra]) == []

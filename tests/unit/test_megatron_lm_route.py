@@ -365,7 +365,7 @@ def test_cpu_trial_belongs_to_the_megatron_lm_route(tmp_path: Path) -> None:
         )
 
 
-def test_refused_megatron_flags_stop_before_torchrun(megatron_lm_snapshot) -> None:
+def test_refused_megatron_flags_stop_before_torchrun(megatron_lm_snapshot, tmp_path) -> None:
     """A GPU recipe on Megatron-LM's default TransformerEngine spec: the real CLI, in a fresh
     process, names every refused flag in one line and exits 2 before torchrun starts."""
     import subprocess
@@ -374,7 +374,11 @@ def test_refused_megatron_flags_stop_before_torchrun(megatron_lm_snapshot) -> No
     from megatron_tf.megatron import guard
 
     recipe = ["--num-layers", "2", "--bf16", "--overlap-param-gather", "--tp-comm-overlap"]
-    cli = [sys.executable, "-m", "megatron_tf", "pretrain", "--nproc-per-node", "2"]
+    recipe += ["--sequence-parallel"]
+    # Profiling measures frozen backwards, so it is checked like a run with a plan; a run
+    # without a plan freezes nothing and is not scanned.
+    cli = [sys.executable, "-m", "megatron_tf", "profile", "--nproc-per-node", "2"]
+    cli += ["-o", str(tmp_path / "profile.json")]
     cli += ["--megatron-lm", str(megatron_lm_snapshot("main")), "--dry-run", "--", *recipe]
     start = time.monotonic()
     proc = subprocess.run(cli, capture_output=True, text=True, check=False)
