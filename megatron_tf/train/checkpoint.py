@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.jsonio import read_json
 
 CHECKPOINT_FORMAT = "timelyfreeze.checkpoint/1"
 # Fields of the layout that must match for a resume; the LR schedule and data may change.
@@ -87,16 +88,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def read_meta(path: Path) -> dict[str, Any]:
     """meta.json of an iteration folder; ConfigError naming the file when unreadable."""
     file = path / "meta.json"
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{file} is missing: the checkpoint is incomplete") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file} is damaged: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} is damaged: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not file.is_file():
+        raise ConfigError(f"{file} is missing: the checkpoint is incomplete")
+    meta = read_json(file, "checkpoint file")
     if not isinstance(meta, dict) or not isinstance(meta.get("iteration"), int):
         raise ConfigError(f"{file} is damaged: no integer 'iteration' field")
     if meta.get("format") != CHECKPOINT_FORMAT:
@@ -300,7 +294,7 @@ def save_checkpoint(
     if rank == 0:
         files = {}
         for note in sorted(staging.glob("rank_*.pt.json")):
-            files[note.name.removesuffix(".json")] = json.loads(note.read_text(encoding="utf-8"))
+            files[note.name.removesuffix(".json")] = read_json(note, "checkpoint note")
             note.unlink()
         full = {"format": CHECKPOINT_FORMAT, "iteration": iteration, **meta, "files": files}
         _write_atomic(staging / "meta.json", json.dumps(full, indent=2) + "\n")
