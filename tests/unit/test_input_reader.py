@@ -94,11 +94,20 @@ def fifo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "args", [("solve", "{}"), ("simulate", "--profile", "{}")], ids=["solve", "simulate"]
+    ("args", "what"),
+    [
+        (("solve", "{}"), "profile"),
+        (("simulate", "--profile", "{}"), "profile"),
+        (("pretrain", "--dry-run", "--plan", "{}"), "plan"),
+    ],
+    ids=["solve", "simulate", "pretrain"],
 )
-def test_fifo_profile_is_refused_without_blocking(fifo: Path, args: tuple[str, ...]) -> None:
-    code, err = _run(*(a.format(fifo) for a in args))
-    _one_line(code, err, f"profile {fifo} is a FIFO (named pipe), expected a regular file")
+def test_fifo_input_is_refused_without_blocking(
+    fifo: Path, tmp_path: Path, args: tuple[str, ...], what: str
+) -> None:
+    extra = ("--out-dir", str(tmp_path / "run")) if args[0] == "pretrain" else ()
+    code, err = _run(*(a.format(fifo) for a in args), *extra)
+    _one_line(code, err, f"{what} {fifo} is a FIFO (named pipe), expected a regular file")
 
 
 def test_character_device_is_refused(capsys) -> None:
