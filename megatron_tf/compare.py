@@ -279,7 +279,7 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
 
     spec = cfg.parallel.schedule_spec()
     if cfg.profile is not None:
-        profile = load_profile(cfg.profile)
+        profile = load_profile(cfg.profile, flag="--profile")
         if profile.spec != spec:
             raise ConfigError(
                 f"--profile {cfg.profile} is for {profile.spec.describe()}, not {spec.describe()}"

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,19 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     """The folder `latest` names under `root` if it holds a meta.json, else None (no checks)."""
     marker = Path(root) / "latest"
     try:
-        name = marker.read_text(encoding="utf-8").strip()
+        name = _read_marker(marker)
     except (OSError, UnicodeDecodeError):
         return None
     path = Path(root) / name
     return path if _ITER_DIR.match(name) and (path / "meta.json").is_file() else None
+
+
+def _read_marker(marker: Path) -> str:
+    """The text of `latest`: only a small regular file is opened (a FIFO would block `open`)."""
+    info = os.stat(marker)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
+        raise OSError(f"{marker.name} is not a small regular file")
+    return marker.read_text(encoding="utf-8").strip()
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -179,7 +188,7 @@ def _latest_named(root: Path) -> Path | None:
             f"--load {newest}"
         )
     try:
-        name = marker.read_text(encoding="utf-8").strip()
+        name = _read_marker(marker)
     except (OSError, UnicodeDecodeError) as exc:
         name = f"<unreadable: {exc}>"
     path = root / name

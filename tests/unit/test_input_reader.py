@@ -230,3 +230,23 @@ def test_cache_env_naming_a_file_is_one_line(tmp_path: Path) -> None:
     )
     _one_line(code, err, f"TIMELYFREEZE_CACHE '{plain}': '{plain}' is a file, expected a folder")
     assert plain.read_text() == "not a folder"
+
+
+def test_fifo_latest_marker_does_not_block(tmp_path: Path) -> None:
+    root = tmp_path / "ck"
+    (root / "iter_0000001").mkdir(parents=True)
+    (root / "iter_0000001" / "meta.json").write_text("{}")
+    os.mkfifo(root / "latest")
+    code = (
+        "import sys; from megatron_tf.train.checkpoint import latest_checkpoint; "
+        "print(latest_checkpoint(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=10,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
