@@ -30,6 +30,7 @@ from typing import Any
 from megatron_tf.demo import demo_model
 from megatron_tf.errors import ConfigError, FormatError
 from megatron_tf.formats.job import JobEnvelope
+from megatron_tf.formats.jsonio import read_json
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
@@ -198,7 +199,7 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
         plan0 = _baseline_time(profile)
         base_curve = _curve(cfg, base_records, plan0, plan0)
         curves[f"seed{seed}/baseline"] = base_curve
-        probes = json.loads((base_dir / "noise_scale.json").read_text())
+        probes = read_json(base_dir / "noise_scale.json", "noise-scale file")
         noise = probes[0] if cfg.noise_from == "warmup" else probes[-1]
         trail = ", ".join(f"{p['noise_scale']:.1f} at it {p['iteration']:.0f}" for p in probes)
         say(f"seed {seed}: B_noise {trail} (batch {batch}); auto uses it {noise['iteration']:.0f}")
@@ -278,7 +279,7 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
 
     spec = cfg.parallel.schedule_spec()
     if cfg.profile is not None:
-        profile = load_profile(cfg.profile)
+        profile = load_profile(cfg.profile, flag="--profile")
         if profile.spec != spec:
             raise ConfigError(
                 f"--profile {cfg.profile} is for {profile.spec.describe()}, not {spec.describe()}"

@@ -98,7 +98,7 @@ def megatron_lm_job(
     if plan is not None:
         from megatron_tf.formats.plan import load_plan
 
-        load_plan(plan)
+        load_plan(plan, flag="--plan")
         plan_path = Path(plan).resolve()
     out, measure = None, None
     if mode == "profile":

@@ -139,7 +139,9 @@ def compare(*, flags: CompareFlags) -> None:
     that already holds the same finished job is reused.
     """
     from megatron_tf.cli.demo import quiet_imports
+    from megatron_tf.outputs import check_cache_dir
 
+    check_cache_dir(flags.cache_dir)
     quiet_imports()
     from megatron_tf.compare import format_table, run_compare
 

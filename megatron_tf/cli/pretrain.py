@@ -31,7 +31,7 @@ from megatron_tf.cli._model_opts import model_option
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING, FreezeConfig
-from megatron_tf.outputs import check_output_dir
+from megatron_tf.outputs import check_cache_dir, check_output_dir
 
 if TYPE_CHECKING:
     from megatron_tf.train.job import Job
@@ -416,6 +416,7 @@ def pretrain(
         _pretrain_megatron_lm(opts, megatron_lm, script, cpu_trial, megatron_args, options)
         return
     check_output_dir(opts.out_dir, "--out-dir")
+    check_cache_dir(opts.cache_dir)
     if opts.save is not None:
         check_output_dir(opts.save, "--save")
     from megatron_tf.train.launch import run_pretrain

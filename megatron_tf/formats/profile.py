@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from megatron_tf.errors import FormatError
+from megatron_tf.formats.jsonio import read_json
 from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = [
@@ -231,29 +232,10 @@ def parse_profile(data: object, source: str = "profile") -> Profile:
     return profile
 
 
-def _read_json(path: Path, what: str) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(f"{what} file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    try:
-        # NaN and Infinity decode to floats here so that validation can name the field
-        # holding them (the models only accept finite numbers).
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def load_profile(path: str | os.PathLike[str]) -> Profile:
-    """Read and validate a profile file."""
+def load_profile(path: str | os.PathLike[str], *, flag: str = "") -> Profile:
+    """Read and validate a profile file; `flag` names the option it came from in errors."""
     p = Path(path)
-    return parse_profile(_read_json(p, "profile"), source=str(p))
+    return parse_profile(read_json(p, "profile", flag=flag), source=str(p))
 
 
 def write_json_atomic(data: object, path: str | os.PathLike[str]) -> None:
