@@ -459,7 +459,7 @@ def pretrain(
 
 
 def _say_before_start(job: Job, load: str | None, dry_run: bool) -> None:
-    """Where a resumed run starts, and the embedded corpus's entropy floor."""
+    """Where a resumed run starts, and what data trains (the embedded corpus's entropy floor)."""
     if load is not None:
         said = (
             f"resuming from {job.train.resume_from}"
@@ -473,6 +473,8 @@ def _say_before_start(job: Job, load: str | None, dry_run: bool) -> None:
             f"(entropy floor {job.prepared.corpus.loss_floor:.4f} nats/token)[/]",
             soft_wrap=True,
         )
+    elif job.data.source == "path" and not dry_run:
+        console.print(f"[dim]data: {escape(job.data.describe())}[/]", soft_wrap=True)
 
 
 def _pretrain_megatron_lm(
