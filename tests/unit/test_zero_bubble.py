@@ -199,3 +199,47 @@ def test_registry() -> None:
         ScheduleSpec(kind="zb-h1", pp=4, microbatches=8, overlap_p2p_comm=True)
     with pytest.raises(ConfigError, match="expected one of 1f1b, interleaved, zb-h1"):
         ScheduleSpec(kind="zb", pp=4, microbatches=8)
+
+
+def _zb_iteration(spec: ScheduleSpec, rank: int, costs: dict[ActionKind, float], wall: float):
+    t, actions = 0.0, []
+    for kind, chunk, mb in compute_order(spec)[rank]:
+        actions.append((kind, chunk, mb, t, t + costs[kind]))
+        t += costs[kind]
+    return (wall, actions)
+
+
+def test_profile_of_a_split_backward_run_measures_w_on_its_own() -> None:
+    from megatron_tf.profile.stats import build_profile
+
+    spec = ScheduleSpec(kind="zb-h1", pp=2, microbatches=4)
+    phases = {
+        # frozen: W keeps only the weight gradients no freeze touches (norms, biases)
+        phase: [[_zb_iteration(spec, r, {F: 2.0, B: 1.5, W: w}, 20.0)] * 3 for r in range(2)]
+        for phase, w in (("unfrozen", 1.0), ("frozen", 0.1))
+    }
+    profile = build_profile(phases, spec, calibrate=False)
+    for st in profile.stages:
+        assert (st.forward, st.backward, st.weight_grad) == pytest.approx((2.0, 2.5, 1.0))
+        assert st.backward_frozen == pytest.approx(1.6)
+    dag = build_dag(spec, CostModel.from_profile(profile), "dataflow")
+    for i, node in enumerate(dag.nodes):
+        if node.kind is NodeKind.WEIGHT:
+            # freezing removes what freezing every tensor removed: 0.9 of W's 1.0
+            assert (dag.duration[i], dag.saving[i]) == pytest.approx((1.0, 0.9))
+        elif node.kind is NodeKind.BACKWARD:
+            assert (dag.duration[i], dag.saving[i]) == pytest.approx((1.5, 0.0))
+
+
+def test_profiles_without_weight_grad_derive_w() -> None:
+    """backward - backward_frozen, and on the first virtual stage (frozen backward 0) the W
+    share of the other stages; a 1F1B profile planned as zb-h1 gets the same W's."""
+    costs = [(1.0, 1.0, 0.5), (1.0, 2.0, 1.0), (1.0, 1.0, 1.0)]
+    one_f_one_b = ScheduleSpec(kind="1f1b", pp=3, microbatches=3)
+    profile = synthetic_profile(one_f_one_b, costs)
+    assert all(st.weight_grad is None for st in profile.stages)  # 1F1B profiles as before
+    weight = CostModel.from_profile(profile).weight
+    share = (1 / 3 + 1 / 2) / 2
+    assert [weight[r][0][0] for r in range(3)] == pytest.approx([1.5 * share, 1.0, 1.0])
+    zb = synthetic_profile(ScheduleSpec(kind="zb-h1", pp=3, microbatches=3), costs)
+    assert [st.weight_grad for st in zb.stages] == pytest.approx([0.5, 1.0, 1.0])
