@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from megatron_tf.errors import ConfigError
@@ -138,7 +139,7 @@ def _makespan(kind: str, pp: int, m: int, costs: tuple[float, float, float], mod
 _COSTS = list(itertools.product((0.5, 1.0, 2.0), (0.5, 1.0, 1.274), (0.25, 0.76, 1.0, 2.0)))
 
 
-@pytest.mark.parametrize(("pp", "m"), [(2, 2), (2, 5), (3, 3), (4, 8), (5, 11), (8, 16)])
+@pytest.mark.parametrize(("pp", "m"), [(2, 2), (2, 5), (3, 3), (4, 8), (5, 11), (6, 9)])
 def test_closed_form_makespan(pp: int, m: int) -> None:
     """M >= p, uniform costs, no transfer time.
 
@@ -243,3 +244,54 @@ def test_profiles_without_weight_grad_derive_w() -> None:
     assert [weight[r][0][0] for r in range(3)] == pytest.approx([1.5 * share, 1.0, 1.0])
     zb = synthetic_profile(ScheduleSpec(kind="zb-h1", pp=3, microbatches=3), costs)
     assert [st.weight_grad for st in zb.stages] == pytest.approx([0.5, 1.0, 1.0])
+
+
+def _lp_dag(spec: ScheduleSpec, costs: list[tuple[float, float, float]], model: str, comm: float):
+    profile = synthetic_profile(spec, (costs * spec.pp)[: spec.pp], comm=comm)
+    return build_dag(spec, CostModel.from_profile(profile), model)
+
+
+_UNEVEN = [(1.0, 1.5, 0.8), (0.5, 1.0, 0.5), (1.2, 0.7, 0.6), (0.8, 2.0, 1.1)]
+
+
+@pytest.mark.parametrize("model", ["megatron", "dataflow"])
+@pytest.mark.parametrize(
+    ("costs", "comm"), [([(1.0, 1.0, 1.0)], 0.0), (_UNEVEN, 0.05)], ids=["uniform", "uneven"]
+)
+def test_lp_freezes_only_w_on_the_critical_path_and_the_simulator_agrees(
+    model: str, costs: list, comm: float
+) -> None:
+    from megatron_tf.solve.critical_path import evaluate
+    from megatron_tf.solve.lp import SolverConfig, solve_lp
+
+    dag = _lp_dag(ScheduleSpec(kind="zb-h1", pp=4, microbatches=8), costs, model, comm)
+    zero = solve_lp(dag, SolverConfig(max_freeze_ratio=0.0, comm_model=model))
+    assert zero.makespan == zero.baseline_makespan == simulate(dag).makespan
+    assert not zero.ratios.any()
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.3, comm_model=model))
+    sim = simulate(dag, result.ratios.tolist())
+    assert sim.makespan == pytest.approx(result.makespan, rel=1e-6)
+    assert result.lp_makespan <= sim.makespan * (1 + 1e-9)
+    assert result.makespan < result.baseline_makespan
+    frozen = np.flatnonzero(result.node_ratios > 1e-7)
+    assert frozen.size and all(dag.nodes[i].kind is NodeKind.WEIGHT for i in frozen)
+    # each frozen W lies on the critical path: no slack to unfreeze it for free
+    slack = evaluate(dag, result.node_ratios).slack(dag)
+    assert np.all(slack[frozen] <= 1e-6 * result.makespan)
+    assert result.ratios.mean(axis=2).max() <= 0.3 + 1e-9
+
+
+def test_lp_optimum_against_grid_search_with_the_simulator() -> None:
+    """No LP: every ratio vector of the W's on a 1/2 grid, evaluated by the simulator."""
+    from megatron_tf.solve.lp import SolverConfig, solve_lp
+
+    spec = ScheduleSpec(kind="zb-h1", pp=2, microbatches=2)
+    dag = _lp_dag(spec, [(1.0, 1.0, 1.5), (0.5, 1.5, 1.0)], "megatron", 0.1)
+    best = np.inf
+    for values in itertools.product((0.0, 0.5, 1.0), repeat=4):
+        ratios = [[list(values[0:2])], [list(values[2:4])]]
+        if any(sum(chunk) > 1.0 + 1e-12 for rank in ratios for chunk in rank):
+            continue
+        best = min(best, simulate(dag, ratios).makespan)
+    result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.5))
+    assert result.lp_makespan <= best * (1 + 1e-9)
