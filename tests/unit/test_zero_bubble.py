@@ -158,7 +158,7 @@ def test_closed_form_makespan(pp: int, m: int) -> None:
             assert got == pytest.approx((m + pp - 1) * (f + b + w), abs=1e-9)
 
 
-def test_the_issue_targets_at_one_one_one() -> None:
+def test_speed_over_1f1b_at_one_one_one() -> None:
     speed = {
         (pp, m): _makespan("1f1b", pp, m, (1, 1, 1), "megatron")
         / _makespan("zb-h1", pp, m, (1, 1, 1), "megatron")
@@ -295,3 +295,37 @@ def test_lp_optimum_against_grid_search_with_the_simulator() -> None:
         best = min(best, simulate(dag, ratios).makespan)
     result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.5))
     assert result.lp_makespan <= best * (1 + 1e-9)
+
+
+def test_cli_plans_a_1f1b_profile_for_zb_h1(tmp_path) -> None:
+    """The real CLI: a 1F1B profile solved and simulated as zb-h1; a bad kind is one line."""
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from megatron_tf.cli import app
+
+    runner = CliRunner()
+    profile, plan = str(tmp_path / "p.json"), str(tmp_path / "plan.json")
+    flags = ["--pp", "4", "--microbatches", "8", "--costs", "1,1,1"]
+    made = runner.invoke(
+        app, ["profile", "--synthetic", "--schedule", "1f1b", *flags, "-o", profile]
+    )
+    assert made.exit_code == 0, made.output
+    solved = runner.invoke(app, ["solve", profile, "--schedule", "zb-h1", "-o", plan, "--json"])
+    assert solved.exit_code == 0, solved.output
+    shown = runner.invoke(
+        app, ["simulate", "--profile", profile, "--schedule", "zb-h1", "--plan", plan, "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    out = json.loads(shown.stdout)
+    assert out["schedule"]["kind"] == "zb-h1"
+    assert out["baseline_makespan"] == pytest.approx(27.0)  # M(F+B+W) + (p-1)(F+B-W)
+    assert out["makespan"] < 27.0
+    cmd = [sys.executable, "-m", "megatron_tf", "solve", profile, "--schedule", "zb"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expected one of 1f1b, interleaved, zb-h1" in lines[0], proc.stderr
