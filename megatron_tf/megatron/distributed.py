@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ from megatron_tf.megatron.compat import enable_cpu_compat
 
 __all__ = [
     "RankPlace",
+    "collective_device",
     "destroy_distributed",
+    "device_clock",
     "init_distributed",
     "rank_place",
     "rng_state",
@@ -59,12 +62,13 @@ def init_distributed(
             f"the job has {world_size} processes but --tp {parallel.tp} x --pp {parallel.pp} x "
             f"--dp {parallel.dp} = {parallel.world_size}"
         )
-    # One intra-op thread per rank: ranks share the CPU, and oversubscription makes timings noisy.
-    torch.set_num_threads(1)
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     else:
+        # One intra-op thread per rank: CPU ranks share the cores, and oversubscription makes
+        # timings noisy. On a GPU node the host threads are left as torch sets them.
+        torch.set_num_threads(1)
         enable_cpu_compat()
     if not dist.is_initialized():
         dist.init_process_group(
@@ -83,6 +87,26 @@ def init_distributed(
     )
     seed_everything(seed)
     model_parallel_cuda_manual_seed(seed)
+
+
+def collective_device() -> torch.device:
+    """The device a tensor handed to a collective must live on: NCCL moves only CUDA tensors
+    (the current device, which `init_distributed` set from LOCAL_RANK), gloo only CPU ones.
+    Object collectives and barriers pick their own device and need no tensor from here."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def device_clock() -> float:
+    """`time.perf_counter()` once the work queued on the GPU has finished.
+
+    CUDA kernels run asynchronously, so a host clock read right after the schedule returns
+    times only the launches; a time compared with a prediction is read after a synchronize.
+    On CPU it is the host clock alone."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def seed_everything(seed: int) -> None:

@@ -26,7 +26,9 @@ Gradients: with `rescale="mean"` each parameter's gradient is multiplied by M / 
 (n_active = microbatches that trained it) before any reduction: in a Megatron DDP chunk,
 right before its bucket group's data-parallel collective (which also precedes the
 tied-embedding all-reduce in `finalize_model_grads`), so both embedding copies are scaled by
-their own factor and then summed; in a plain module, at the end of the iteration.
+their own factor and then summed; in a plain module, at the end of the iteration. Any other
+data-parallel wrapper (Megatron-FSDP, torch FSDP/FSDP2, torch DDP) keeps or reduces gradients
+where neither rescale reaches, so `install` refuses it (`foreign_data_parallel`).
 
 Megatron DDP with `overlap_grad_reduce=True` dispatches a bucket when all its parameters
 reported ready on the last microbatch (param_and_grad_buffer.py, `register_grad_ready`); a
@@ -41,7 +43,7 @@ from typing import Any
 
 import torch
 
-from megatron_tf.errors import ConfigError, ScheduleMismatchError
+from megatron_tf.errors import ConfigError, ScheduleMismatchError, UnsupportedMegatronError
 from megatron_tf.formats.plan import Plan, check_plan_matches
 from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
@@ -56,7 +58,7 @@ from megatron_tf.megatron.hooks import (
     install_hooks,
 )
 
-__all__ = ["FreezeRuntime", "Ratios", "chunk_units"]
+__all__ = ["FreezeRuntime", "Ratios", "chunk_units", "foreign_data_parallel"]
 
 type Ratios = Plan | Sequence[Sequence[Sequence[float]]]
 """What the runtime freezes by: a plan (checked against the run's schedule) or the bare
@@ -82,6 +84,54 @@ def _transformer_impl(chunks: Sequence[torch.nn.Module]) -> str:
 
 def _is_ddp(chunk: torch.nn.Module) -> bool:
     return hasattr(chunk, "param_to_bucket_group") and hasattr(chunk, "bucket_groups")
+
+
+_FSDP_CLASSES = {
+    # megatron/core/distributed/fsdp/mcore_fsdp_adapter.py (core 0.19: one class; main: V1, V2
+    # behind a factory of the old name), torch_fully_sharded_data_parallel.py, and torch's FSDP1.
+    "FullyShardedDataParallel": "Megatron-FSDP or torch FSDP (FullyShardedDataParallel)",
+    "FullyShardedDataParallelV1": "Megatron-FSDP (FullyShardedDataParallelV1)",
+    "FullyShardedDataParallelV2": "Megatron-FSDP (FullyShardedDataParallelV2)",
+    "TorchFullyShardedDataParallel": "torch FSDP2 (TorchFullyShardedDataParallel)",
+    # torch/distributed/fsdp/_fully_shard/_fully_shard.py: `fully_shard` swaps a module's class
+    # for one that also derives from FSDPModule.
+    "FSDPModule": "torch FSDP2 (fully_shard)",
+}
+
+
+def _mro_names(obj: object) -> list[str]:
+    return [c.__name__ for c in type(obj).__mro__]
+
+
+def foreign_data_parallel(chunk: torch.nn.Module) -> str | None:
+    """The data-parallel wrapper of `chunk` the runtime does not reach, or None.
+
+    The runtime rescales gradients in two places only: Megatron DDP's `main_grad` buffers,
+    before their bucket's collective, and `p.grad` of an unwrapped module at the iteration's
+    end. Under any other wrapper (Megatron-FSDP, torch FSDP/FSDP2, torch DDP) gradients live or
+    are reduced where that rescale never happens, so the run would silently train on unscaled
+    partial sums. Checked by type name, so no optional package has to import."""
+    module = chunk
+    while True:
+        names = _mro_names(module)
+        for name in names:
+            if name in _FSDP_CLASSES:
+                return _FSDP_CLASSES[name]
+        if getattr(getattr(module, "ddp_config", None), "use_megatron_fsdp", False):
+            return "Megatron-FSDP (ddp_config.use_megatron_fsdp)"
+        if not _is_ddp(module) and any("DataParallel" in n for n in names):
+            return f"{type(module).__module__}.{type(module).__qualname__}"
+        inner = getattr(module, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        module = inner
+    for sub in module.modules():
+        if "FSDPModule" in _mro_names(sub):
+            return _FSDP_CLASSES["FSDPModule"]
+    for name, p in module.named_parameters():
+        if "DTensor" in _mro_names(p) or "DTensor" in _mro_names(p.data):
+            return f"sharded DTensor parameters (torch FSDP2; {name} is a DTensor)"
+    return None
 
 
 def chunk_units(
@@ -204,6 +254,14 @@ class FreezeRuntime(ScheduleObserver):
 
         config = get_model_config(self.chunks[0])
         guard.check_all(config, _transformer_impl(self.chunks))
+        for c, chunk in enumerate(self.chunks):
+            wrapper = foreign_data_parallel(chunk)
+            if wrapper is not None:
+                raise UnsupportedMegatronError(
+                    f"model chunk {c} is wrapped in {wrapper}, whose gradients the freeze "
+                    "runtime does not rescale; wrap the model in Megatron's "
+                    "DistributedDataParallel (megatron.core.distributed) to use TimelyFreeze"
+                )
         for chunk in self.chunks:  # the backstop of the pre-launch scan: DDP's own settings
             if _is_ddp(chunk) and getattr(chunk, "ddp_config", None) is not None:
                 guard.check_config(chunk.ddp_config)

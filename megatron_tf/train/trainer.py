@@ -28,7 +28,9 @@ import torch.distributed as dist
 from megatron_tf.errors import ConfigError
 from megatron_tf.megatron.compat import optimizer_step
 from megatron_tf.megatron.distributed import (
+    collective_device,
     destroy_distributed,
+    device_clock,
     init_distributed,
     rank_place,
     rng_state,
@@ -153,7 +155,7 @@ class Trainer:
         phase = self._phase()
         if self.freezer is not None:
             self.freezer.start_iteration(self.iteration)
-        t0 = time.perf_counter()
+        t0 = device_clock()  # GPU work of the previous step is not counted in this one
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -166,12 +168,14 @@ class Trainer:
         )
         if self.freezer is not None:
             self.freezer.finish_iteration()
-        schedule_seconds = time.perf_counter() - t0
+        # Compared with the plan's prediction by the drift check: taken once the GPU has run
+        # the schedule's kernels, not when the host finished queuing them.
+        schedule_seconds = device_clock() - t0
         ok, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         if not ok:  # only fp16 loss scaling can skip a step; bf16/fp32 never do
             raise RuntimeError(f"optimizer step skipped at iteration {self.iteration}")
         self.scheduler.step(increment=1)
-        seconds = time.perf_counter() - t0  # the iteration's work ends with the optimizer step
+        seconds = device_clock() - t0  # the iteration's work ends with the optimizer step
         loss = self._reduce_loss(losses)
         self.iteration += 1
         self.elapsed += seconds
@@ -377,7 +381,7 @@ class Trainer:
         # so it is compared with that part of the iteration. Every rank must take the same
         # decision: rank 0's measurement is broadcast.
         ratio = m.schedule_seconds / m.predicted_seconds
-        drift = torch.tensor([abs(ratio - 1.0)], dtype=torch.float64)
+        drift = torch.tensor([abs(ratio - 1.0)], dtype=torch.float64, device=collective_device())
         dist.broadcast(drift, src=0)
         self.drift_count = self.drift_count + 1 if drift.item() > f.drift_threshold else 0
         if self.drift_count >= f.drift_patience:
@@ -497,6 +501,7 @@ class Trainer:
         if self.place.last_stage and losses and self.place.tp_rank == 0:
             total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
             total[1] = 1.0
+        total = total.to(collective_device())  # NCCL reduces only CUDA tensors
         dist.all_reduce(total)
         return float(total[0] / total[1])
 

@@ -92,3 +92,22 @@ def test_linearity_covers_shares_0_to_1_and_the_cost_line_is_a_valid_profile(rep
         assert stage.forward == pytest.approx(f)
         assert stage.backward == pytest.approx(b + w)
         assert stage.backward_frozen == pytest.approx(b)
+
+
+def test_an_interpreter_without_torch_is_named_in_one_line(tmp_path: Path) -> None:
+    """The kit stops before any part runs when its interpreter cannot import torch."""
+    bare = tmp_path / "python-without-torch"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')  # -S: no site-packages
+    bare.chmod(0o755)
+    out = tmp_path / "r"
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu/acceptance.sh"), "--cpu-check", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(bare), "PYTHONPATH": ""},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert f"{bare} has no torch" in done.stderr
+    assert not out.exists()
