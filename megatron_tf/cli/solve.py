@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
-from megatron_tf.cli._options import option_groups
+from megatron_tf.cli._options import given_flags, option_groups
 from megatron_tf.cli._schedule_opts import SCHEDULE_HELP
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING
@@ -35,6 +35,10 @@ AutoMinSavingOption = Annotated[
     ),
 ]
 """`--auto-min-saving`, shared by `solve` and `compare`."""
+
+
+AUTO_ONLY = frozenset({"noise_scale", "batch_samples", "auto_min_saving"})
+"""Flags of `--max-freeze-ratio auto` alone (the loss-cost model's inputs)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -92,6 +96,21 @@ class SolverFlags:
         float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
     ] = DEFAULT_PDLP_EPS
 
+    def check_given(self, given: list[str]) -> None:
+        """Refuse a flag given where it means nothing (`given`: the flags on the command line)."""
+        auto_only = [f for f in given if f != "--pdlp-eps"]
+        if auto_only and self.max_freeze_ratio.strip() != "auto":
+            names = ", ".join(auto_only)
+            raise ConfigError(
+                f"{names} {'applies' if len(auto_only) == 1 else 'apply'} only to "
+                f"--max-freeze-ratio auto: add --max-freeze-ratio auto or drop {names}"
+            )
+        if "--pdlp-eps" in given and self.solver.strip() == "glop":
+            raise ConfigError(
+                "--pdlp-eps is PDLP's accuracy and --solver glop never runs PDLP: use "
+                "--solver pdlp (or auto) or drop --pdlp-eps"
+            )
+
     def request(self, sweep: list[float] | None, plan: bool) -> SolveRequest:
         """What to solve (ConfigError names a bad flag)."""
         from megatron_tf.solve.lp import SolverConfig
@@ -123,6 +142,7 @@ class SolverFlags:
 @user_errors
 @option_groups
 def solve(
+    ctx: typer.Context,
     profile: Annotated[
         Path, typer.Argument(help="profile.json from `timelyfreeze profile`.", show_default=False)
     ],
@@ -171,6 +191,7 @@ def solve(
     from megatron_tf.solve.request import solve_request
     from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
 
+    lp.check_given(given_flags(ctx, AUTO_ONLY | {"pdlp_eps"}))
     ratios = parse_ratio_list(sweep) if sweep is not None else None
     if plot is not None and ratios is None:
         raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
