@@ -10,7 +10,7 @@ import typer
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._data_opts import DataFlags
-from megatron_tf.cli._options import option_groups
+from megatron_tf.cli._options import given_flags, option_groups
 from megatron_tf.cli.solve import AutoMinSavingOption
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
@@ -27,6 +27,10 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
     if not values:
         raise ConfigError(f"{flag} needs at least one value")
     return values
+
+
+DEPENDENT = frozenset({"costs", "reprice_every", "auto_min_saving", "noise_from"})
+"""Flags that mean something only with another (`CompareFlags.check_given`)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -99,13 +103,40 @@ class CompareFlags:
     equal_iterations: Annotated[
         bool, typer.Option(help="Also train each budget for the baseline's iterations.")
     ] = False
-    out_dir: Annotated[Path, typer.Option(help="Runs, summary.json, report.md, plot.")] = (
-        Path("runs/compare"),
+    out_dir: Annotated[Path, typer.Option(help="Runs, summary.json, report.md, plot.")] = Path(
+        "runs/compare"
     )
     cache_dir: Annotated[
         str | None,
         typer.Option(help="Corpus and index cache (default ~/.cache/timelyfreeze)."),
     ] = None
+
+    def check_given(self, given: list[str]) -> None:
+        """Refuse a flag given where it means nothing (`given`: the flags on the command line),
+        naming it and the flag it depends on."""
+        if "--costs" in given and self.profile is not None:
+            raise ConfigError(
+                "give either --profile FILE or --costs F,B,W, not both: the profile's costs "
+                "plan and charge every run"
+            )
+        if "--costs" in given and self.time == "measured":
+            raise ConfigError(
+                "--costs sets the costs of simulated time, and --time measured profiles this "
+                "machine instead: drop --costs or use --time simulated"
+            )
+        budgets = {b.strip() for b in self.budgets.split(",")}
+        if "--reprice-every" in given and "auto+reprice" not in budgets:
+            raise ConfigError(
+                "--reprice-every applies only to the auto+reprice budget: add auto+reprice to "
+                "--budgets or drop --reprice-every"
+            )
+        auto_only = [f for f in given if f in ("--auto-min-saving", "--noise-from")]
+        if auto_only and not budgets & {"auto", "auto+reprice"}:
+            names = ", ".join(auto_only)
+            raise ConfigError(
+                f"{names} {'applies' if len(auto_only) == 1 else 'apply'} only to an auto "
+                f"budget: add auto to --budgets or drop {names}"
+            )
 
     def config(self, dataset: DataFlags | None = None) -> CompareConfig:
         """The comparison these flags describe, on `dataset` when it names one (else the
@@ -150,7 +181,7 @@ class CompareFlags:
 @app.command("compare")
 @user_errors
 @option_groups
-def compare(*, flags: CompareFlags, dataset: DataFlags) -> None:
+def compare(ctx: typer.Context, *, flags: CompareFlags, dataset: DataFlags) -> None:
     """Train a baseline and TimelyFreeze on the same model, data, seeds and LR schedule; report
     when each reaches the baseline's final validation loss, and the loss at equal time.
 
@@ -165,6 +196,7 @@ def compare(*, flags: CompareFlags, dataset: DataFlags) -> None:
     from megatron_tf.cli.demo import quiet_imports
     from megatron_tf.outputs import check_cache_dir
 
+    flags.check_given(given_flags(ctx, DEPENDENT))
     check_cache_dir(flags.cache_dir)
     quiet_imports()
     from megatron_tf.compare import format_table, run_compare

@@ -6,13 +6,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
-from megatron_tf.cli._options import option_groups
+from megatron_tf.cli._options import given_flags, option_groups
 from megatron_tf.cli._schedule_opts import SCHEDULE_HELP
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING
@@ -21,7 +21,6 @@ from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.progress import solve_status
 
 if TYPE_CHECKING:
-    from megatron_tf.solve.budget import BudgetChoice
     from megatron_tf.solve.lp import SolverConfig
     from megatron_tf.solve.planner import SolveOutcome
     from megatron_tf.solve.request import SolveAnswer, SolveRequest
@@ -36,6 +35,10 @@ AutoMinSavingOption = Annotated[
     ),
 ]
 """`--auto-min-saving`, shared by `solve` and `compare`."""
+
+
+AUTO_ONLY = frozenset({"noise_scale", "batch_samples", "auto_min_saving"})
+"""Flags of `--max-freeze-ratio auto` alone (the loss-cost model's inputs)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -93,6 +96,21 @@ class SolverFlags:
         float, typer.Option(help="Relative accuracy of PDLP when it is the solver.")
     ] = DEFAULT_PDLP_EPS
 
+    def check_given(self, given: list[str]) -> None:
+        """Refuse a flag given where it means nothing (`given`: the flags on the command line)."""
+        auto_only = [f for f in given if f != "--pdlp-eps"]
+        if auto_only and self.max_freeze_ratio.strip() != "auto":
+            names = ", ".join(auto_only)
+            raise ConfigError(
+                f"{names} {'applies' if len(auto_only) == 1 else 'apply'} only to "
+                f"--max-freeze-ratio auto: add --max-freeze-ratio auto or drop {names}"
+            )
+        if "--pdlp-eps" in given and self.solver.strip() == "glop":
+            raise ConfigError(
+                "--pdlp-eps is PDLP's accuracy and --solver glop never runs PDLP: use "
+                "--solver pdlp (or auto) or drop --pdlp-eps"
+            )
+
     def request(self, sweep: list[float] | None, plan: bool) -> SolveRequest:
         """What to solve (ConfigError names a bad flag)."""
         from megatron_tf.solve.lp import SolverConfig
@@ -124,6 +142,7 @@ class SolverFlags:
 @user_errors
 @option_groups
 def solve(
+    ctx: typer.Context,
     profile: Annotated[
         Path, typer.Argument(help="profile.json from `timelyfreeze profile`.", show_default=False)
     ],
@@ -133,7 +152,15 @@ def solve(
     ] = None,
     *,
     lp: SolverFlags,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON document: the plan's figures; with --sweep also `sweep`; "
+            "under --max-freeze-ratio auto also `reason` and `candidates` (max_freeze_ratio "
+            "is the chosen cap).",
+        ),
+    ] = False,
     sweep: Annotated[
         str | None,
         typer.Option(help="Comma-separated max ratios for a Pareto sweep, e.g. 0,0.1,0.2,0.4."),
@@ -164,6 +191,7 @@ def solve(
     from megatron_tf.solve.request import solve_request
     from megatron_tf.solve.sweep import parse_ratio_list, plot_sweep
 
+    lp.check_given(given_flags(ctx, AUTO_ONLY | {"pdlp_eps"}))
     ratios = parse_ratio_list(sweep) if sweep is not None else None
     if plot is not None and ratios is None:
         raise ConfigError("--plot draws the Pareto sweep: add --sweep, e.g. --sweep 0,0.1,0.2")
@@ -197,24 +225,55 @@ def _render(
     plot: Path | None,
     as_json: bool,
 ) -> None:
-    """Print the sweep's table, the auto budget's reason and the plan's table (or their JSON)."""
-    if answer.points is not None:
-        if as_json:
-            typer.echo(json.dumps({"sweep": [_point_json(p) for p in answer.points]}))
-        else:
-            console.print(_sweep_table(answer, config.comm_model))
-            if plot is not None:
-                console.print(f"Pareto plot: {plot}")
-    if answer.budget is not None:
-        _render_budget(answer.budget, as_json)
-        if answer.outcome is None:
-            return
-    if answer.outcome is None:
+    """Print the sweep's table, the auto budget's reason and the plan's table, or with
+    `--json` exactly one JSON document holding all of them (`solve_json`)."""
+    if as_json:
+        typer.echo(json.dumps(solve_json(answer)))
         return
-    if as_json and answer.points is None and answer.budget is None:
-        typer.echo(json.dumps(answer.outcome.summary()))
-    elif not as_json:
+    if answer.points is not None:
+        console.print(_sweep_table(answer, config.comm_model))
+        if plot is not None:
+            console.print(f"Pareto plot: {plot}")
+    if answer.budget is not None:
+        console.print(f"auto budget: {answer.budget.reason}", highlight=False, soft_wrap=True)
+        if answer.budget.max_freeze_ratio == 0.0:
+            saved = (
+                f"{output} freezes nothing" if output is not None else "the plan freezes nothing"
+            )
+            console.print(
+                f"auto chose cap 0: {saved}; training with it is the baseline",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if answer.outcome is not None:
         console.print(_plan_table(answer.outcome, output, answer.synthetic))
+
+
+def solve_json(answer: SolveAnswer) -> dict[str, Any]:
+    """The one document `solve --json` prints (docs/reliability.md lists its fields).
+
+    A plan: its figures (`SolveOutcome.summary`). `--sweep`: a `sweep` list, one entry per cap.
+    `--max-freeze-ratio auto`: `max_freeze_ratio` is the chosen cap, plus `reason` and
+    `candidates` (every cap priced). Whatever is asked, the keys of each part are the same."""
+    doc: dict[str, Any] = {}
+    if answer.points is not None:
+        doc["sweep"] = [_point_json(p) for p in answer.points]
+    if answer.outcome is not None:
+        doc.update(answer.outcome.summary())
+    if answer.budget is not None:
+        choice = answer.budget
+        doc["max_freeze_ratio"] = choice.max_freeze_ratio
+        doc["reason"] = choice.reason
+        doc["candidates"] = [
+            {
+                "max_freeze_ratio": p.max_freeze_ratio,
+                "speedup": p.speedup,
+                "iteration_factor": p.iteration_factor,
+                "time_factor": p.time_factor,
+            }
+            for p in choice.points
+        ]
+    return doc
 
 
 def _ratio(text: str) -> float:
@@ -224,33 +283,6 @@ def _ratio(text: str) -> float:
         raise ConfigError(
             f"--max-freeze-ratio must be a number in [0, 1] or `auto`, got {text!r}"
         ) from None
-
-
-def _render_budget(choice: BudgetChoice, as_json: bool) -> None:
-    """`--max-freeze-ratio auto`: the cap from the loss-cost model (solve/budget.py) and why."""
-    if as_json:
-        candidates = [
-            {
-                "max_freeze_ratio": p.max_freeze_ratio,
-                "speedup": p.speedup,
-                "iteration_factor": p.iteration_factor,
-                "time_factor": p.time_factor,
-            }
-            for p in choice.points
-        ]
-        typer.echo(
-            json.dumps(
-                {
-                    "max_freeze_ratio": choice.max_freeze_ratio,
-                    "reason": choice.reason,
-                    "candidates": candidates,
-                }
-            )
-        )
-    else:
-        console.print(f"auto budget: {choice.reason}", highlight=False, soft_wrap=True)
-    if choice.outcome is None:
-        console.print("no plan written: train without freezing", highlight=False)
 
 
 def _point_json(p: SweepPoint) -> dict[str, float | None]:

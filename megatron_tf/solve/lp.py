@@ -43,6 +43,7 @@ from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 from megatron_tf.schedule.dag import COMM_MODELS, Dag
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.critical_path import evaluate
+from megatron_tf.solve.interrupt import run_interruptible, stopping
 from megatron_tf.solve.reduce import Precedence, reduce_dag
 
 Weighting = Literal["uniform", "params"]
@@ -292,6 +293,10 @@ def solve_each_cap(
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             say(f"{len(results)} of {len(unique)} caps solved ({workers} at a time)")
+    except KeyboardInterrupt:  # Ctrl-C reaches this thread only: stop every running cap first
+        with stopping():
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:  # on an error, caps not yet started are dropped (running ones end on their own)
         pool.shutdown(wait=len(results) == len(unique), cancel_futures=True)
     return {cap: results[cap] for cap in unique}
@@ -699,16 +704,20 @@ class _GlopLp:
             model_params.initial_basis.CopyFrom(self._crash_basis())
         started = time.perf_counter()
         try:
-            result = mathopt_core.solve(
-                self.model,
-                solver_type,
-                parameters_pb2.SolverInitializerProto(),
-                params,
-                model_params,
-                None,
-                callback_pb2.CallbackRegistrationProto(),
-                None,
-                None,
+            # In a worker thread with an interrupter, so Ctrl-C stops the pass (solve/interrupt.py);
+            # a stopped pass raises KeyboardInterrupt, its FEASIBLE result is never read.
+            result = run_interruptible(
+                lambda interrupter: mathopt_core.solve(
+                    self.model,
+                    solver_type,
+                    parameters_pb2.SolverInitializerProto(),
+                    params,
+                    model_params,
+                    None,
+                    callback_pb2.CallbackRegistrationProto(),
+                    None,
+                    interrupter,
+                )
             )
         except Exception as exc:  # MathOpt raises StatusNotOk for an invalid model
             name = self.method.upper()

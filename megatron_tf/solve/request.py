@@ -7,6 +7,7 @@ model (`--max-freeze-ratio auto`). The command parses its flags into a `SolveReq
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from megatron_tf.errors import ConfigError
@@ -68,7 +69,8 @@ class SolveAnswer:
     points: list[SweepPoint] | None = None
     budget: BudgetChoice | None = None
     outcome: SolveOutcome | None = None
-    """The plan; None when none was asked for or the auto budget chose not to freeze."""
+    """The plan; None when none was asked for. When the auto budget chooses cap 0 it is the
+    plan at cap 0 (every ratio 0: training with it is the baseline)."""
 
 
 def solve_request(
@@ -95,8 +97,12 @@ def solve_request(
         budget = choose_budget(
             profile, request.loss_cost(), config, threads=request.threads, progress=progress
         )
+        outcome = budget.outcome
+        if outcome is None:  # cap 0: a plan that freezes nothing, so `pretrain --plan` runs
+            unfrozen = dataclasses.replace(config, max_freeze_ratio=0.0)
+            outcome = solve_profile(profile, unfrozen, progress=progress)
         return SolveAnswer(
-            dag=dag, synthetic=synthetic, points=points, budget=budget, outcome=budget.outcome
+            dag=dag, synthetic=synthetic, points=points, budget=budget, outcome=outcome
         )
     outcome = solve_profile(profile, config, progress=progress)
     return SolveAnswer(dag=dag, synthetic=synthetic, points=points, outcome=outcome)

@@ -277,7 +277,8 @@ def test_solver_choice_through_the_cli(tmp_path: Path) -> None:
     for solver in ("auto", "glop", "pdlp"):
         plan_path = tmp_path / f"{solver}.json"
         args = ["solve", str(profile), "-o", str(plan_path), "--json", "--solver", solver]
-        result = runner.invoke(app, [*args, "--pdlp-eps", "1e-6"])
+        eps = [] if solver == "glop" else ["--pdlp-eps", "1e-6"]  # glop refuses it
+        result = runner.invoke(app, [*args, *eps])
         assert result.exit_code == 0, result.output
         summaries[solver] = json.loads(result.stdout)
         assert load_plan(plan_path).solver.name == summaries[solver]["solver"]
@@ -295,3 +296,55 @@ def test_solver_choice_through_the_cli(tmp_path: Path) -> None:
     table = runner.invoke(app, ["solve", str(profile), "--solver", "pdlp"])
     assert table.exit_code == 0, table.output
     assert "PDLP, eps 0.0001 in" in table.stdout
+
+
+AUTO = ["--max-freeze-ratio", "auto", "--batch-samples", "8"]
+PLAN_KEYS = {"baseline_makespan", "makespan", "predicted_speedup", "max_freeze_ratio", "status"}
+
+
+def test_auto_json_is_one_document_with_the_choice_as_added_fields(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, ISSUE_CASE)
+    plan_path = tmp_path / "plan.json"
+    args = ["solve", str(profile), "-o", str(plan_path), *AUTO, "--noise-scale", "4", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # one document, nothing after it
+    plain = json.loads(
+        runner.invoke(app, ["solve", str(profile), "--max-freeze-ratio", "0.1", "--json"]).stdout
+    )
+    assert set(doc) == set(plain) | {"reason", "candidates"}
+    assert doc["max_freeze_ratio"] > 0 and doc["max_freeze_ratio"] in {
+        c["max_freeze_ratio"] for c in doc["candidates"]
+    }
+    assert load_plan(plan_path).max_freeze_ratio == doc["max_freeze_ratio"]
+    # with a sweep as well: still one document, the sweep as one more field
+    swept = runner.invoke(app, [*args, "--sweep", "0,0.2"])
+    both = json.loads(swept.stdout)
+    assert set(both) == set(doc) | {"sweep"} and len(both["sweep"]) == 2
+    assert both["max_freeze_ratio"] == doc["max_freeze_ratio"]
+
+
+def test_auto_choosing_cap_0_writes_a_plan_that_freezes_nothing(tmp_path: Path) -> None:
+    profile = synthetic(
+        tmp_path, ["--schedule", "1f1b", "--pp", "2", "--microbatches", "4", "--costs", "1,1,1"]
+    )
+    plan_path = tmp_path / "plan.json"
+    args = ["solve", str(profile), "-o", str(plan_path), *AUTO, "--noise-scale", "1e9"]
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert doc["max_freeze_ratio"] == 0.0 and set(doc) >= PLAN_KEYS
+    assert doc["makespan"] == doc["baseline_makespan"] and doc["mean_freeze_ratio"] == 0.0
+    assert "freezing cannot pay" in doc["reason"]
+    plan = load_plan(plan_path)
+    assert plan.max_freeze_ratio == 0.0
+    assert all(r == 0.0 for chunks in plan.ratios for values in chunks for r in values)
+    plan_path.unlink()
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert f"auto chose cap 0: {plan_path} freezes nothing" in text.stdout
+    assert "training with it is the baseline" in text.stdout
+    dry = runner.invoke(
+        app,
+        ["pretrain", "--out-dir", str(tmp_path / "out"), "--mock-data", "--dry-run"]
+        + ["--pp", "2", "--microbatches", "4", "--plan", str(plan_path)],
+    )
+    assert dry.exit_code == 0, dry.output
