@@ -30,9 +30,11 @@ from typing import Any
 from megatron_tf.demo import demo_model
 from megatron_tf.errors import ConfigError, FormatError
 from megatron_tf.formats.job import JobEnvelope
+from megatron_tf.formats.jsonio import read_json
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MIN_SAVING
 from megatron_tf.timetoloss import Comparison, Curve, Spread, compare, curve_from_records
+from megatron_tf.train.data import DataConfig
 
 Say = Callable[[str], None]
 TIME_MODES = ("simulated", "measured")
@@ -78,6 +80,9 @@ class CompareConfig:
     equal_iterations: bool = False
     """Also train each budget for `iters` iterations (loss at equal iterations)."""
     cache_dir: str | None = None
+    data: DataConfig | None = None
+    """A user's dataset with a held-out set (`--data-path` with a validation `--split`, or
+    `--train-data-path` with `--valid-data-path`); None: the embedded corpus."""
 
     def __post_init__(self) -> None:
         if self.time not in TIME_MODES:
@@ -99,6 +104,20 @@ class CompareConfig:
         for b in self.budgets:
             parse_budget(b)
         self.parallel.check_model(self.model)
+        if self.data is not None and not self.data.has_heldout:
+            raise ConfigError(
+                "compare measures time to the baseline's validation loss: give --data-path a "
+                "validation share (--split 98,2,0) or use --train-data-path with "
+                "--valid-data-path"
+            )
+
+    def data_config(self, seed: int | None = None) -> DataConfig:
+        """What every run reads (the data order seeded by `seed`)."""
+        if self.data is None:
+            base = DataConfig(cache_dir=self.cache_dir, corpus_seed=self.corpus_seed)
+        else:
+            base = self.data
+        return replace(base, data_seed=seed)
 
 
 REPRICE = "auto+reprice"
@@ -168,6 +187,7 @@ class CompareResult:
             }
         return {
             "time": self.time_label,
+            "data": self.config.data_config().describe(),
             "layout": self.config.parallel.schedule_spec().describe(),
             "iters": self.config.iters,
             "seeds": list(self.config.seeds),
@@ -181,6 +201,10 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.train.metrics import read_metrics
 
+    if cfg.data is not None:  # a user's files: checked before anything is written
+        from megatron_tf.train.data import prepare_data
+
+        prepare_data(cfg.data, cfg.model)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     profile_path = _profile(cfg, out, say)
@@ -198,7 +222,7 @@ def run_compare(cfg: CompareConfig, say: Say) -> CompareResult:
         plan0 = _baseline_time(profile)
         base_curve = _curve(cfg, base_records, plan0, plan0)
         curves[f"seed{seed}/baseline"] = base_curve
-        probes = json.loads((base_dir / "noise_scale.json").read_text())
+        probes = read_json(base_dir / "noise_scale.json", "noise-scale file")
         noise = probes[0] if cfg.noise_from == "warmup" else probes[-1]
         trail = ", ".join(f"{p['noise_scale']:.1f} at it {p['iteration']:.0f}" for p in probes)
         say(f"seed {seed}: B_noise {trail} (batch {batch}); auto uses it {noise['iteration']:.0f}")
@@ -278,7 +302,7 @@ def _profile(cfg: CompareConfig, out: Path, say: Say) -> Path:
 
     spec = cfg.parallel.schedule_spec()
     if cfg.profile is not None:
-        profile = load_profile(cfg.profile)
+        profile = load_profile(cfg.profile, flag="--profile")
         if profile.spec != spec:
             raise ConfigError(
                 f"--profile {cfg.profile} is for {profile.spec.describe()}, not {spec.describe()}"
@@ -405,7 +429,6 @@ def _train(
 ) -> None:
     from megatron_tf.freeze.config import FreezeConfig
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log
-    from megatron_tf.train.data import DataConfig
     from megatron_tf.train.job import prepare_job
     from megatron_tf.train.launch import run_pretrain
     from megatron_tf.train.train_config import FreezeOptions, TrainConfig
@@ -436,7 +459,7 @@ def _train(
         ),
     )
     model = replace(cfg.model, seed=seed)
-    data = DataConfig(cache_dir=cfg.cache_dir, corpus_seed=cfg.corpus_seed, data_seed=seed)
+    data = cfg.data_config(seed)
     job = prepare_job(model, cfg.parallel, data, train)
     if _complete(run_dir, job.to_dict(), iters):
         return  # the same job already ran to the end here: reuse it (losses are deterministic)
@@ -465,6 +488,7 @@ def format_table(result: CompareResult) -> list[str]:
     lines = [
         f"{result.config.parallel.schedule_spec().describe()}, {result.config.iters} baseline "
         f"iterations, seeds {', '.join(map(str, result.config.seeds))}; {result.time_label}",
+        f"data: {result.config.data_config().describe()}",
         "",
         "| budget | seed | cap | predicted speedup | iterations | baseline final val loss | "
         "time to it (x baseline) | val loss at the baseline's time | equal iterations |",

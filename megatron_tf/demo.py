@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from megatron_tf.formats.jsonio import read_json
 from megatron_tf.formats.layout import ModelConfig, ParallelConfig
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
@@ -242,7 +243,6 @@ def time_side_by_side(
     cfg: DemoConfig, plan: Path, out: Path, warmup: int = 6
 ) -> dict[str, tuple[float, float]]:
     """Alternate stock and planned iterations in one job (`train/alternate.py`); medians."""
-    import json
 
     from megatron_tf.launch.options import QUIET_WORKERS_ENV, LaunchOptions, job_log, launch_job
     from megatron_tf.train.alternate import medians
@@ -274,7 +274,7 @@ def time_side_by_side(
             stdout=log,
             stderr=log,
         )
-    return medians(json.loads((out / "timings.json").read_text()))
+    return medians(read_json(out / "timings.json", "timings file"))
 
 
 def run_summary(name: str, run_dir: Path, freeze_from: int) -> RunSummary:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Annotated
 
@@ -112,12 +114,28 @@ def unwrap_paragraphs(text: str) -> str:
     return "\n\n".join(p for p in paragraphs if p)
 
 
+def quiet_library_warnings() -> None:
+    """Keep megatron-core's import-time UserWarnings (TransformerEngine or Apex not installed,
+    no rank known yet) and torch's "No CUDA runtime" log line off this process's console.
+
+    This process only checks flags and launches: a call that fails before launch then prints
+    its one error line alone. The ranks import megatron-core themselves and report what
+    concerns them in their own output. `PYTHONWARNINGS` (or `python -W`) set by the user wins,
+    the convention of Python's warnings documentation for applications.
+    """
+    if sys.warnoptions:
+        return
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console-script entry point: usage errors (a bad type, an unknown flag) are one line too.
 
     typer draws them in a box of four or more lines; here they are `error: ...` naming the
     flag, with exit code 2 as before.
     """
+    quiet_library_warnings()
     try:
         code = app(standalone_mode=False)
     except _ClickException as exc:

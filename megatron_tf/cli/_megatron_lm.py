@@ -98,7 +98,7 @@ def megatron_lm_job(
     if plan is not None:
         from megatron_tf.formats.plan import load_plan
 
-        load_plan(plan)
+        load_plan(plan, flag="--plan")
         plan_path = Path(plan).resolve()
     out, measure = None, None
     if mode == "profile":
@@ -145,6 +145,10 @@ def launch_megatron_lm(
             "(tensor x pipeline x data parallel) is decided by its own arguments"
         )
     args = list(megatron_args or [])
+    from megatron_tf.megatron.guard import check_argv
+
+    if job.plan is not None or job.mode == "profile":  # freezing, or profiling frozen backwards
+        check_argv(args)  # every refused flag in one line, before torchrun
     if options.dry_run:
         folder = tempfile.mkdtemp(prefix="timelyfreeze-job-")
         env = job_env(job.save(Path(folder) / "megatron_lm_job.json"))

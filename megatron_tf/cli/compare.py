@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from megatron_tf.cli._app import app, console, user_errors
+from megatron_tf.cli._data_opts import DataFlags
 from megatron_tf.cli._options import option_groups
 from megatron_tf.cli.solve import AutoMinSavingOption
 from megatron_tf.errors import ConfigError
@@ -38,6 +39,13 @@ class CompareFlags:
     num_layers: Annotated[int, typer.Option(help="Transformer layers (demo GPT family).")] = 8
     hidden_size: Annotated[int, typer.Option(help="Hidden size.")] = 128
     micro_batch_size: Annotated[int, typer.Option(help="Samples per microbatch.")] = 2
+    vocab_size: Annotated[
+        int,
+        typer.Option(
+            help="Vocabulary size of the model; with --data-path at least the tokenizer's "
+            "(NullTokenizer: the largest id + 1)."
+        ),
+    ] = 256
     iters: Annotated[int, typer.Option(help="Baseline iterations.")] = 300
     warmup_iters: Annotated[
         int, typer.Option(help="LR and freeze warm-up; the noise probe runs at its end.")
@@ -46,7 +54,11 @@ class CompareFlags:
         str, typer.Option(help="Seeds of weights and data order, one run set each.")
     ] = "1,2,3"
     corpus_seed: Annotated[
-        int, typer.Option(help="Seed of the embedded corpus: the task, the same for all seeds.")
+        int,
+        typer.Option(
+            help="Seed of the embedded corpus (without --data-path): the task, the same for all "
+            "seeds."
+        ),
     ] = 1234
     budgets: Annotated[
         str,
@@ -77,7 +89,11 @@ class CompareFlags:
         Path | None, typer.Option(help="A profile of this layout instead of synthetic costs.")
     ] = None
     eval_interval: Annotated[
-        int, typer.Option(help="Iterations between validation losses (held-out set).")
+        int,
+        typer.Option(
+            help="Iterations between validation losses on the held-out set (the embedded "
+            "corpus's, or the validation split of --data-path)."
+        ),
     ] = 10
     eval_samples: Annotated[int, typer.Option(help="Held-out samples in the validation set.")] = 128
     equal_iterations: Annotated[
@@ -87,11 +103,13 @@ class CompareFlags:
         Path("runs/compare"),
     )
     cache_dir: Annotated[
-        str | None, typer.Option(help="Corpus cache (default ~/.cache/timelyfreeze).")
+        str | None,
+        typer.Option(help="Corpus and index cache (default ~/.cache/timelyfreeze)."),
     ] = None
 
-    def config(self) -> CompareConfig:
-        """The comparison these flags describe (ConfigError names a bad flag)."""
+    def config(self, dataset: DataFlags | None = None) -> CompareConfig:
+        """The comparison these flags describe, on `dataset` when it names one (else the
+        embedded corpus); ConfigError names a bad flag."""
         from megatron_tf.compare import CompareConfig, compare_model
         from megatron_tf.formats.layout import ParallelConfig
 
@@ -101,7 +119,11 @@ class CompareFlags:
             hidden_size=self.hidden_size,
             micro_batch_size=self.micro_batch_size,
             ffn_hidden_size=4 * self.hidden_size,
+            vocab_size=self.vocab_size,
         )
+        data = None
+        if dataset is not None and dataset.given:
+            data = dataset.config(cache_dir=self.cache_dir)
         return CompareConfig(
             out_dir=self.out_dir,
             model=model,
@@ -121,30 +143,34 @@ class CompareFlags:
             eval_samples=self.eval_samples,
             equal_iterations=self.equal_iterations,
             cache_dir=self.cache_dir,
+            data=data,
         )
 
 
 @app.command("compare")
 @user_errors
 @option_groups
-def compare(*, flags: CompareFlags) -> None:
+def compare(*, flags: CompareFlags, dataset: DataFlags) -> None:
     """Train a baseline and TimelyFreeze on the same model, data, seeds and LR schedule; report
     when each reaches the baseline's final validation loss, and the loss at equal time.
 
     Example: [bold]timelyfreeze compare --pp 4 --microbatches 8 --budgets auto,0.1[/]
 
-    Validation loss on a fixed held-out set of the embedded corpus (the training-batch loss
-    sees other batches in every run). Simulated time charges each iteration the simulator's
-    predicted time for the plan in force; the report says which time it shows. A run folder
-    that already holds the same finished job is reused.
+    Validation loss on a fixed held-out set (the training-batch loss sees other batches in
+    every run): the embedded corpus's, or with --data-path its validation split (--split
+    98,2,0) or --valid-data-path; the report names the data. Simulated time charges each
+    iteration the simulator's predicted time for the plan in force; the report says which time
+    it shows. A run folder that already holds the same finished job is reused.
     """
     from megatron_tf.cli.demo import quiet_imports
+    from megatron_tf.outputs import check_cache_dir
 
+    check_cache_dir(flags.cache_dir)
     quiet_imports()
     from megatron_tf.compare import format_table, run_compare
 
     result = run_compare(
-        flags.config(), lambda text: console.print(text, highlight=False, soft_wrap=True)
+        flags.config(dataset), lambda text: console.print(text, highlight=False, soft_wrap=True)
     )
     for line in format_table(result):
         console.print(line, highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.outputs import check_output_dir
+from megatron_tf.outputs import check_cache_dir, check_output_dir
 
 
 @app.command("demo")
@@ -45,6 +45,7 @@ def demo(
     baseline's validation loss in simulated time (losses exact, time the simulator's).
     """
     check_output_dir(out_dir, "--out-dir")
+    check_cache_dir(cache_dir)
     quiet_imports()
     from megatron_tf.demo import DemoConfig, run_demo
     from megatron_tf.demo_report import summary_rows, write_report

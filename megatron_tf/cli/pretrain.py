@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from megatron_tf.cli._app import app, console, err_console, user_errors
+from megatron_tf.cli._data_opts import DataFlags
 from megatron_tf.cli._launch import LaunchFlags, LaunchOptions, echo_dry_run
 from megatron_tf.cli._megatron_lm import (
     CpuTrialOption,
@@ -31,7 +32,7 @@ from megatron_tf.cli._model_opts import model_option
 from megatron_tf.cli._options import option_groups
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING, FreezeConfig
-from megatron_tf.outputs import check_output_dir
+from megatron_tf.outputs import check_cache_dir, check_output_dir
 
 if TYPE_CHECKING:
     from megatron_tf.train.job import Job
@@ -88,30 +89,10 @@ class PretrainOptions:
             rich_help_panel=_LAYOUT,
         ),
     ] = False
-    # -- data
-    data_path: Annotated[
-        str | None,
-        typer.Option(
-            help="Megatron indexed dataset prefix (PREFIX.bin/.idx). Default: the embedded "
-            "synthetic corpus with a known entropy floor.",
-            rich_help_panel=_DATA,
-        ),
-    ] = None
+    # -- data (the dataset flags are DataFlags, cli/_data_opts.py)
     mock_data: Annotated[
         bool, typer.Option(help="Megatron's mock GPT dataset.", rich_help_panel=_DATA)
     ] = False
-    tokenizer_type: Annotated[
-        str, typer.Option(help="Megatron tokenizer type for --data-path.", rich_help_panel=_DATA)
-    ] = "NullTokenizer"
-    tokenizer_model: Annotated[
-        str | None, typer.Option(help="Tokenizer model / HF name.", rich_help_panel=_DATA)
-    ] = None
-    vocab_file: Annotated[
-        str | None, typer.Option(help="Vocab file (GPT2BPETokenizer).", rich_help_panel=_DATA)
-    ] = None
-    merge_file: Annotated[
-        str | None, typer.Option(help="Merges file (GPT2BPETokenizer).", rich_help_panel=_DATA)
-    ] = None
     cache_dir: Annotated[
         str | None,
         typer.Option(
@@ -120,12 +101,16 @@ class PretrainOptions:
     ] = None
     data_seed: Annotated[
         int | None,
-        typer.Option(help="Seed of the sample order (default: --seed).", rich_help_panel=_DATA),
+        typer.Option(
+            help="Seed of the sample order, and of the validation split's (default: --seed).",
+            rich_help_panel=_DATA,
+        ),
     ] = None
     corpus_seed: Annotated[
         int,
         typer.Option(
-            help="Seed of the embedded corpus: the task itself, apart from --seed.",
+            help="Seed of the embedded corpus (without --data-path): the task itself, apart "
+            "from --seed.",
             rich_help_panel=_DATA,
         ),
     ] = 1234
@@ -194,23 +179,42 @@ class PretrainOptions:
     eval_interval: Annotated[
         int,
         typer.Option(
-            help="Iterations between validation losses on the corpus's held-out set (0 = off).",
+            help="Iterations between validation losses (0 = off), on the held-out set: the "
+            "embedded corpus's, or with --data-path its validation split (--split 98,2,0) or "
+            "--valid-data-path.",
             rich_help_panel=_TRAIN,
         ),
     ] = 0
     eval_samples: Annotated[
-        int, typer.Option(help="Held-out samples in the validation set.", rich_help_panel=_TRAIN)
-    ] = 128
+        int | None,
+        typer.Option(
+            help="With --eval-interval: held-out samples in the validation set [default: 128].",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None
+    eval_iters: Annotated[
+        int,
+        typer.Option(
+            help="With --eval-interval, instead of --eval-samples: the validation set as this "
+            "many iterations' microbatches (Megatron's --eval-iters; 0 = use --eval-samples).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = 0
     noise_probe_at: Annotated[
         list[int] | None,
         typer.Option(
-            help="Measure the gradient noise scale before this iteration (repeatable).",
+            help="Measure the gradient noise scale before this iteration (repeatable), on the "
+            "held-out set (as --eval-interval); unfrozen runs only (--no-freeze).",
             rich_help_panel=_TRAIN,
         ),
     ] = None
     noise_probe_rounds: Annotated[
         int,
-        typer.Option(help="Gradient pairs averaged per noise probe.", rich_help_panel=_TRAIN),
+        typer.Option(
+            help="Gradient pairs averaged per noise probe (--noise-probe-at, "
+            "--max-freeze-ratio auto, --reprice-every).",
+            rich_help_panel=_TRAIN,
+        ),
     ] = 8
     # -- freezing
     plan: Annotated[
@@ -233,7 +237,8 @@ class PretrainOptions:
         str,
         typer.Option(
             help="Budget for --plan auto and re-planning, in [0, 1], or `auto` (probe the "
-            "gradient noise scale after the warm-up; least predicted time to a target loss).",
+            "gradient noise scale on the held-out set after the warm-up, as --noise-probe-at; "
+            "least predicted time to a target loss). Not with --megatron-lm.",
             rich_help_panel=_FREEZE,
         ),
     ] = str(DEFAULT_MAX_FREEZE_RATIO)
@@ -246,11 +251,15 @@ class PretrainOptions:
         ),
     ] = DEFAULT_MIN_SAVING
     freeze_warmup_iters: Annotated[
-        int, typer.Option(help="Iterations before any freezing.", rich_help_panel=_FREEZE)
+        int,
+        typer.Option(help="With --plan: iterations before any freezing.", rich_help_panel=_FREEZE),
     ] = 0
     freeze_ramp_iters: Annotated[
         int,
-        typer.Option(help="Iterations ramping ratios from 0 to the plan.", rich_help_panel=_FREEZE),
+        typer.Option(
+            help="With --plan: iterations ramping ratios from 0 to the plan.",
+            rich_help_panel=_FREEZE,
+        ),
     ] = 0
     freeze_rescale: Annotated[
         str,
@@ -262,7 +271,10 @@ class PretrainOptions:
     ] = "mean"
     profile_iters: Annotated[
         int,
-        typer.Option(help="Measured iterations per in-job profile phase.", rich_help_panel=_FREEZE),
+        typer.Option(
+            help="Measured iterations per in-job profile phase (--plan auto, --drift-threshold).",
+            rich_help_panel=_FREEZE,
+        ),
     ] = 10
     drift_threshold: Annotated[
         float,
@@ -272,7 +284,11 @@ class PretrainOptions:
         ),
     ] = 0.0
     drift_patience: Annotated[
-        int, typer.Option(help="Drifting iterations before re-profiling.", rich_help_panel=_FREEZE)
+        int,
+        typer.Option(
+            help="With --drift-threshold: drifting iterations before re-profiling.",
+            rich_help_panel=_FREEZE,
+        ),
     ] = 5
     reprice_every: Annotated[
         int,
@@ -285,8 +301,8 @@ class PretrainOptions:
     reprice_profile: Annotated[
         str | None,
         typer.Option(
-            help="Profile to re-solve with when re-pricing a --plan FILE run (default: the "
-            "in-job profile of --plan auto).",
+            help="With --reprice-every: profile to re-solve with when re-pricing a --plan FILE "
+            "run (default: the in-job profile of --plan auto).",
             rich_help_panel=_FREEZE,
         ),
     ] = None
@@ -309,10 +325,10 @@ class PretrainOptions:
             ramp_iters=self.freeze_ramp_iters,
         )
 
-    def job(self) -> Job:
-        """Build and check the Job for these flags (TimelyFreezeError, exit 2, on bad input)."""
+    def job(self, dataset: DataFlags) -> Job:
+        """Build and check the Job for these flags and the `dataset` ones (TimelyFreezeError,
+        exit 2, on bad input)."""
         from megatron_tf.formats.layout import ModelConfig, ParallelConfig
-        from megatron_tf.train.data import DataConfig
         from megatron_tf.train.job import prepare_job
         from megatron_tf.train.train_config import FreezeOptions, TrainConfig
 
@@ -336,14 +352,8 @@ class PretrainOptions:
             group_size=self.group_size,
             overlap_p2p_comm=self.overlap_p2p_comm,
         )
-        source = "mock" if self.mock_data else ("path" if self.data_path else "synthetic")
-        data = DataConfig(
-            source=source,
-            data_path=self.data_path,
-            tokenizer_type=self.tokenizer_type,
-            tokenizer_model=self.tokenizer_model,
-            vocab_file=self.vocab_file,
-            merge_file=self.merge_file,
+        data = dataset.config(
+            mock=self.mock_data,
             cache_dir=self.cache_dir,
             corpus_seed=self.corpus_seed,
             data_seed=self.data_seed,
@@ -378,12 +388,32 @@ class PretrainOptions:
             exit_after_iters=self.exit_after_iters,
             tensorboard=self.tensorboard,
             eval_interval=self.eval_interval,
-            eval_samples=self.eval_samples,
+            eval_samples=self._eval_samples(),
+            eval_iters=self.eval_iters,
             noise_probe_at=tuple(self.noise_probe_at or ()),
             noise_probe_rounds=self.noise_probe_rounds,
             freeze=freeze,
         )
         return prepare_job(model, parallel, data, train)
+
+    def _eval_samples(self) -> int:
+        if self.eval_samples is not None and self.eval_iters:
+            raise ConfigError("--eval-samples and --eval-iters exclude each other: give one")
+        return 128 if self.eval_samples is None else self.eval_samples
+
+    def builtin_only(self) -> list[str]:
+        """The given flags whose work only the built-in trainer does (the noise probe and what
+        reads it, validation on its held-out set), which a --megatron-lm run would ignore."""
+        return [
+            flag
+            for flag, given in (
+                ("--noise-probe-at", bool(self.noise_probe_at)),
+                ("--max-freeze-ratio auto", self.max_freeze_ratio.strip() == "auto"),
+                ("--reprice-every", bool(self.reprice_every)),
+                ("--eval-interval", bool(self.eval_interval)),
+            )
+            if given
+        ]
 
 
 @app.command("pretrain")
@@ -392,6 +422,7 @@ class PretrainOptions:
 def pretrain(
     *,
     opts: PretrainOptions,
+    dataset: DataFlags,
     launch: LaunchFlags,
     megatron_lm: MegatronLMOption = None,
     script: ScriptOption = "pretrain_gpt.py",
@@ -416,11 +447,12 @@ def pretrain(
         _pretrain_megatron_lm(opts, megatron_lm, script, cpu_trial, megatron_args, options)
         return
     check_output_dir(opts.out_dir, "--out-dir")
+    check_cache_dir(opts.cache_dir)
     if opts.save is not None:
         check_output_dir(opts.save, "--save")
     from megatron_tf.train.launch import run_pretrain
 
-    job = opts.job()
+    job = opts.job(dataset)
     _say_before_start(job, opts.load, options.dry_run)
     text = run_pretrain(job, options)
     if text is not None:
@@ -428,7 +460,7 @@ def pretrain(
 
 
 def _say_before_start(job: Job, load: str | None, dry_run: bool) -> None:
-    """Where a resumed run starts, and the embedded corpus's entropy floor."""
+    """Where a resumed run starts, and what data trains (the embedded corpus's entropy floor)."""
     if load is not None:
         said = (
             f"resuming from {job.train.resume_from}"
@@ -442,6 +474,8 @@ def _say_before_start(job: Job, load: str | None, dry_run: bool) -> None:
             f"(entropy floor {job.prepared.corpus.loss_floor:.4f} nats/token)[/]",
             soft_wrap=True,
         )
+    elif job.data.source == "path" and not dry_run:
+        console.print(f"[dim]data: {escape(job.data.describe())}[/]", soft_wrap=True)
 
 
 def _pretrain_megatron_lm(
@@ -457,6 +491,14 @@ def _pretrain_megatron_lm(
         raise ConfigError(
             "arguments after `--` are for a Megatron-LM script: add --megatron-lm PATH "
             f"(got {' '.join(megatron_args or [])!r})"
+        )
+    if refused := opts.builtin_only():
+        raise ConfigError(
+            f"{refused[0]} runs in the built-in trainer only; with --megatron-lm measure the "
+            "noise scale in two steps: `timelyfreeze pretrain --data-path ... --split ... "
+            "--no-freeze --noise-probe-at N` on the same data and layout, then `timelyfreeze "
+            "solve profile.json --max-freeze-ratio auto --noise-scale B --batch-samples S -o "
+            "plan.json` and --plan plan.json here (Megatron's own --eval-interval goes after `--`)"
         )
     plan = opts.plan if opts.freeze else None
     if plan == "auto":

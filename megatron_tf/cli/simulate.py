@@ -15,7 +15,7 @@ from megatron_tf.cli._options import option_groups
 from megatron_tf.cli._progress import busy
 from megatron_tf.cli._schedule_opts import ScheduleFlags
 from megatron_tf.errors import ConfigError
-from megatron_tf.outputs import check_output_file
+from megatron_tf.outputs import check_not_an_input, check_output_file
 
 if TYPE_CHECKING:
     from megatron_tf.schedule.iteration import IterationSim
@@ -66,10 +66,10 @@ def simulate(
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.schedule.iteration import simulate_iteration
 
-    if profile is not None and what_if.given():
+    if profile is not None and what_if.costs_given():
         raise ConfigError(
-            "give either --profile FILE or the schedule flags (--schedule, --pp, --costs, ...), "
-            "not both"
+            "give either --profile FILE or the schedule flags (--pp, --costs, ...), not both "
+            "(--schedule with --profile plans that profile's costs for another kind)"
         )
     if profile is None and not what_if.given():
         raise ConfigError(
@@ -80,7 +80,15 @@ def simulate(
         check_output_file(timeline, "--timeline", suffixes=(".png", ".svg"))
     if trace is not None:
         check_output_file(trace, "--trace", suffixes=(".json",))
-    data = load_profile(profile) if profile is not None else what_if.synthetic()
+    for out_path, out_flag in ((timeline, "--timeline"), (trace, "--trace")):
+        if out_path is not None:
+            check_not_an_input(out_path, out_flag, {"--profile": profile, "--plan": plan})
+    if profile is not None:
+        data = load_profile(profile, flag="--profile")
+        if what_if.schedule is not None:
+            data = data.with_schedule_kind(what_if.schedule)
+    else:
+        data = what_if.synthetic()
     with busy(f"simulating {data.spec.describe()}", data.spec.actions):
         sim = simulate_iteration(data, plan, comm_model, compare_fingerprint=profile is not None)
     if sim.other_profile:

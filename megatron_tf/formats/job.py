@@ -15,7 +15,6 @@ the errors.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from megatron_tf.errors import FormatError, LaunchError
+from megatron_tf.formats.jsonio import read_json
 
 __all__ = ["JOB_ENV", "JOB_FORMAT", "JobEnvelope", "JobKind", "job_env", "job_from_env"]
 
@@ -57,10 +57,7 @@ class JobEnvelope:
     @classmethod
     def load(cls, path: str | os.PathLike[str], kind: JobKind) -> JobEnvelope:
         """Read an envelope and check it is a `kind` job of this version (FormatError if not)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"cannot read job file {path}: {exc}") from None
+        data = read_json(path, "job file")
         if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise FormatError(

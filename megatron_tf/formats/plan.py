@@ -7,7 +7,6 @@ run it was not made for (`check_plan_matches`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from megatron_tf.errors import FormatError, ScheduleMismatchError
+from megatron_tf.formats.jsonio import read_json
 from megatron_tf.formats.profile import write_json_atomic
 from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
@@ -121,21 +121,10 @@ class Plan(_Strict):
         return sum(flat) / len(flat)
 
 
-def load_plan(path: str | os.PathLike[str]) -> Plan:
+def load_plan(path: str | os.PathLike[str], *, flag: str = "") -> Plan:
     """Read and validate a plan; every problem is a one-line FormatError naming the field."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FormatError(f"cannot read plan {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(
-            f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{p} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    data = read_json(p, "plan", flag=flag)
     return parse_plan(data, source=str(p))
 
 

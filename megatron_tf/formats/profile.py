@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from megatron_tf.errors import FormatError
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.jsonio import read_json
+from megatron_tf.formats.kinds import get_kind
 from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = [
@@ -77,6 +79,10 @@ class StageCost(_Strict):
     """Full backward (input and weight gradients), nothing frozen."""
     backward_frozen: Seconds = Field(ge=0, le=MAX_SECONDS)
     """Backward with every freezable tensor of the chunk frozen (0 on the first virtual stage)."""
+    weight_grad: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    """The weight-gradient part of `backward` (a split-backward schedule's W action), timed on
+    its own; `backward - weight_grad` is the input gradient (B). None: derived from `backward`
+    and `backward_frozen` (`schedule/costs.py`), as for profiles written before the field."""
     units: list[UnitCost] | None = None
 
     @model_validator(mode="after")
@@ -84,6 +90,11 @@ class StageCost(_Strict):
         if self.backward_frozen > self.backward:
             raise ValueError(
                 f"backward_frozen ({self.backward_frozen}) exceeds backward ({self.backward}) "
+                f"for rank {self.rank} chunk {self.chunk}"
+            )
+        if self.weight_grad is not None and self.weight_grad > self.backward:
+            raise ValueError(
+                f"weight_grad ({self.weight_grad}) exceeds backward ({self.backward}) "
                 f"for rank {self.rank} chunk {self.chunk}"
             )
         return self
@@ -98,6 +109,7 @@ class MicrobatchCost(_Strict):
     forward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
     backward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
     backward_frozen: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    weight_grad: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 class CommLink(_Strict):
@@ -114,7 +126,8 @@ class MeasuredAction(_Strict):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
     rank: int = Field(ge=0)
     kind: str
-    """"F", "B", a P2P call name, or WAIT_PREFIX + the request waited on."""
+    """"F", "B", "W" (an `ActionKind`), a P2P call name, or WAIT_PREFIX + the request waited
+    on."""
     chunk: int = -1
     microbatch: int = -1
     start: Seconds
@@ -198,6 +211,32 @@ class Profile(_Strict):
     def spec(self) -> ScheduleSpec:
         return self.schedule.to_spec()
 
+    def with_schedule_kind(self, kind: str) -> Profile:
+        """The same costs planned for another schedule kind of the same pp, vpp and M.
+
+        What a profile measured under 1F1B predicts for the zero-bubble `zb-h1` (whose W comes
+        from `weight_grad` or is derived, `schedule/costs.py`). Settings the new kind does not
+        take (the interleaved group size and overlap) are dropped, and so are the measured
+        iteration's actions and times, which belong to the schedule that ran. ConfigError if
+        the kind rejects the layout (e.g. vpp 2 for a one-chunk kind).
+        """
+        sched = self.schedule
+        if kind == sched.kind:
+            return self
+        if not get_kind(kind).chunked and sched.vpp != 1:
+            raise ConfigError(
+                f"--schedule {kind} runs one model chunk per rank, but the profile has "
+                f"vpp {sched.vpp}"
+            )
+        spec = ScheduleSpec(kind=kind, pp=sched.pp, vpp=sched.vpp, microbatches=sched.microbatches)
+        return self.model_copy(
+            update={
+                "schedule": ScheduleRecord.from_spec(spec),
+                "measured": None,
+                "provenance": {**self.provenance, "planned_as": kind, "measured_as": sched.kind},
+            }
+        )
+
     def stage(self, rank: int, chunk: int) -> StageCost:
         for st in self.stages:
             if st.rank == rank and st.chunk == chunk:
@@ -231,29 +270,10 @@ def parse_profile(data: object, source: str = "profile") -> Profile:
     return profile
 
 
-def _read_json(path: Path, what: str) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(f"{what} file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    try:
-        # NaN and Infinity decode to floats here so that validation can name the field
-        # holding them (the models only accept finite numbers).
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def load_profile(path: str | os.PathLike[str]) -> Profile:
-    """Read and validate a profile file."""
+def load_profile(path: str | os.PathLike[str], *, flag: str = "") -> Profile:
+    """Read and validate a profile file; `flag` names the option it came from in errors."""
     p = Path(path)
-    return parse_profile(_read_json(p, "profile"), source=str(p))
+    return parse_profile(read_json(p, "profile", flag=flag), source=str(p))
 
 
 def write_json_atomic(data: object, path: str | os.PathLike[str]) -> None:

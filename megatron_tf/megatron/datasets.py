@@ -17,10 +17,11 @@ import numpy as np
 from megatron_tf.megatron import guard
 
 __all__ = [
-    "build_gpt_dataset",
+    "build_gpt_datasets",
     "build_tokenizer",
     "max_token_id",
     "null_text_tokenizer",
+    "split_sizes",
     "write_indexed_dataset",
 ]
 
@@ -96,19 +97,54 @@ def write_indexed_dataset(docs: np.ndarray, prefix: str) -> None:
     builder.finalize(prefix + ".idx")
 
 
-def build_gpt_dataset(
+def split_sizes(prefix: str, split: str) -> list[tuple[int, int] | None]:
+    """(documents, tokens) of the train, validation and test splits Megatron's builder cuts
+    from `prefix` by `split` (None where the split's weight is 0).
+
+    The cut is the builder's own (`BlendedMegatronDatasetBuilder._build_megatron_dataset_splits`):
+    megatron-core's split vector and matrix, then documents `round(begin * n)` to
+    `round(end * n)`, so what is checked before launch is what the ranks will read.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(prefix)
+    documents = dataset.document_indices  # sequence-index bounds of each document
+    count = len(documents) - 1
+    ends = np.concatenate([[0], np.cumsum(dataset.sequence_lengths, dtype=np.int64)])
+    sizes: list[tuple[int, int] | None] = []
+    for bounds in convert_split_vector_to_split_matrix(parse_and_normalize_split(split)):
+        if bounds is None:
+            sizes.append(None)
+            continue
+        first, last = round(bounds[0] * count), round(bounds[1] * count)
+        tokens = int(ends[documents[last]] - ends[documents[first]])
+        sizes.append((last - first, tokens))
+    return sizes
+
+
+def build_gpt_datasets(
     prefix: str | None,
     *,
+    split: str = "100,0,0",
+    valid_prefix: str | None = None,
     num_samples: int,
     seq_length: int,
     seed: int,
     tokenizer: Any,
     cache_dir: Path,
-) -> Any:
-    """The training split of `prefix` as Megatron's GPTDataset (MockGPTDataset when None).
+) -> tuple[Any, Any | None]:
+    """The training and validation splits as Megatron's GPTDataset (MockGPTDataset when
+    `prefix` is None): one dataset cut by `split` ("98,2,0": Megatron's `--split`), or, with
+    `valid_prefix`, one file per split (Megatron's `--train-data-path` / `--valid-data-path`).
 
-    Must be called on every rank (Megatron's builder holds a barrier); index caches go under
-    `cache_dir`.
+    The training dataset holds `num_samples` samples; the validation dataset one epoch of its
+    documents in Megatron's shuffled order (None when its split is empty), so which samples it
+    holds depends only on the data, the split, the sequence length and the seed. Must be called
+    on every rank (Megatron's builder holds a barrier); index caches go under `cache_dir`.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder,
@@ -116,20 +152,25 @@ def build_gpt_dataset(
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if prefix is not None and valid_prefix is not None:
+        where: dict[str, Any] = {
+            "blend_per_split": [([prefix], None), ([valid_prefix], None), None],
+            "split": None,
+        }
+    else:
+        where = {"blend": None if prefix is None else ([prefix], None), "split": split}
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
-        blend=None if prefix is None else ([prefix], None),
-        split="100,0,0",
         path_to_cache=str(cache_dir),
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=True,
+        **where,
     )
     cls = MockGPTDataset if prefix is None else GPTDataset
-    train, _, _ = BlendedMegatronDatasetBuilder(
-        cls, [num_samples, None, None], lambda: True, config
-    ).build()
-    return train
+    sizes = [num_samples, None, None]
+    train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
+    return train, valid

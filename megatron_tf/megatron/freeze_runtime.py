@@ -70,6 +70,16 @@ def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     return chunk
 
 
+def _transformer_impl(chunks: Sequence[torch.nn.Module]) -> str:
+    """ "transformer_engine" when a chunk holds TransformerEngine modules, else "local": the
+    config's own `transformer_impl` keeps its default whichever spec built the layers."""
+    te = ("transformer_engine", "megatron.core.extensions.transformer_engine")
+    for chunk in chunks:
+        if any(type(m).__module__.startswith(te) for m in chunk.modules()):
+            return "transformer_engine"
+    return "local"
+
+
 def _is_ddp(chunk: torch.nn.Module) -> bool:
     return hasattr(chunk, "param_to_bucket_group") and hasattr(chunk, "bucket_groups")
 
@@ -193,7 +203,10 @@ class FreezeRuntime(ScheduleObserver):
         from megatron.core.utils import get_model_config
 
         config = get_model_config(self.chunks[0])
-        guard.check_all(config)
+        guard.check_all(config, _transformer_impl(self.chunks))
+        for chunk in self.chunks:  # the backstop of the pre-launch scan: DDP's own settings
+            if _is_ddp(chunk) and getattr(chunk, "ddp_config", None) is not None:
+                guard.check_config(chunk.ddp_config)
         self._check_layout(config)
         install_bias_grad_fix()
         self._bias_fix = True

@@ -22,10 +22,10 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from megatron_tf.errors import UnsupportedMegatronError
@@ -336,55 +336,237 @@ def check_schedules(schedules: ModuleType) -> None:
         )
 
 
-# (config attribute, why it is refused). Each path bypasses forward_step/backward_step or
-# computes weight gradients outside the backward our hooks bracket (docs/megatron-notes.md).
-_REFUSED_FLAGS: tuple[tuple[str, str], ...] = (
-    (
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One setting the freeze runtime cannot run exactly: the same entry refuses the Megatron-LM
+    flag before launch (`refused_flags`) and the config attribute at install
+    (`refused_settings`)."""
+
+    flag: str
+    """The Megatron-LM command-line flag that turns it on."""
+    attr: str
+    """The attribute of a TransformerConfig, DistributedDataParallelConfig or Megatron args."""
+    reason: str
+    """Why, in one clause (docs/support.md quotes it)."""
+    on: Callable[[Any], bool] | None = None
+    """When it is on (default: the attribute is truthy)."""
+
+    def enabled(self, config: Any) -> bool:
+        """True when `config` (a Megatron config, args, or the namespace of a scanned argv)
+        turns this setting on."""
+        if self.on is not None:
+            return self.on(config)
+        return bool(getattr(config, self.attr, False))
+
+
+def _te_bias_outside_fp8(config: Any) -> bool:
+    biased = getattr(config, "add_bias_linear", False) or getattr(config, "add_qkv_bias", False)
+    te = getattr(config, "transformer_impl", None) == "transformer_engine"
+    return bool(te and biased and not getattr(config, "fp8", None))
+
+
+def _te_bulk_wgrad_overlap(config: Any) -> bool:
+    return bool(
+        getattr(config, "tp_comm_overlap", False)
+        and getattr(config, "tp_comm_bulk_wgrad", True)
+        and not getattr(config, "tp_comm_overlap_rs_dgrad", False)
+        and getattr(config, "sequence_parallel", False)
+        and getattr(config, "transformer_impl", None) == "transformer_engine"
+    )
+
+
+def _cuda_graph_impl(config: Any) -> bool:
+    return getattr(config, "cuda_graph_impl", "none") not in (None, "none")
+
+
+_CUDA_GRAPHS = "CUDA graphs replay captured kernels and ignore requires_grad"
+
+REFUSALS: tuple[Refusal, ...] = (
+    # TransformerEngine v2.17.1 pytorch/module/base.py ("Non-FP8 case: bgrad is fused with
+    # wgrad"), module/linear.py and layernorm_linear.py `_Linear.backward`: without FP8 the bias
+    # gradient comes out of the weight-gradient GEMM, which a frozen weight skips.
+    Refusal(
+        "--transformer-impl transformer_engine",
+        "transformer_impl",
+        "TransformerEngine's linears compute their bias gradient only inside the weight-gradient "
+        "GEMM outside FP8, so a frozen weight would leave its bias gradient a partial sum; pass "
+        "--disable-bias-linear (and no --add-qkv-bias) or --transformer-impl local",
+        _te_bias_outside_fp8,
+    ),
+    # TransformerEngine v2.17.1 module/layernorm_linear.py `_LayerNormLinear.backward`: with
+    # ub_bulk_wgrad (kept only with sequence parallel and no ub_overlap_rs_dgrad) the dgrad GEMM
+    # leaves this rank's unreduced chunk and the reduce-scatter runs as the bulk overlap of the
+    # wgrad GEMM, inside `if ctx.requires_wgrad:`. Megatron passes ub_bulk_wgrad only to
+    # TELayerNormColumnParallelLinear (extensions/transformer_engine.py); local linears ignore
+    # every tp_comm_* setting.
+    Refusal(
+        "--tp-comm-overlap",
+        "tp_comm_overlap",
+        "with sequence parallelism TransformerEngine's bulk wgrad overlap reduce-scatters the "
+        "input gradient only when the weight needs a gradient; turn off its bulk wgrad overlap "
+        "(tp_comm_bulk_wgrad) or pass --tp-comm-overlap-rs-dgrad",
+        _te_bulk_wgrad_overlap,
+    ),
+    # megatron/core/distributed/distributed_data_parallel.py `_make_forward_pre_hook`:
+    # `assert param.requires_grad` before each gathered parameter is used.
+    Refusal(
+        "--overlap-param-gather",
+        "overlap_param_gather",
+        "Megatron DDP's forward pre-hook asserts that every parameter requires a gradient",
+    ),
+    # megatron/core/distributed/fsdp/ and torch_fully_sharded_data_parallel.py: parameters are
+    # sharded into flat buffers whose gradient reduction knows no frozen parameter.
+    Refusal(
+        "--use-megatron-fsdp",
+        "use_megatron_fsdp",
+        "Megatron-FSDP shards parameters into buffers the freeze runtime does not reach",
+    ),
+    Refusal(
+        "--use-torch-fsdp2",
+        "use_torch_fsdp2",
+        "torch FSDP2 shards parameters into DTensors the freeze runtime does not reach",
+    ),
+    # megatron/core/transformer/moe/experts.py `TEGroupedMLP`: one grouped linear holds every
+    # local expert's weight, so experts cannot be frozen one by one.
+    Refusal(
+        "--moe-grouped-gemm",
+        "moe_grouped_gemm",
+        "grouped expert weights are not freezable units yet",
+    ),
+    # The following bypass forward_step/backward_step or compute weight gradients outside the
+    # backward the hooks bracket (docs/megatron-notes.md).
+    Refusal(
+        "--overlap-moe-expert-parallel-comm",
         "overlap_moe_expert_parallel_comm",
         "its combined 1F1B schedule bypasses forward_step/backward_step",
     ),
-    ("delay_wgrad_compute", "it computes weight gradients outside the hooked backward"),
-    (
+    Refusal(
+        "--delay-wgrad-compute",
+        "delay_wgrad_compute",
+        "it computes weight gradients outside the hooked backward",
+    ),
+    Refusal(
+        "--defer-embedding-wgrad-compute",
         "defer_embedding_wgrad_compute",
         "its deferred embedding wgrad buffer asserts under frozen weights",
     ),
-    ("enable_cuda_graph", "CUDA graphs replay captured kernels and ignore requires_grad"),
-    ("external_cuda_graph", "CUDA graphs replay captured kernels and ignore requires_grad"),
-    (
+    Refusal("--enable-cuda-graph", "enable_cuda_graph", _CUDA_GRAPHS),
+    Refusal("--external-cuda-graph", "external_cuda_graph", _CUDA_GRAPHS),
+    Refusal("--cuda-graph-impl", "cuda_graph_impl", _CUDA_GRAPHS, _cuda_graph_impl),
+    Refusal(
+        "--calculate-per-token-loss",
         "calculate_per_token_loss",
         "its per-token loss scaling is not combined with the freeze rescale",
     ),
 )
+"""Every setting refused with freezing; docs/support.md lists the same rows."""
 
 
-def refused_settings(config: Any) -> list[str]:
-    """One sentence per setting of a Megatron config that the freeze runtime cannot carry."""
-    problems = []
-    for attr, why in _REFUSED_FLAGS:
-        if getattr(config, attr, False):
-            problems.append(f"{attr}=True is not supported with freezing: {why}")
-    impl = getattr(config, "cuda_graph_impl", "none")
-    if impl not in (None, "none"):
-        problems.append(
-            f"cuda_graph_impl={impl!r} is not supported with freezing: CUDA graphs replay "
-            "captured kernels and ignore requires_grad"
-        )
-    return problems
+class _Overlay:
+    """`base` with some attributes replaced (the spec a model was really built with)."""
+
+    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
+        self._base, self._overrides = base, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._base, name)
 
 
-def check_config(config: Any) -> None:
+def refused_settings(config: Any, transformer_impl: str | None = None) -> list[str]:
+    """One sentence per setting of a Megatron config that the freeze runtime cannot carry.
+
+    `transformer_impl`: the spec the model was built with, when known from its modules: a
+    TransformerConfig keeps its default "transformer_engine" even under the local spec."""
+    if transformer_impl is not None:
+        config = _Overlay(config, {"transformer_impl": transformer_impl})
+    return [
+        f"{r.attr}={getattr(config, r.attr, None)!r} is not supported with freezing: {r.reason}"
+        for r in REFUSALS
+        if r.enabled(config)
+    ]
+
+
+def check_config(config: Any, transformer_impl: str | None = None) -> None:
     """Raise `UnsupportedMegatronError` (one sentence) if `config` enables a refused path."""
-    problems = refused_settings(config)
+    problems = refused_settings(config, transformer_impl)
     if problems:
         raise UnsupportedMegatronError(problems[0] + "; turn it off to use TimelyFreeze")
 
 
-def check_all(config: Any | None = None) -> ModuleType:
+# Megatron-LM's defaults (megatron/core/transformer/transformer_config.py, model_parallel_config.py:
+# transformer_impl "transformer_engine", add_bias_linear True, fp8 None; arguments.py
+# --cuda-graph-impl "none") for the attributes the table reads, and the flags that set them.
+_ARGV_DEFAULTS: dict[str, Any] = {
+    "transformer_impl": "transformer_engine",
+    "add_bias_linear": True,
+    "add_qkv_bias": False,
+    "fp8": None,
+    "cuda_graph_impl": "none",
+    "tp_comm_overlap": False,
+    "tp_comm_bulk_wgrad": True,
+    "tp_comm_overlap_rs_dgrad": False,
+    "sequence_parallel": False,
+}
+_VALUE_FLAGS = {
+    "--transformer-impl": "transformer_impl",
+    "--fp8-format": "fp8",
+    "--cuda-graph-impl": "cuda_graph_impl",
+}
+_SWITCHES: dict[str, tuple[str, bool]] = {
+    "--disable-bias-linear": ("add_bias_linear", False),
+    "--add-qkv-bias": ("add_qkv_bias", True),
+    "--tp-comm-overlap": ("tp_comm_overlap", True),
+    "--disable-tp-comm-bulk-wgrad": ("tp_comm_bulk_wgrad", False),
+    "--no-tp-comm-bulk-wgrad": ("tp_comm_bulk_wgrad", False),
+    "--tp-comm-overlap-rs-dgrad": ("tp_comm_overlap_rs_dgrad", True),
+    "--sequence-parallel": ("sequence_parallel", True),
+}
+
+
+def settings_from_argv(argv: Sequence[str]) -> SimpleNamespace:
+    """The table's attributes as Megatron-LM would parse them from `argv` (its defaults where a
+    flag is absent); only the flags above are read, the rest pass untouched."""
+    values = dict(_ARGV_DEFAULTS)
+    switches = dict(_SWITCHES)
+    switches.update({r.flag: (r.attr, True) for r in REFUSALS if r.on is None})
+    tokens = list(argv)
+    for i, token in enumerate(tokens):
+        name, eq, inline = token.partition("=")
+        if name in _VALUE_FLAGS:
+            if eq:
+                values[_VALUE_FLAGS[name]] = inline
+            elif i + 1 < len(tokens):
+                values[_VALUE_FLAGS[name]] = tokens[i + 1]
+        elif token in switches:
+            attr, value = switches[token]
+            values[attr] = value
+    return SimpleNamespace(**values)
+
+
+def refused_flags(argv: Sequence[str]) -> list[Refusal]:
+    """The table entries a Megatron-LM command line turns on, in table order."""
+    settings = settings_from_argv(argv)
+    return [r for r in REFUSALS if r.enabled(settings)]
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """Refuse, in one line naming every refused flag with its reason, before any rank starts."""
+    found = refused_flags(argv)
+    if found:
+        listed = "; ".join(f"{r.flag} ({r.reason})" for r in found)
+        raise UnsupportedMegatronError(
+            f"Megatron-LM arguments not supported with freezing: {listed}"
+        )
+
+
+def check_all(config: Any | None = None, transformer_impl: str | None = None) -> ModuleType:
     """Version, schedule signatures and (if given) config; returns the schedules module."""
     check_version()
     from megatron.core.pipeline_parallel import schedules
 
     check_schedules(schedules)
     if config is not None:
-        check_config(config)
+        check_config(config, transformer_impl)
     return schedules

@@ -40,6 +40,7 @@ from megatron_tf.errors import ConfigError, ScheduleMismatchError
 from megatron_tf.formats.plan import check_plan_matches, load_plan
 from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
+from megatron_tf.megatron import guard
 from megatron_tf.megatron.compat import enable_cpu_compat
 from megatron_tf.megatron.freeze_runtime import FreezeRuntime
 from megatron_tf.megatron.hooks import installed_route
@@ -191,6 +192,9 @@ class MegatronLMFreezer:
         assert spec is not None
         model = kwargs["model"]
         chunks = list(model) if isinstance(model, (list, tuple)) else [model]
+        args = _megatron_args()
+        if args is not None:  # Megatron-LM's parsed flags: the backstop of the pre-launch scan
+            guard.check_config(args)
         runtime = FreezeRuntime(chunks, self.plan, spec, self.freeze_config)
         if self.pending_state is not None:
             runtime.load_state_dict(self.pending_state)

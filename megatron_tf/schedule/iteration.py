@@ -130,7 +130,7 @@ def simulate_iteration(
         from megatron_tf.formats.plan import check_plan_matches, load_plan
         from megatron_tf.formats.profile import profile_sha256
 
-        loaded = load_plan(plan)
+        loaded = load_plan(plan, flag="--plan")
         check_plan_matches(loaded, profile.spec)
         ratios = loaded.ratios
         label = os.path.basename(plan)

@@ -29,12 +29,14 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.jsonio import read_json
 
 CHECKPOINT_FORMAT = "timelyfreeze.checkpoint/1"
 # Fields of the layout that must match for a resume; the LR schedule and data may change.
@@ -77,26 +79,27 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     """The folder `latest` names under `root` if it holds a meta.json, else None (no checks)."""
     marker = Path(root) / "latest"
     try:
-        name = marker.read_text(encoding="utf-8").strip()
+        name = _read_marker(marker)
     except (OSError, UnicodeDecodeError):
         return None
     path = Path(root) / name
     return path if _ITER_DIR.match(name) and (path / "meta.json").is_file() else None
 
 
+def _read_marker(marker: Path) -> str:
+    """The text of `latest`: only a small regular file is opened (a FIFO would block `open`)."""
+    info = os.stat(marker)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
+        raise OSError(f"{marker.name} is not a small regular file")
+    return marker.read_text(encoding="utf-8").strip()
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """meta.json of an iteration folder; ConfigError naming the file when unreadable."""
     file = path / "meta.json"
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{file} is missing: the checkpoint is incomplete") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file} is damaged: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} is damaged: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not file.is_file():
+        raise ConfigError(f"{file} is missing: the checkpoint is incomplete")
+    meta = read_json(file, "checkpoint file")
     if not isinstance(meta, dict) or not isinstance(meta.get("iteration"), int):
         raise ConfigError(f"{file} is damaged: no integer 'iteration' field")
     if meta.get("format") != CHECKPOINT_FORMAT:
@@ -185,7 +188,7 @@ def _latest_named(root: Path) -> Path | None:
             f"--load {newest}"
         )
     try:
-        name = marker.read_text(encoding="utf-8").strip()
+        name = _read_marker(marker)
     except (OSError, UnicodeDecodeError) as exc:
         name = f"<unreadable: {exc}>"
     path = root / name
@@ -300,7 +303,7 @@ def save_checkpoint(
     if rank == 0:
         files = {}
         for note in sorted(staging.glob("rank_*.pt.json")):
-            files[note.name.removesuffix(".json")] = json.loads(note.read_text(encoding="utf-8"))
+            files[note.name.removesuffix(".json")] = read_json(note, "checkpoint note")
             note.unlink()
         full = {"format": CHECKPOINT_FORMAT, "iteration": iteration, **meta, "files": files}
         _write_atomic(staging / "meta.json", json.dumps(full, indent=2) + "\n")

@@ -26,6 +26,7 @@ import numpy as np
 
 from megatron_tf.errors import ConfigError
 from megatron_tf.megatron.datasets import write_indexed_dataset
+from megatron_tf.outputs import CACHE_ENV, check_cache_dir
 
 CORPUS_FORMAT = "timelyfreeze.corpus/1"
 
@@ -196,7 +197,8 @@ def loss_floor(chain: MarkovChain, doc_length: int) -> float:
 
 def default_cache_dir() -> Path:
     """`$TIMELYFREEZE_CACHE`, else `$XDG_CACHE_HOME/timelyfreeze`, else `~/.cache/timelyfreeze`."""
-    if env := os.environ.get("TIMELYFREEZE_CACHE"):
+    if env := os.environ.get(CACHE_ENV):
+        check_cache_dir(None)
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "timelyfreeze"

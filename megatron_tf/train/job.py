@@ -46,6 +46,7 @@ class Job:
             "prepared": {
                 "prefix": self.prepared.prefix,
                 "corpus": None if corpus is None else corpus.to_dict(),
+                "valid_prefix": self.prepared.valid_prefix,
             },
         }
 
@@ -65,7 +66,11 @@ class Job:
             parallel=ParallelConfig.from_dict(data["parallel"]),
             data=DataConfig.from_dict(data["data"]),
             train=TrainConfig.from_dict(data["train"]),
-            prepared=PreparedData(prefix=data["prepared"]["prefix"], corpus=info),
+            prepared=PreparedData(
+                prefix=data["prepared"]["prefix"],
+                corpus=info,
+                valid_prefix=data["prepared"].get("valid_prefix"),
+            ),
         )
 
 
@@ -78,17 +83,15 @@ def prepare_job(
     spec = parallel.schedule_spec()
     if train.freeze.enabled and not train.freeze.auto:
         load_plan_source(str(train.freeze.plan), spec)  # raises on a file for another layout
-    if (train.eval_interval or train.noise_probe_at) and data.source != "synthetic":
-        flag = "--eval-interval" if train.eval_interval else "--noise-probe-at"
-        raise ConfigError(f"{flag} needs the embedded corpus's held-out set (no --data-path)")
+    _check_heldout(data, train)
     batch = model.micro_batch_size * parallel.microbatches
+    if train.eval_iters:
+        train.eval_samples = train.eval_iters * batch
     if train.eval_interval and train.eval_samples < batch:
         raise ConfigError(
             f"--eval-samples {train.eval_samples} must be at least one iteration's batch "
             f"(--micro-batch-size x --microbatches = {batch})"
         )
-    if train.freeze.auto_budget and data.source != "synthetic":
-        raise ConfigError("--max-freeze-ratio auto probes on the embedded corpus's held-out set")
     f = train.freeze
     if f.auto_budget and not f.auto and f.enabled and not f.reprice_every:
         # With --reprice-every a plan file is the starting plan, re-priced in-job.
@@ -106,6 +109,31 @@ def prepare_job(
         ckpt.check_save_target(train.save, start, overwrite=train.overwrite_checkpoints)
     return Job(
         model=model, parallel=parallel, data=data, train=train, prepared=prepare_data(data, model)
+    )
+
+
+def _check_heldout(data: DataConfig, train: TrainConfig) -> None:
+    """Validation, the noise probe and the auto budget read a held-out set: the embedded
+    corpus's, or the validation split of the user's data (`train/heldout.py`)."""
+    wants = [
+        flag
+        for flag, on in (
+            ("--eval-interval", train.eval_interval),
+            ("--noise-probe-at", train.noise_probe_at),
+            ("--max-freeze-ratio auto", train.freeze.auto_budget),
+        )
+        if on
+    ]
+    if not wants or data.has_heldout:
+        return
+    if data.source == "mock":
+        raise ConfigError(f"{wants[0]} needs a held-out set, which --mock-data has not")
+    if data.train_data_path:
+        raise ConfigError(f"{wants[0]} needs a held-out set: add --valid-data-path")
+    raise ConfigError(
+        f"{wants[0]} needs a held-out set: --split {data.effective_split} gives --data-path "
+        "no validation documents; give it a validation share (--split 98,2,0) or use "
+        "--train-data-path with --valid-data-path"
     )
 
 

@@ -78,7 +78,9 @@ class MetricsLogger:
         if tensorboard:
             self._tb = _tensorboard_writer(out / "tensorboard", self.console)
 
-    def log(self, m: StepMetrics) -> None:
+    def log(self, m: StepMetrics, *, last: bool = False) -> None:
+        """Record `m`; print its line every `log_interval` iterations and at the run's `last`
+        iteration, whatever the interval, so a run's final numbers are always on the console."""
         if not self.enabled:
             return
         assert self._jsonl is not None
@@ -93,12 +95,17 @@ class MetricsLogger:
                 self._tb.add_scalar("val_loss", m.val_loss, m.iteration)
             for stage, ratio in enumerate(m.freeze_ratio):
                 self._tb.add_scalar(f"freeze_ratio/stage{stage}", ratio, m.iteration)
-        if m.iteration % self.log_interval == 0 or m.phase == "profile":
+        if last or m.iteration % self.log_interval == 0 or m.phase == "profile":
             self.console.print(format_line(m), soft_wrap=True)
 
     def note(self, text: str) -> None:
         if self.enabled:
             self.console.print(f"[dim]{text}[/]", soft_wrap=True)
+
+    def summary(self, text: str) -> None:
+        """The run's closing line (`format_summary`), undimmed."""
+        if self.enabled:
+            self.console.print(text, soft_wrap=True)
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -129,6 +136,22 @@ def format_line(m: StepMetrics) -> str:
         f"[bold]it {m.iteration:>5d}[/] [cyan]{m.phase:<7s}[/] loss [bold]{m.loss:.4f}[/]{val} "
         f"{m.tokens_per_second:,.0f} tok/s {m.seconds * 1e3:.0f} ms{predicted}{ratios} "
         f"lr {m.lr:.2e} gnorm {m.grad_norm:.3f}"
+    )
+
+
+def format_summary(
+    last: StepMetrics | None, *, first_iteration: int, val: tuple[int, float] | None, wall: float
+) -> str:
+    """The run's last line: iterations, final loss, the latest validation loss, time, and the
+    frozen share (mean realised freeze ratio over virtual stages, since the run started)."""
+    if last is None:
+        return f"done: no iterations left to run (at iteration {first_iteration})"
+    frozen = sum(last.freeze_ratio) / len(last.freeze_ratio) if last.freeze_ratio else 0.0
+    val_text = "" if val is None else f", val loss {val[1]:.4f} (it {val[0]})"
+    return (
+        f"done: iterations {first_iteration + 1}-{last.iteration}, final loss {last.loss:.4f}"
+        f"{val_text}, {last.elapsed:.1f} s training ({wall:.1f} s wall), frozen share "
+        f"{frozen:.3f}"
     )
 
 

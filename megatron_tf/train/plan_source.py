@@ -43,7 +43,7 @@ class PlanSource:
 def load_plan_source(path: str, spec: ScheduleSpec) -> PlanSource:
     """Read plan.json, refusing (ScheduleMismatchError, exit 2) a plan for another schedule."""
 
-    plan = load_plan(path)
+    plan = load_plan(path, flag="--plan")
     check_plan_matches(plan, spec)
     return from_plan(plan, source=path)
 

@@ -162,6 +162,9 @@ class TrainConfig:
     of runs read this instead."""
     eval_samples: int = 128
     """Held-out samples of the validation set (rounded down to whole iterations' batches)."""
+    eval_iters: int = 0
+    """Megatron's `--eval-iters`: the validation set as this many iterations' microbatches
+    (`prepare_job` sets `eval_samples` from it); 0: `eval_samples` decides."""
     noise_probe_at: tuple[int, ...] = ()
     """Iterations (before their step) at which to measure the gradient noise scale."""
     noise_probe_rounds: int = 8
@@ -214,6 +217,8 @@ class TrainConfig:
             raise ConfigError(f"--save-interval must be >= 0, got {self.save_interval}")
         if self.eval_interval < 0:
             raise ConfigError(f"--eval-interval must be >= 0, got {self.eval_interval}")
+        if self.eval_iters < 0:
+            raise ConfigError(f"--eval-iters must be >= 0, got {self.eval_iters}")
         if self.eval_samples < 1:
             raise ConfigError(f"--eval-samples must be >= 1, got {self.eval_samples}")
         self.noise_probe_at = tuple(self.noise_probe_at)

@@ -40,15 +40,11 @@ from megatron_tf.model.gpt import build_training_model
 from megatron_tf.model.step import run_schedule
 from megatron_tf.solve.budget import LossCost, noise_scale_estimate
 from megatron_tf.train import checkpoint as ckpt
-from megatron_tf.train.data import (
-    BatchPlan,
-    build_train_dataset,
-    heldout_microbatches,
-    iteration_iterators,
-)
+from megatron_tf.train.data import BatchPlan, build_datasets, iteration_iterators
+from megatron_tf.train.heldout import HeldOut, heldout_source
 from megatron_tf.train.injob import broadcast_plan, measure_profile, reprice, solve_in_job
 from megatron_tf.train.job import Job
-from megatron_tf.train.metrics import MetricsLogger, StepMetrics
+from megatron_tf.train.metrics import MetricsLogger, StepMetrics, format_summary
 from megatron_tf.train.pending import PendingPlan
 from megatron_tf.train.plan_source import PlanSource, load_plan_source
 
@@ -76,13 +72,19 @@ class Trainer:
             dp_size=self.place.dp_size,
         )
         self.tokens_per_iteration = self.batches.samples_per_iteration * job.model.seq_length
-        self.dataset = build_train_dataset(
+        self.dataset, valid = build_datasets(
             job.data, job.prepared, job.model, self.cfg.iters * self.batches.samples_per_iteration
         )
+        # Validation and the noise probe read one held-out source: the embedded corpus's
+        # held-out text or the validation split of --data-path (train/heldout.py).
+        self.heldout: HeldOut | None = None
+        if job.data.has_heldout:
+            self.heldout = heldout_source(job.prepared, job.model, valid)
         self.validation: list[dict[str, torch.Tensor]] = []
         if self.cfg.eval_interval:
+            assert self.heldout is not None  # prepare_job refuses --eval-interval without one
             self.validation = _whole_iterations(
-                heldout_microbatches(job.prepared, job.model, self.cfg.eval_samples, "validation"),
+                self.heldout.microbatches("validation", self.cfg.eval_samples),
                 job.parallel.microbatches,
             )
         self.noise_estimates: list[dict[str, float]] = []
@@ -112,14 +114,16 @@ class Trainer:
     def train(self) -> None:
         """Run until `iters` (or `exit_after_iters` of this run) with logging and checkpoints."""
         start_iteration = self.iteration
+        started = time.perf_counter()
         if job_floor := self._loss_floor():
             self.metrics.note(f"entropy floor of the corpus: {job_floor:.4f} nats/token")
         saved_at = start_iteration
-        while self.iteration < self.cfg.iters:
-            if self.cfg.exit_after_iters and (
-                self.iteration - start_iteration >= self.cfg.exit_after_iters
-            ):
-                break
+        end = self.cfg.iters
+        if self.cfg.exit_after_iters:
+            end = min(end, start_iteration + self.cfg.exit_after_iters)
+        metrics: StepMetrics | None = None
+        val: tuple[int, float] | None = None
+        while self.iteration < end:
             self._apply_due_plan()
             if self.iteration in self.cfg.noise_probe_at:
                 self._noise_probe()
@@ -128,13 +132,21 @@ class Trainer:
             metrics = self.train_step()
             if self._should_evaluate():
                 metrics.val_loss = self.evaluate()
-            self.metrics.log(metrics)
+                val = (self.iteration, metrics.val_loss)
+            self.metrics.log(metrics, last=self.iteration == end)
             self._check_drift(metrics)
             if self._should_save():
                 self.save_checkpoint()
                 saved_at = self.iteration
         if self.cfg.save and saved_at != self.iteration:
             self.save_checkpoint()  # stopped early (--exit-after-iters): keep where it got to
+        summary = format_summary(
+            metrics,
+            first_iteration=start_iteration,
+            val=val,
+            wall=time.perf_counter() - started,
+        )
+        self.metrics.summary(summary)
 
     def train_step(self) -> StepMetrics:
         """One iteration: zero grads, the pipeline schedule, freezer bookkeeping, optimizer."""
@@ -233,11 +245,9 @@ class Trainer:
         big = par.microbatches
         rounds = self.cfg.noise_probe_rounds
         per_round = small + big
-        pool = heldout_microbatches(
-            self.job.prepared,
-            self.job.model,
-            rounds * per_round * self.job.model.micro_batch_size,
-            "noise_probe",
+        assert self.heldout is not None  # prepare_job refuses a probe without a held-out set
+        pool = self.heldout.microbatches(
+            "noise_probe", rounds * per_round * self.job.model.micro_batch_size
         )
         b_small = small * self.batches.micro_batch_size * self.batches.dp_size
         b_big = big * self.batches.micro_batch_size * self.batches.dp_size

@@ -39,6 +39,7 @@ MEGATRON_ARGS = [
     "--mock-data",
     "--no-gradient-accumulation-fusion",
     "--use-cpu-initialization",
+    "--transformer-impl", "local",
 ]  # fmt: skip
 OWN_PARSER_ARGS = [
     "--pipeline-model-parallel-size", "2",
@@ -50,6 +51,7 @@ OWN_PARSER_ARGS = [
     "--global-batch-size", "4",
     "--vocab-size", "64",
     "--train-iters", "2",
+    "--transformer-impl", "local",
 ]  # fmt: skip
 
 RATIOS = [[[1.0, 0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]]  # [rank][chunk][microbatch]

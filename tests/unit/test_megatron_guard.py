@@ -137,3 +137,110 @@ def test_changed_signatures_are_refused() -> None:
     del fake.forward_backward_pipelining_with_interleaving
     with pytest.raises(UnsupportedMegatronError, match="lacks forward_backward_pipelining_with"):
         guard.check_schedules(fake)
+
+
+# --- the refusal table: one entry refuses the config attribute and the Megatron-LM flag -------
+
+TE_BIAS = dict(transformer_impl="transformer_engine", add_bias_linear=True, fp8=None)
+
+
+@pytest.mark.parametrize("refusal", guard.REFUSALS, ids=lambda r: r.attr)
+def test_each_table_entry_refuses_its_setting(refusal: guard.Refusal) -> None:
+    on = {
+        "transformer_impl": TE_BIAS,
+        "cuda_graph_impl": {"cuda_graph_impl": "transformer_engine"},
+        "tp_comm_overlap": {
+            "tp_comm_overlap": True,
+            "sequence_parallel": True,
+            "transformer_impl": "transformer_engine",
+        },
+    }.get(refusal.attr, {refusal.attr: True})
+    with pytest.raises(UnsupportedMegatronError, match=rf"^{refusal.attr}=") as info:
+        guard.check_config(SimpleNamespace(**on))
+    assert refusal.reason in str(info.value) and "\n" not in str(info.value)
+    assert guard.refused_settings(SimpleNamespace()) == []
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(TE_BIAS, add_bias_linear=False),
+        dict(TE_BIAS, fp8="hybrid"),
+        dict(TE_BIAS, transformer_impl="local", add_qkv_bias=True),
+    ],
+)
+def test_transformer_engine_without_bias_or_with_fp8_passes(settings: dict) -> None:
+    guard.check_config(SimpleNamespace(**settings))
+
+
+def test_te_bias_is_refused_by_qkv_bias_and_by_the_built_spec() -> None:
+    qkv = SimpleNamespace(**dict(TE_BIAS, add_bias_linear=False, add_qkv_bias=True))
+    with pytest.raises(UnsupportedMegatronError, match="--disable-bias-linear"):
+        guard.check_config(qkv)
+    # A TransformerConfig keeps transformer_impl="transformer_engine" under the local spec: the
+    # spec the model was really built with decides.
+    guard.check_config(SimpleNamespace(**TE_BIAS), transformer_impl="local")
+    with pytest.raises(UnsupportedMegatronError, match="transformer_impl='transformer_engine'"):
+        guard.check_config(SimpleNamespace(**TE_BIAS), transformer_impl="transformer_engine")
+
+
+GPU_RECIPE = [
+    "--num-layers", "32", "--hidden-size", "4096", "--swiglu", "--bf16",
+    "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+    "--sequence-parallel", "--tp-comm-overlap", "--num-experts", "8", "--moe-grouped-gemm",
+]  # fmt: skip
+
+
+def test_argv_scan_names_every_refused_flag_of_a_gpu_recipe() -> None:
+    assert [r.flag for r in guard.refused_flags(GPU_RECIPE)] == [
+        "--transformer-impl transformer_engine",  # Megatron-LM's default, with its biases
+        "--tp-comm-overlap",
+        "--overlap-param-gather",
+        "--moe-grouped-gemm",
+    ]
+    with pytest.raises(UnsupportedMegatronError) as info:
+        guard.check_argv(GPU_RECIPE)
+    message = str(info.value)
+    assert "\n" not in message
+    for refusal in guard.refused_flags(GPU_RECIPE):
+        assert f"{refusal.flag} ({refusal.reason})" in message
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [["--transformer-impl", "local"], ["--transformer-impl=local"], ["--disable-bias-linear"]],
+)
+def test_argv_scan_passes_handled_settings(spec: list[str]) -> None:
+    recipe = ["--num-layers", "4", *spec, "--bf16", "--overlap-grad-reduce", "--sequence-parallel"]
+    assert guard.refused_flags(recipe) == []
+    guard.check_argv(recipe)
+
+
+def test_argv_scan_reads_every_flag_of_the_table() -> None:
+    for refusal in guard.REFUSALS:
+        if refusal.attr == "transformer_impl":
+            argv = ["--add-qkv-bias", "--disable-bias-linear"]  # the default spec, a qkv bias
+        elif refusal.attr == "tp_comm_overlap":  # TE's bulk wgrad overlap, sequence parallel
+            argv = ["--disable-bias-linear", "--sequence-parallel", refusal.flag]
+        elif refusal.attr == "cuda_graph_impl":
+            argv = ["--transformer-impl", "local", "--cuda-graph-impl", "local"]
+        else:
+            argv = ["--transformer-impl", "local", refusal.flag]
+        assert guard.refused_flags(argv) == [refusal], refusal.flag
+    local = ["--transformer-impl", "local"]
+    assert guard.refused_flags([*local, "--cuda-graph-impl=none"]) == []
+    assert guard.refused_flags(["--fp8-format", "hybrid"]) == []  # TE with FP8: bias in FP8 path
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--transformer-impl", "local", "--sequence-parallel"],  # local linears ignore tp_comm_*
+        [],  # no sequence parallelism: TE keeps no bulk wgrad overlap
+        ["--sequence-parallel", "--tp-comm-overlap-rs-dgrad"],
+        ["--sequence-parallel", "--disable-tp-comm-bulk-wgrad"],
+        ["--sequence-parallel", "--no-tp-comm-bulk-wgrad"],
+    ],
+)
+def test_tp_comm_overlap_is_refused_only_with_the_bulk_wgrad_overlap(extra: list[str]) -> None:
+    assert guard.refused_flags(["--disable-bias-linear", "--tp-comm-overlap", *extra]) == []

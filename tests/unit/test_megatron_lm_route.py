@@ -218,10 +218,12 @@ def test_cli_bad_megatron_lm_input_exits_2(command: str, tmp_path: Path) -> None
         (["--megatron-lm", checkout, "--plan", str(tmp_path / "no.json")], "cannot read plan"),
         (["--megatron-lm", checkout], "--nproc-per-node is required with --megatron-lm"),
         (["--megatron-lm", checkout, "--launcher", "slurm"], "SLURM_JOB_NUM_NODES"),
-        (["--", "--num-layers", "2"], "add --megatron-lm PATH"),
+        (["--", "--num-layers", "2", "--transformer-impl", "local"], "add --megatron-lm PATH"),
     ]
     for args, message in cases:
-        result = _cli([command, *args, "--dry-run", "--", "--num-layers", "2"])
+        result = _cli(
+            [command, *args, "--dry-run", "--", "--num-layers", "2", "--transformer-impl", "local"]
+        )
         assert result.exit_code == 2, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.output)
@@ -234,7 +236,7 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setenv("SLURM_NODEID", "1")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "dgx[3,5]")
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
-    args = ["--num-layers", "2", "--data-path", "a b"]
+    args = ["--num-layers", "2", "--data-path", "a b", "--transformer-impl", "local"]
     result = _cli(
         ["pretrain", "--megatron-lm", str(tmp_path), "--launcher", "slurm", "--dry-run", "--"]
         + args
@@ -246,7 +248,8 @@ def test_cli_dry_run_shows_the_megatron_lm_job(tmp_path: Path, monkeypatch) -> N
     assert command.endswith(
         "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=dgx3:29477 "
         "--rdzv-id=timelyfreeze-77 --node-rank=1 --max-restarts=0 "
-        "--module megatron_tf.train.lm_script --num-layers 2 --data-path 'a b'"
+        "--module megatron_tf.train.lm_script --num-layers 2 --data-path 'a b' "
+        "--transformer-impl local"
     )
 
 
@@ -317,7 +320,10 @@ def test_unsupported_checkout_is_refused_before_torchrun(tmp_path: Path, megatro
         cli = [sys.executable, "-m", "megatron_tf", *args, "--megatron-lm", str(checkout)]
         start = time.monotonic()
         proc = subprocess.run(
-            [*cli, "--", "--num-layers", "2"], capture_output=True, text=True, check=False
+            [*cli, "--", "--num-layers", "2", "--transformer-impl", "local"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         seconds = time.monotonic() - start
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
@@ -338,7 +344,7 @@ def test_supported_checkouts_pass_the_check(name: str, megatron_lm_snapshot) -> 
     checkout = megatron_lm_snapshot(name)
     result = _cli(
         ["pretrain", "--megatron-lm", str(checkout), "--nproc-per-node", "2", "--cpu-trial"]
-        + ["--dry-run", "--", "--num-layers", "2"]
+        + ["--dry-run", "--", "--num-layers", "2", "--transformer-impl", "local"]
     )
     assert result.exit_code == 0, result.output
     (job_file,) = [
@@ -357,3 +363,33 @@ def test_cpu_trial_belongs_to_the_megatron_lm_route(tmp_path: Path) -> None:
             "error: --cpu-trial runs a Megatron-LM script on CPU: add --megatron-lm PATH (the "
             "built-in trainer runs on CPU without it)"
         )
+
+
+def test_refused_megatron_flags_stop_before_torchrun(megatron_lm_snapshot, tmp_path) -> None:
+    """A GPU recipe on Megatron-LM's default TransformerEngine spec: the real CLI, in a fresh
+    process, names every refused flag in one line and exits 2 before torchrun starts."""
+    import subprocess
+    import time
+
+    from megatron_tf.megatron import guard
+
+    recipe = ["--num-layers", "2", "--bf16", "--overlap-param-gather", "--tp-comm-overlap"]
+    recipe += ["--sequence-parallel"]
+    # Profiling measures frozen backwards, so it is checked like a run with a plan; a run
+    # without a plan freezes nothing and is not scanned.
+    cli = [sys.executable, "-m", "megatron_tf", "profile", "--nproc-per-node", "2"]
+    cli += ["-o", str(tmp_path / "profile.json")]
+    cli += ["--megatron-lm", str(megatron_lm_snapshot("main")), "--dry-run", "--", *recipe]
+    start = time.monotonic()
+    proc = subprocess.run(cli, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert seconds < 10, seconds
+    (line,) = (proc.stdout + proc.stderr).strip().splitlines()
+    assert "torch.distributed.run" not in line
+    flags = [r.flag for r in guard.refused_flags(recipe)]
+    assert flags == ["--transformer-impl transformer_engine", "--tp-comm-overlap"] + [
+        "--overlap-param-gather"
+    ]
+    assert line.startswith("error: Megatron-LM arguments not supported with freezing: ")
+    assert all(f"{flag} (" in line for flag in flags), line

@@ -108,7 +108,7 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         load_plan(missing)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(FormatError, match="is not JSON"):
+    with pytest.raises(FormatError, match="is not valid JSON"):
         load_plan(bad)
     bad.write_text("[1, 2]")
     with pytest.raises(FormatError, match="expected a JSON object"):

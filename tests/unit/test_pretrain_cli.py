@@ -59,7 +59,7 @@ def test_missing_data_path(tmp_path: Path) -> None:
 def test_tokenizer_that_does_not_match_the_data(tmp_path: Path) -> None:
     prefix = _indexed(tmp_path / "data", max_id=1000)
     proc = _cli(tmp_path, "--data-path", str(prefix), "--vocab-size", "512")
-    _refused(proc, "holds token id 1000 but --tokenizer-type NullTokenizer has only 512 tokens")
+    _refused(proc, "holds token id 1000 but NullTokenizer with --vocab-size 512 knows ids 0..511")
 
 
 def test_matching_data_passes_the_checks(tmp_path: Path) -> None:

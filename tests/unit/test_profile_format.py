@@ -105,7 +105,7 @@ def test_wrong_version_and_bad_schedule() -> None:
 
 
 def test_files(tmp_path: Path) -> None:
-    with pytest.raises(FormatError, match="profile file not found"):
+    with pytest.raises(FormatError, match="cannot read profile"):
         load_profile(tmp_path / "none.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

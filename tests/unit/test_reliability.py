@@ -143,7 +143,7 @@ def test_garbage_meta_json_is_refused(tmp_path: Path, capsys) -> None:
     (tmp_path / "ck" / "iter_0000005" / "meta.json").write_text("{not json")
     refused(
         capsys,
-        "iter_0000005/meta.json is damaged: not JSON",
+        "iter_0000005/meta.json is not valid JSON",
         *_pretrain(tmp_path, "--load", str(tmp_path / "ck")),
     )
 

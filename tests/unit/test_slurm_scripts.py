@@ -17,7 +17,10 @@ import pytest
 
 SLURM_DIR = Path(__file__).resolve().parents[2] / "scripts" / "slurm"
 TEMPLATES = ["profile.sbatch", "pretrain.sbatch", "submit_all.sh"]
-MEGATRON_ARGS = ["--num-layers", "32", "--global-batch-size", "1024", "--data-path", "a b/c"]
+MEGATRON_ARGS = [
+    "--num-layers", "32", "--global-batch-size", "1024", "--data-path", "a b/c",
+    "--disable-bias-linear",
+]  # fmt: skip
 
 FAKE_SRUN = """#!/bin/bash
 # Drop srun's own options, then run the task once per node, as one-task-per-node srun does.
@@ -207,7 +210,7 @@ def test_pretrain_template_with_the_real_cli(fake_bin: Path, tmp_path: Path) -> 
             "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu01:29550 "
             f"--rdzv-id=timelyfreeze-5150 --node-rank={node} --max-restarts=0 "
             "--module megatron_tf.train.lm_script "
-            "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c'"
+            "--num-layers 32 --global-batch-size 1024 --data-path 'a b/c' --disable-bias-linear"
         ) in command
     from megatron_tf.train.lm_script import MegatronLMJob
 

@@ -41,6 +41,7 @@ def own_arguments() -> argparse.Namespace:
     parser.add_argument("--global-batch-size", type=int, required=True)
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--train-iters", type=int, required=True)
+    parser.add_argument("--transformer-impl", default="transformer_engine")
     args = parser.parse_args()  # rejects unknown flags, as Megatron-LM does
     args.data_parallel_size = int(os.environ["WORLD_SIZE"]) // args.pipeline_model_parallel_size
     args.padded_vocab_size = args.vocab_size
