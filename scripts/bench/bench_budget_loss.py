@@ -4,8 +4,8 @@ Profiles the demo GPT once, solves one plan per `--ratios` budget, then trains o
 corpus (same model, data, seed and LR schedule as `timelyfreeze demo`):
 
 - a baseline of `--iters` iterations;
-- per budget, a TimelyFreeze run of `--iters` iterations (equal iterations: the issue's "within
-  1%" criterion);
+- per budget, a TimelyFreeze run of `--iters` iterations (equal iterations: is the loss within
+  1% of the baseline's?);
 - per budget, a TimelyFreeze run of `--iters` x its speedup iterations, the speedup taken from
   `--speedups` (measured side by side by `bench_pretrain_speedup.py`) or else the plan's
   prediction. It spends the baseline's wall time, so if its loss reaches the baseline's final

@@ -1,5 +1,5 @@
 """How pass 1's optimum T* grows with the number of microbatches M, and what a periodic plan
-misses (docs/lp.md, section 8: the lead for large M).
+misses (docs/lp.md, section 8: large M).
 
     .venv/bin/python scripts/bench/bench_large_m.py                      # 1F1B pp 4, 1:1:1
     .venv/bin/python scripts/bench/bench_large_m.py --kind interleaved --vpp 2 --ms 8,16,24,32,40

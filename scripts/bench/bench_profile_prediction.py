@@ -10,7 +10,7 @@ representative iteration calibrated the per-message P2P time) and for the fully 
 (not seen by the calibration). `W` is the weight-gradient time the LP can save, summed over the
 stages: `backward - backward_frozen` per microbatch; its spread over the repeats shows how
 stable each order's estimate is. Cells are medians over the repeats, with [min, max] where the
-spread matters. Issue 5 targets |error| <= 5% for the megatron model on an idle machine; the
+spread matters. The target is |error| <= 5% for the megatron model on an idle machine; the
 1-minute load average is printed because other processes on the cores skew every number.
 
     .venv/bin/python scripts/bench/bench_profile_prediction.py [--iters 10] [--repeats 3] \\

@@ -1,4 +1,4 @@
-"""Time the schedule model on the issue's large case: pp=16, vpp=4, M=256.
+"""Time the schedule model on a large case: pp=16, vpp=4, M=256.
 
 Prints, per comm model, the seconds for building the DAG (Megatron program + edges), for one
 simulation, and their sum against the 2 s target (ratio < 1 meets it). Run:

@@ -1,6 +1,6 @@
 """Time and memory of `solve` (both passes) at scale, on synthetic profiles (costs 1,1,1).
 
-    .venv/bin/python scripts/bench/bench_solve.py                   # the issue's three cases
+    .venv/bin/python scripts/bench/bench_solve.py                   # the three standard cases
     .venv/bin/python scripts/bench/bench_solve.py --time-limit 300  # one limit for every case
     .venv/bin/python scripts/bench/bench_solve.py --case 16,4,128 --comm-model dataflow
     .venv/bin/python scripts/bench/bench_solve.py --case 64,1,1024  # vpp 1: a 1F1B schedule

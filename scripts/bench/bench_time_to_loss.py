@@ -1,4 +1,4 @@
-"""Time to the baseline's validation loss on deep pipelines (issue 11's acceptance layouts).
+"""Time to the baseline's validation loss on deep pipelines, on the standard layouts.
 
 Drives `megatron_tf.compare.run_compare` (what `timelyfreeze compare` runs) for each layout in
 `--layouts`, 3 seeds (weights and data order; one corpus), validation loss on the held-out set,

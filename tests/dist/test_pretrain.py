@@ -1,8 +1,9 @@
 """`timelyfreeze pretrain` end to end: the real CLI, torchrun, gloo on CPU, the embedded corpus.
 
 Each run is a subprocess of the real command; losses come from the run's metrics.jsonl and
-weights from its checkpoints. Runs are tiny (a few iterations of the default small GPT) so the
-whole file takes a few minutes on two cores.
+weights from its checkpoints. Runs are tiny (a few iterations of the default small GPT), and a
+run that several tests read (the same command line) is launched once for the module
+(`shared`), so the whole file takes a few minutes on two cores.
 """
 
 from __future__ import annotations
@@ -44,24 +45,65 @@ def _losses(tmp: Path, out: str = "run") -> dict[int, float]:
     return {r["iteration"]: r["loss"] for r in map(json.loads, lines)}
 
 
+class Shared:
+    """Runs shared by the module's tests: one launch per distinct command line, whatever order
+    pytest runs the tests in. `run(*args)` returns the run's folder and its process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.plan = uniform_plan(root / "plan.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
+        self._runs: dict[tuple[str, ...], tuple[Path, subprocess.CompletedProcess[str]]] = {}
+
+    def run(self, *args: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        if args not in self._runs:
+            out = f"run{len(self._runs)}"
+            proc = _pretrain(self.root, *args, out=out)
+            _ok(proc)
+            self._runs[args] = (self.root / out, proc)
+        return self._runs[args]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
+    return Shared(tmp_path_factory.mktemp("pretrain-shared"))
+
+
+def _read(run: Path) -> dict[int, float]:
+    return _losses(run.parent, run.name)
+
+
+def baseline_args() -> list[str]:
+    """8 iterations of the 1F1B baseline: a loss-decrease case and the plain run that the
+    validation test compares with."""
+    return ["--iters", "8", "--lr-warmup-iters", "1", "--vpp", "1"]
+
+
+def planned_args(shared: Shared) -> list[str]:
+    """8 iterations of 1F1B under the uniform 0.5 plan, checkpointing at 4 and 8: a
+    loss-decrease case and the uninterrupted run that the resume test compares with."""
+    args = [*baseline_args(), "--plan", str(shared.plan), "--save-interval", "4"]
+    return [*args, "--save", str(shared.root / "ckA")]
+
+
 @pytest.mark.parametrize("vpp", [1, 2], ids=["1f1b", "interleaved"])
 @pytest.mark.parametrize("with_plan", [False, True], ids=["baseline", "plan"])
-def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> None:
-    args = ["--iters", "8", "--lr-warmup-iters", "1", "--vpp", str(vpp)]
-    if vpp > 1:
-        args.append("--overlap-p2p-comm")
-    if with_plan:
-        plan = uniform_plan(tmp_path / "plan.json", pp=2, vpp=vpp, microbatches=4, ratio=0.5)
-        args += ["--plan", str(plan)]
-    proc = _pretrain(tmp_path, *args)
-    _ok(proc)
-    losses = _losses(tmp_path)
+def test_pretrain_loss_decreases(tmp_path: Path, shared: Shared, vpp: int, with_plan: bool) -> None:
+    if vpp == 1:  # the 1F1B runs are shared with the validation and resume tests
+        run, _ = shared.run(*(planned_args(shared) if with_plan else baseline_args()))
+    else:
+        args = ["--iters", "8", "--lr-warmup-iters", "1", "--vpp", str(vpp), "--overlap-p2p-comm"]
+        if with_plan:
+            plan = uniform_plan(tmp_path / "plan.json", pp=2, vpp=vpp, microbatches=4, ratio=0.5)
+            args += ["--plan", str(plan)]
+        _ok(_pretrain(tmp_path, *args))
+        run = tmp_path / "run"
+    losses = _read(run)
     assert sorted(losses) == list(range(1, 9))
     # Starts near ln(vocab) = ln(512) and goes down: the last two iterations average below the
     # first by a margin far above the step-to-step noise of this tiny run.
     assert abs(losses[1] - torch.log(torch.tensor(512.0)).item()) < 0.3
     assert (losses[7] + losses[8]) / 2 < losses[1] - 0.15
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
     if with_plan:
         # The freeze runtime was on: every virtual stage realised a real share of the plan's
@@ -74,11 +116,11 @@ def test_pretrain_loss_decreases(tmp_path: Path, vpp: int, with_plan: bool) -> N
         assert all(r["freeze_ratio"] == [] for r in records)
 
 
-def test_resume_continues_exactly(tmp_path: Path) -> None:
+def test_resume_continues_exactly(tmp_path: Path, shared: Shared) -> None:
     """N iterations straight vs N/2, stop, resume: identical losses and weights at N."""
-    plan = uniform_plan(tmp_path / "plan.json", pp=2, vpp=1, microbatches=4, ratio=0.5)
-    common = ["--iters", "8", "--lr-warmup-iters", "2", "--plan", str(plan), "--save-interval", "4"]
-    _ok(_pretrain(tmp_path, *common, "--save", str(tmp_path / "ckA"), out="straight"))
+    straight_run, _ = shared.run(*planned_args(shared))
+    ckA = shared.root / "ckA"
+    common = planned_args(shared)[:-2]  # without its --save
     _ok(
         _pretrain(
             tmp_path,
@@ -102,11 +144,12 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
             out="second",
         )
     )
-    straight, first, second = (_losses(tmp_path, o) for o in ("straight", "first", "second"))
+    straight = _read(straight_run)
+    first, second = (_losses(tmp_path, o) for o in ("first", "second"))
     assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [5, 6, 7, 8]
     assert {**first, **second} == straight  # exact float equality, iteration by iteration
     for rank in (0, 1):
-        a = torch.load(tmp_path / "ckA/iter_0000008" / f"rank_{rank:05d}.pt", weights_only=False)
+        a = torch.load(ckA / "iter_0000008" / f"rank_{rank:05d}.pt", weights_only=False)
         b = torch.load(tmp_path / "ckB/iter_0000008" / f"rank_{rank:05d}.pt", weights_only=False)
         for sa, sb in zip(a["model"], b["model"], strict=True):
             assert sa.keys() == sb.keys()
@@ -144,27 +187,29 @@ def test_drift_triggers_reprofiling_when_forced(tmp_path: Path) -> None:
     assert sorted(_losses(tmp_path)) == list(range(1, 7))
 
 
-def test_validation_and_noise_probe_leave_training_untouched(tmp_path: Path) -> None:
+def test_validation_and_noise_probe_leave_training_untouched(
+    tmp_path: Path, shared: Shared
+) -> None:
     """`--eval-interval` and `--noise-probe-at` run forward(-backward) passes on held-out samples
     without a step: the training losses equal a plain run's exactly, validation losses appear
     at the interval and the last iteration, and each probe reports a finite noise scale; the
     data seed alone changes the sample order (other losses), not the task."""
-    common = ["--iters", "6", "--lr-warmup-iters", "1"]
+    common = baseline_args()
     probe = ["--eval-interval", "4", "--eval-samples", "16"]
     probe += ["--noise-probe-at", "1", "--noise-probe-at", "5", "--noise-probe-rounds", "2"]
     _ok(_pretrain(tmp_path, *common, *probe, out="probed"))
-    _ok(_pretrain(tmp_path, *common, out="plain"))
-    assert _losses(tmp_path, "probed") == _losses(tmp_path, "plain")
+    plain, _ = shared.run(*common)
+    assert _losses(tmp_path, "probed") == _read(plain)
     lines = (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()
     val = {r["iteration"]: r["val_loss"] for r in map(json.loads, lines)}
-    assert [i for i, v in val.items() if v is not None] == [4, 6]
-    assert 0.0 < val[6] < val[4] < 7.0  # below ln(512) and falling
+    assert [i for i, v in val.items() if v is not None] == [4, 8]
+    assert 0.0 < val[8] < val[4] < 7.0  # below ln(512) and falling
     probes = json.loads((tmp_path / "probed" / "noise_scale.json").read_text())
     assert [p["iteration"] for p in probes] == [1, 5]
     assert all(p["b_small"] == 2 and p["b_big"] == 8 for p in probes)  # 1 and 4 microbatches
     assert all(p["small_batch_grad_sq"] > 0 and p["big_batch_grad_sq"] > 0 for p in probes)
     _ok(_pretrain(tmp_path, *common, "--data-seed", "99", out="order"))
-    assert _losses(tmp_path, "order") != _losses(tmp_path, "plain")
+    assert _losses(tmp_path, "order") != _read(plain)
 
 
 def test_plan_auto_with_the_auto_budget(tmp_path: Path) -> None:
@@ -242,27 +287,40 @@ def test_reprice_switches_plans_at_its_iterations(tmp_path: Path) -> None:
     assert "re-priced at iteration 4" in proc.stdout
 
 
+def lag_common() -> list[str]:
+    return ["--iters", "7", "--lr-warmup-iters", "1", "--max-freeze-ratio", "0.8"]
+
+
+def lagged_args(shared: Shared) -> list[str]:
+    """`--plan auto --replan-lag 3`: measured after the 2-iteration warm-up, solved beside
+    iterations 3-5, in force from 6; a checkpoint at 4, while the plan is on its way."""
+    args = [*lag_common(), "--plan", "auto", "--freeze-warmup-iters", "2", "--profile-iters", "2"]
+    return [*args, "--replan-lag", "3", "--save-interval", "4", "--save", str(shared.root / "ck")]
+
+
+def lagged_and_file(shared: Shared) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """The lagged run, and a run given its plan as a file with a 5-iteration warm-up."""
+    lagged, proc = shared.run(*lagged_args(shared))
+    plan = lagged / "replan_0" / "plan.json"
+    file_run, _ = shared.run(*lag_common(), "--plan", str(plan), "--freeze-warmup-iters", "5")
+    return lagged, file_run, proc
+
+
 def test_replan_lag_solves_beside_training_and_switches_at_a_fixed_iteration(
-    tmp_path: Path,
+    shared: Shared,
 ) -> None:
-    """`--replan-lag 2`: the in-job profile is measured after the 2-iteration warm-up, rank 0
-    solves while iterations 3 and 4 train unfrozen, and the plan is in force from iteration 5 on
-    every rank. The run equals one given that plan as a file with a 4-iteration warm-up, loss
+    """`--replan-lag 3`: the in-job profile is measured after the 2-iteration warm-up, rank 0
+    solves while iterations 3 to 5 train unfrozen, and the plan is in force from iteration 6 on
+    every rank. The run equals one given that plan as a file with a 5-iteration warm-up, loss
     for loss: the switch happens at the lag, not when the solve finished."""
-    common = ["--iters", "7", "--lr-warmup-iters", "1", "--profile-iters", "2"]
-    common += ["--max-freeze-ratio", "0.8"]
-    lagged = _pretrain(
-        tmp_path, *common, "--plan", "auto", "--freeze-warmup-iters", "2", "--replan-lag", "2"
-    )
-    _ok(lagged)
-    assert "beside iterations 3-4, in force from 5" in lagged.stdout
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    plan = tmp_path / "run" / "replan_0" / "plan.json"
+    lagged, file_run, proc = lagged_and_file(shared)
+    assert "beside iterations 3-5, in force from 6" in proc.stdout
+    records = [json.loads(x) for x in (lagged / "metrics.jsonl").read_text().splitlines()]
+    plan = lagged / "replan_0" / "plan.json"
     makespan = json.loads(plan.read_text())["predicted"]["makespan"]
-    assert [r["predicted_seconds"] for r in records[:4]] == [None] * 4
-    assert [r["predicted_seconds"] for r in records[4:]] == pytest.approx([makespan] * 3)
-    _ok(_pretrain(tmp_path, *common, "--plan", str(plan), "--freeze-warmup-iters", "4", out="file"))
-    assert _losses(tmp_path) == _losses(tmp_path, "file")
+    assert [r["predicted_seconds"] for r in records[:5]] == [None] * 5
+    assert [r["predicted_seconds"] for r in records[5:]] == pytest.approx([makespan] * 2)
+    assert _read(lagged) == _read(file_run)
 
 
 def test_replan_lag_with_repricing_skips_and_abandons_in_order(tmp_path: Path) -> None:
@@ -291,24 +349,22 @@ def test_replan_lag_with_repricing_skips_and_abandons_in_order(tmp_path: Path) -
 
 
 def test_a_checkpoint_inside_the_replan_lag_resumes_with_that_plan_where_it_was_due(
-    tmp_path: Path,
+    tmp_path: Path, shared: Shared
 ) -> None:
-    """`--plan auto --replan-lag 3`: measured after the 2-iteration warm-up, in force from
-    iteration 6. A run that saves at 4, while its plan is on its way, stops there and resumes:
-    the resumed run measures nothing and switches to the checkpoint's plan at 6, so the two
-    halves equal one run given that plan as a file with a 5-iteration warm-up, loss for loss.
-    (Two auto runs measure two profiles, so they may solve different plans.)"""
-    common = ["--iters", "7", "--lr-warmup-iters", "1", "--max-freeze-ratio", "0.8"]
-    lagged = ["--plan", "auto", "--freeze-warmup-iters", "2", "--profile-iters", "2"]
-    lagged += ["--replan-lag", "3", "--save-interval", "4", "--save", str(tmp_path / "ck")]
-    _ok(_pretrain(tmp_path, *common, *lagged, "--exit-after-iters", "4", out="first"))
-    second = _pretrain(tmp_path, *common, *lagged, "--load", str(tmp_path / "ck"), out="second")
+    """The lagged run saves at 4, while its plan is on its way; a run resumed from that
+    checkpoint (its iteration folder) measures nothing and switches to the checkpoint's plan
+    at 6, so its iterations after the first four equal those of one run given that plan as a
+    file with a 5-iteration warm-up, loss for loss. (Two auto runs measure two profiles, so
+    they may solve different plans.)"""
+    lagged, file_run, _ = lagged_and_file(shared)
+    # The lagged run went on to 7 (and saved there too): resume from its iteration-4 folder.
+    resume = [*lagged_args(shared)[:-2], "--save", str(tmp_path / "ck")]
+    resume += ["--load", str(shared.root / "ck" / "iter_0000004")]
+    second = _pretrain(tmp_path, *resume, out="second")
     _ok(second)
     assert "beside iterations 3-5, in force from 6" in second.stdout
     assert not (tmp_path / "second" / "replan_0").exists()  # nothing measured again
-    plan = tmp_path / "first" / "replan_0" / "plan.json"
-    file_run = ["--plan", str(plan), "--freeze-warmup-iters", "5"]
-    _ok(_pretrain(tmp_path, *common, *file_run, out="file"))
-    first, after = _losses(tmp_path, "first"), _losses(tmp_path, "second")
+    first = {i: loss for i, loss in _read(lagged).items() if i <= 4}
+    after = _losses(tmp_path, "second")
     assert sorted(first) == [1, 2, 3, 4] and sorted(after) == [5, 6, 7]
-    assert {**first, **after} == _losses(tmp_path, "file")
+    assert {**first, **after} == _read(file_run)

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silent (issue 13): the cases that need a real torchrun job.
+"""Nothing lost, nothing silent: the cases that need a real torchrun job.
 
 The real `timelyfreeze pretrain` in a subprocess, gloo on CPU, the embedded corpus:
 - resume semantics: an explicit --no-freeze or --plan on resume replaces the checkpoint's plan

@@ -1,4 +1,4 @@
-"""Issue 2, part 3: the schedule model's compute order equals what megatron-core really runs.
+"""The schedule model's compute order equals what megatron-core really runs.
 
 Each launch runs megatron-core's real schedule (0.19.2, installed; three of the layouts also on
 Megatron-LM main's megatron/core 0.20.0, from the snapshot copy of tests/conftest.py) with a

@@ -5,8 +5,7 @@
 - the choice is 0, with a reason, when the model says freezing cannot pay, and when the best
   predicted saving is below `min_saving` (the model's measured error); at 0 it trusts any;
 - a larger measured noise scale never raises the chosen cap (each lost sample costs more), a
-  larger batch never lowers it (the issue asked for "never lowers" with the noise scale: the
-  model says the opposite direction, checked here);
+  larger batch never lowers it;
 - the chosen plan satisfies every LP constraint and the simulator reproduces its makespan.
 """
 

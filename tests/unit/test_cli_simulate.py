@@ -21,7 +21,7 @@ def _json(args: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
-def test_issue_example_1f1b() -> None:
+def test_readme_example_1f1b() -> None:
     out = _json(["--schedule", "1f1b", "--pp", "8", "--microbatches", "16", "--costs", "1,1,1"])
     assert out["makespan"] == pytest.approx(69, abs=1e-9)
     assert out["bubble_fraction"] == pytest.approx(7 / 23, abs=1e-9)
@@ -30,7 +30,7 @@ def test_issue_example_1f1b() -> None:
     assert out["critical_path"][0] == "F[r=0,c=0,m=0]"
 
 
-def test_issue_example_interleaved_dataflow() -> None:
+def test_example_interleaved_dataflow() -> None:
     args = ["--schedule", "interleaved", "--pp", "4", "--vpp", "2", "--microbatches", "8"]
     out = _json([*args, "--costs", "1,1,1", "--comm-model", "dataflow"])
     assert out["makespan"] == pytest.approx(28.5, abs=1e-9)

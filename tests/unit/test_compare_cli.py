@@ -1,4 +1,4 @@
-"""The issue-11 CLI surface: `solve --max-freeze-ratio auto`, `compare`'s refusals, and the
+"""The time-to-loss CLI surface: `solve --max-freeze-ratio auto`, `compare`'s refusals, and the
 seed/validation flags of `pretrain`, through the real CLI (CliRunner, nothing launched)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On CPU the kit runs the exactness comparison for real (megatron-core's local-spec layers, fp32
 and bf16), times the tiny layer against the frozen share, and skips what needs CUDA, saying so.
-This keeps the one command a lent GPU will run from rotting between GPU sessions.
+This keeps the one command a GPU machine will run from rotting while no GPU is at hand.
 """
 
 from __future__ import annotations

@@ -156,8 +156,8 @@ def test_monotone_in_budget_and_bounded_by_all_frozen(comm_model: str) -> None:
     assert previous == pytest.approx(all_frozen, rel=1e-9)
 
 
-def test_leverage_over_uniform_freezing_issue_case() -> None:
-    """Issue 3: 1F1B, pp 8, M 16, costs 1,1,1, max ratio 0.1: >= 2.5x uniform's gain."""
+def test_leverage_over_uniform_freezing_pp8() -> None:
+    """1F1B, pp 8, M 16, costs 1,1,1, max ratio 0.1: >= 2.5x uniform's gain."""
     spec = ScheduleSpec(kind="1f1b", pp=8, microbatches=16)
     dag = make_dag(spec, BALANCED, "megatron")
     result = solve_lp(dag, SolverConfig(max_freeze_ratio=0.1))

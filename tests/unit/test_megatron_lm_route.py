@@ -286,7 +286,7 @@ def test_checkpoint_wrappers_pass_through_and_record(tmp_path: Path, monkeypatch
 
 def checkout_with_core(root: Path, package_info: Path, minor: int) -> Path:
     """A Megatron-LM checkout whose megatron/core reports 0.<minor>.x: a copy of a real
-    package_info.py with MINOR edited, as the acceptance test of issue 12 asks."""
+    package_info.py with MINOR edited, so the version check reads a real file."""
     core = root / "megatron" / "core"
     core.mkdir(parents=True)
     (core / "__init__.py").write_text("")

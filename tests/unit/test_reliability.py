@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silent (issue 13): the fast cases, through the real CLI entry point.
+"""Nothing lost, nothing silent: the fast cases, through the real CLI entry point.
 
 Every bad input below must end with exit code 2 and exactly one `error:` line naming the flag,
 field or file, with no traceback; checkpoints are never overwritten or made unreachable; a large

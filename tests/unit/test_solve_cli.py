@@ -15,7 +15,7 @@ from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
 
 runner = CliRunner()
 
-ISSUE_CASE = ["--schedule", "1f1b", "--pp", "8", "--microbatches", "16", "--costs", "1,1,1"]
+PP8_CASE = ["--schedule", "1f1b", "--pp", "8", "--microbatches", "16", "--costs", "1,1,1"]
 INTERLEAVED = ["--schedule", "interleaved", "--pp", "4", "--vpp", "2", "--microbatches", "8"]
 
 
@@ -75,8 +75,8 @@ def test_solve_writes_a_plan_the_simulator_reproduces(tmp_path: Path) -> None:
     assert json.loads(sim.stdout)["makespan"] == pytest.approx(plan.predicted.makespan, rel=1e-6)
 
 
-def test_issue_leverage_case_through_the_cli(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+def test_pp8_leverage_case_through_the_cli(tmp_path: Path) -> None:
+    profile = synthetic(tmp_path, PP8_CASE)
     result = runner.invoke(app, ["solve", str(profile), "--max-freeze-ratio", "0.1", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -86,7 +86,7 @@ def test_issue_leverage_case_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_table_output(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     result = runner.invoke(app, ["solve", str(profile), "--comm-model", "dataflow"])
     assert result.exit_code == 0, result.output
     for text in ("predicted speedup", "mean freeze ratio", "GLOP OPTIMAL", "dataflow"):
@@ -95,7 +95,7 @@ def test_table_output(tmp_path: Path) -> None:
 
 
 def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     png = tmp_path / "pareto.png"
     ratios = "0,0.05,0.1,0.2,0.4,0.6,0.8"
     result = runner.invoke(app, ["solve", str(profile), "--sweep", ratios, "--plot", str(png)])
@@ -115,11 +115,11 @@ def test_sweep_table_json_and_plot(tmp_path: Path) -> None:
         assert (
             p["speed_gain"] >= p["uniform_speed_gain"] - 1e-9
         )  # uniform at the same ratio is feasible
-    assert points[2]["leverage"] >= 2.5  # max 0.1, the issue's case
+    assert points[2]["leverage"] >= 2.5  # max 0.1: the LP gets >= 2.5x uniform's gain
 
 
 def test_sweep_and_output_together(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     plan_path = tmp_path / "plan.json"
     result = runner.invoke(
         app,
@@ -193,13 +193,13 @@ def test_bad_profiles_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, extra: list[str], expected: str) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     line = one_error_line(runner.invoke(app, ["solve", str(profile), *extra]))
     assert expected in line
 
 
 def test_parameter_weighting_from_profile_units(tmp_path: Path) -> None:
-    data = json.loads(synthetic(tmp_path, ISSUE_CASE).read_text())
+    data = json.loads(synthetic(tmp_path, PP8_CASE).read_text())
     for st in data["stages"]:
         # rank 3 holds ten times the parameters of the others
         params = 10_000 if st["rank"] == 3 else 1_000
@@ -229,7 +229,7 @@ def test_missing_profile_file(tmp_path: Path) -> None:
 
 
 def test_infeasible_budget_keeps_an_existing_plan(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     plan_path = tmp_path / "plan.json"
     ok = runner.invoke(app, ["solve", str(profile), "-o", str(plan_path)])
     assert ok.exit_code == 0, ok.output
