@@ -54,6 +54,7 @@ from megatron_tf.megatron.hooks import (
     ScheduleObserver,
     current_num_microbatches,
     install_hooks,
+    weight_grads_deferred,
 )
 
 __all__ = ["FreezeRuntime", "Ratios", "chunk_units"]
@@ -433,6 +434,12 @@ class FreezeRuntime(ScheduleObserver):
 
     def after_backward(self, chunk: int, microbatch: int) -> None:
         self._set(chunk, microbatch, True)
+        if microbatch == self.spec.microbatches - 1 and not weight_grads_deferred():
+            self._report_ready(chunk, self._toggle[chunk][microbatch])
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        # A split-backward schedule: earlier microbatches' W may run after the last B, so a
+        # parameter is complete only after the chunk's last W (megatron/zero_bubble.py).
         if microbatch == self.spec.microbatches - 1:
             self._report_ready(chunk, self._toggle[chunk][microbatch])
 
