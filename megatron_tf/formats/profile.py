@@ -77,6 +77,10 @@ class StageCost(_Strict):
     """Full backward (input and weight gradients), nothing frozen."""
     backward_frozen: Seconds = Field(ge=0, le=MAX_SECONDS)
     """Backward with every freezable tensor of the chunk frozen (0 on the first virtual stage)."""
+    weight_grad: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    """The weight-gradient part of `backward` (a split-backward schedule's W action), timed on
+    its own; `backward - weight_grad` is the input gradient (B). None: derived from `backward`
+    and `backward_frozen` (`schedule/costs.py`), as for profiles written before the field."""
     units: list[UnitCost] | None = None
 
     @model_validator(mode="after")
@@ -84,6 +88,11 @@ class StageCost(_Strict):
         if self.backward_frozen > self.backward:
             raise ValueError(
                 f"backward_frozen ({self.backward_frozen}) exceeds backward ({self.backward}) "
+                f"for rank {self.rank} chunk {self.chunk}"
+            )
+        if self.weight_grad is not None and self.weight_grad > self.backward:
+            raise ValueError(
+                f"weight_grad ({self.weight_grad}) exceeds backward ({self.backward}) "
                 f"for rank {self.rank} chunk {self.chunk}"
             )
         return self
@@ -98,6 +107,7 @@ class MicrobatchCost(_Strict):
     forward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
     backward: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
     backward_frozen: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    weight_grad: Seconds | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 class CommLink(_Strict):
@@ -114,7 +124,8 @@ class MeasuredAction(_Strict):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
     rank: int = Field(ge=0)
     kind: str
-    """"F", "B", a P2P call name, or WAIT_PREFIX + the request waited on."""
+    """"F", "B", "W" (an `ActionKind`), a P2P call name, or WAIT_PREFIX + the request waited
+    on."""
     chunk: int = -1
     microbatch: int = -1
     start: Seconds

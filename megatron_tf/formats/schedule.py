@@ -3,27 +3,29 @@
 The one schedule record: the formats (`ScheduleRecord`, the `schedule` object of profile.json and
 plan.json), the layout (`ParallelConfig.schedule_spec`), the simulator, the runtime and the
 trainer all hold a `ScheduleSpec`, and `megatron_schedule` is the only place that turns
-Megatron's settings (pp, vpp, microbatches, group size, overlap) into one. Validation follows
-megatron-core 0.19.2 (`pipeline_parallel/schedules.py`) and lives in `ScheduleSpec.__post_init__`
-only, so a schedule this module accepts is one Megatron runs, and a rejected one carries
-Megatron's rule in the message.
+Megatron's settings (pp, vpp, microbatches, group size, overlap) into one.
+`ScheduleSpec.__post_init__` checks what every kind shares and hands the rest to the kind's own
+rules in the registry (`formats/kinds/`), which follow megatron-core 0.19.2
+(`pipeline_parallel/schedules.py`): a schedule this module accepts is one that runs, and a
+rejected one carries the rule.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.kinds import ScheduleKind, get_kind, kind_names
 
-ScheduleKind = Literal["1f1b", "interleaved"]
-SCHEDULE_KINDS: tuple[str, ...] = ("1f1b", "interleaved")
+SCHEDULE_KINDS: tuple[str, ...] = kind_names()
+"""The registered schedule kinds (`formats/kinds/`)."""
 
 DEFAULT_MAX_ACTIONS = 500_000
-"""Largest schedule (forward + backward actions, 2 * pp * vpp * microbatches) any command
+"""Largest schedule (compute actions: 2 or, with W, 3 * pp * vpp * microbatches) any command
 builds, unless `$TIMELYFREEZE_MAX_ACTIONS` raises it. The DAG and simulator take about 1.3 KB
 and 50 us per action on a CPU (pp 32, M 4096: 262,144 actions, 13.6 s, 390 MB), so the default
 bounds one command at about 0.7 GB and half a minute; the LP is several times that."""
@@ -34,12 +36,12 @@ MAX_ACTIONS_ENV = "TIMELYFREEZE_MAX_ACTIONS"
 class ScheduleSpec:
     """One iteration of a Megatron pipeline schedule, as Megatron itself parameterises it."""
 
-    kind: ScheduleKind
-    """`1f1b` (forward_backward_pipelining_without_interleaving) or `interleaved`."""
+    kind: str
+    """A registered kind (`formats/kinds/`): `1f1b`, `interleaved` or `zb-h1`."""
     pp: int
     """Pipeline-parallel size (ranks)."""
     vpp: int = 1
-    """Model chunks per rank (virtual pipeline size); 1 for 1F1B, >= 2 for interleaved."""
+    """Model chunks per rank (virtual pipeline size); >= 2 for interleaved, else 1."""
     microbatches: int
     """Microbatches per iteration (M = global batch / (micro batch * dp))."""
     group_size: int = 0
@@ -48,58 +50,26 @@ class ScheduleSpec:
     """Megatron's `overlap_p2p_comm` (interleaved only): changes P2P calls, not compute order."""
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ConfigError(
-                f"unknown schedule {self.kind!r} (--schedule): expected one of "
-                f"{', '.join(SCHEDULE_KINDS)}"
-            )
+        kind = get_kind(self.kind)
         _positive_int("pp", self.pp, "--pp")
         _positive_int("microbatches", self.microbatches, "--microbatches")
         _positive_int("vpp", self.vpp, "--vpp")
         if self.pp < 2:
             raise ConfigError(f"--pp must be at least 2 for a pipeline schedule, got {self.pp}")
         _check_size(self)
-        if self.kind == "1f1b":
-            if self.vpp != 1:
-                raise ConfigError(
-                    f"the 1f1b schedule has one chunk per rank: --vpp must be 1, "
-                    f"got {self.vpp} (use --schedule interleaved)"
-                )
-            if self.group_size not in (0, self.pp):
-                raise ConfigError("--group-size applies to the interleaved schedule only")
-            if self.overlap_p2p_comm:
-                raise ConfigError(
-                    "--overlap-p2p-comm applies to the interleaved schedule only "
-                    "(Megatron ignores it for 1f1b)"
-                )
-            object.__setattr__(self, "group_size", self.pp)
-            return
-        if self.vpp < 2:
-            raise ConfigError(f"the interleaved schedule needs --vpp >= 2, got {self.vpp}")
-        if self.group_size == 0:
-            object.__setattr__(self, "group_size", self.pp)
-        _positive_int("group_size", self.group_size, "--group-size")
-        m, g, p = self.microbatches, self.group_size, self.pp
-        # schedules.py, forward_backward_pipelining_with_interleaving: the group size must lie
-        # in [PP, M] ...
-        if g > m or g < p:
-            raise ConfigError(
-                f"Megatron requires the microbatch group size per virtual stage to lie in "
-                f"[PP={p}, M={m}]: got --group-size {g} (with --microbatches {m})"
-            )
-        # ... and the last group must be empty or hold at least PP microbatches.
-        remainder = m % g
-        if 0 < remainder < p:
-            raise ConfigError(
-                f"Megatron requires M mod group size to be 0 or >= PP={p}: "
-                f"--microbatches {m} mod --group-size {g} = {remainder}"
-            )
+        # The kind's own rules (formats/kinds/): they also fill in the default group size.
+        object.__setattr__(self, "group_size", kind.check(self))
+
+    @property
+    def schedule_kind(self) -> ScheduleKind:
+        """The registered kind: its rules, program generator and metadata."""
+        return get_kind(self.kind)
 
     @property
     def actions(self) -> int:
-        """Compute actions of one iteration (a forward and a backward per microbatch and chunk);
-        what the DAG, the simulator and the LP grow with."""
-        return 2 * self.pp * self.vpp * self.microbatches
+        """Compute actions of one iteration (the kind's actions per microbatch and chunk: F and
+        B, or F, B and W); what the DAG, the simulator and the LP grow with."""
+        return _actions(self)
 
     @property
     def stages(self) -> int:
@@ -125,7 +95,7 @@ class ScheduleSpec:
 
     def describe(self) -> str:
         text = f"{self.kind} pp={self.pp}"
-        if self.kind == "interleaved":
+        if self.schedule_kind.chunked:
             text += f" vpp={self.vpp} group={self.group_size}"
         return f"{text} M={self.microbatches}"
 
@@ -176,7 +146,8 @@ class ScheduleRecord(BaseModel):
     # strict: "2" or true where a number belongs is refused, not coerced.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    kind: Literal["1f1b", "interleaved"]
+    kind: str
+    """A registered schedule kind; checked by building the `ScheduleSpec`."""
     pp: int = Field(ge=2)
     vpp: int = Field(default=1, ge=1)
     microbatches: int = Field(ge=1)
@@ -219,10 +190,19 @@ def max_actions() -> int:
 def _check_size(spec: ScheduleSpec) -> None:
     """Refuse, before anything is built, a schedule whose model would not fit a shared machine."""
     limit = max_actions()
-    actions = 2 * spec.pp * spec.vpp * spec.microbatches
+    actions = _actions(spec)
     if actions > limit:
+        what = (
+            "forward/backward/weight-gradient"
+            if spec.schedule_kind.splits_backward
+            else ("forward/backward")
+        )
         raise ConfigError(
             f"the schedule --pp {spec.pp} --vpp {spec.vpp} --microbatches {spec.microbatches} has "
-            f"{actions:,} forward/backward actions, over the limit of {limit:,} (about "
+            f"{actions:,} {what} actions, over the limit of {limit:,} (about "
             f"{limit * 1.3e-6:.1f} GB to model); set {MAX_ACTIONS_ENV} to raise it"
         )
+
+
+def _actions(spec: ScheduleSpec) -> int:
+    return len(spec.schedule_kind.actions) * spec.pp * spec.vpp * spec.microbatches

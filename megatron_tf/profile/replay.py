@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from megatron_tf.formats.kinds.program import ActionKind
 from megatron_tf.formats.profile import MicrobatchCost, Profile
 from megatron_tf.profile.samples import RawAction, durations_with_gaps
 from megatron_tf.schedule.simulate import simulate_profile
@@ -35,9 +36,10 @@ def replay_profile(profile: Profile) -> Profile:
         ]
         lengths = durations_with_gaps(actions) if gaps else [a[4] - a[3] for a in actions]
         for (kind, chunk, mb, _, _), length in zip(actions, lengths, strict=True):
-            if kind in ("F", "B"):
-                field = "forward" if kind == "F" else "backward"
-                overrides.setdefault((rank, chunk, mb), {})[field] = length
+            if kind == ActionKind.F:
+                overrides.setdefault((rank, chunk, mb), {})["forward"] = length
+            elif kind == ActionKind.B:
+                overrides.setdefault((rank, chunk, mb), {})["backward"] = length
     microbatches = [
         MicrobatchCost(rank=r, chunk=c, microbatch=m, **values)
         for (r, c, m), values in sorted(overrides.items())

@@ -6,11 +6,13 @@ Torch-free: the measuring loops (`runner.py`, `lm_profiler.py`) produce these on
 
 from __future__ import annotations
 
+from megatron_tf.formats.kinds.program import COMPUTE_KINDS
+
 __all__ = ["GatheredTimings", "RankTimings", "RawAction", "RawIteration", "durations_with_gaps"]
 
 RawAction = tuple[str, int, int, float, float]
-"""One timed call: (kind, chunk, microbatch, start, end); kind is "F", "B", a P2P call's name,
-or WAIT_PREFIX + the request waited on."""
+"""One timed call: (kind, chunk, microbatch, start, end); kind is an `ActionKind` ("F", "B",
+"W"), a P2P call's name, or WAIT_PREFIX + the request waited on."""
 
 RawIteration = tuple[float, list[RawAction]]
 """One iteration of one rank: (wall seconds, its timed calls)."""
@@ -34,8 +36,8 @@ def durations_with_gaps(actions: list[RawAction]) -> list[float]:
     extra = [0.0] * len(actions)
     for i, j in zip(ordered, ordered[1:], strict=False):
         gap = max(0.0, actions[j][3] - actions[i][4])
-        if actions[i][0] in ("F", "B"):
+        if actions[i][0] in COMPUTE_KINDS:
             extra[i] += gap
-        elif actions[j][0] in ("F", "B"):
+        elif actions[j][0] in COMPUTE_KINDS:
             extra[j] += gap
     return [a[4] - a[3] + extra[k] for k, a in enumerate(actions)]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from megatron_tf.formats.kinds.program import COMPUTE_KINDS, ActionKind
 from megatron_tf.formats.profile import (
     WAIT_PREFIX,
     CommLink,
@@ -32,6 +33,8 @@ from megatron_tf.profile.replay import calibrate_comm
 from megatron_tf.profile.samples import GatheredTimings, RawIteration, durations_with_gaps
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
+
+F, B = ActionKind.F, ActionKind.B
 
 _MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 _COMM_QUANTILE = 0.1  # a P2P call's transfer time: its fast calls (peer already waiting)
@@ -73,7 +76,7 @@ def _quantile(samples: Sequence[float], q: float) -> float:
 def _durations(
     iterations_by_rank: list[list[RawIteration]], kind: str, with_gaps: bool = False
 ) -> dict[tuple[int, int, int], list[float]]:
-    """(rank, chunk, mb) -> durations of `kind` ("F" or "B") over the phase's iterations."""
+    """(rank, chunk, mb) -> durations of `kind` (an `ActionKind`) over the phase's iterations."""
     out: dict[tuple[int, int, int], list[float]] = defaultdict(list)
     for rank, iterations in enumerate(iterations_by_rank):
         for _, actions in iterations:
@@ -119,7 +122,7 @@ def _comm_links(iterations_by_rank: list[list[RawIteration]]) -> list[CommLink]:
     for rank, iterations in enumerate(iterations_by_rank):
         for _, actions in iterations:
             for kind, _, _, start, end in actions:
-                if kind in ("F", "B") or kind.startswith(WAIT_PREFIX):
+                if kind in COMPUTE_KINDS or kind.startswith(WAIT_PREFIX):
                     continue
                 if "send_forward" in kind:
                     samples[(rank, "forward")].append(end - start)
@@ -149,7 +152,7 @@ def _p2p_calls(iterations_by_rank: list[list[RawIteration]]) -> list[dict[str, A
     out = []
     for rank, iterations in enumerate(iterations_by_rank):
         per_iteration = [
-            [a for a in actions if a[0] not in ("F", "B") and not a[0].startswith(WAIT_PREFIX)]
+            [a for a in actions if a[0] not in COMPUTE_KINDS and not a[0].startswith(WAIT_PREFIX)]
             for _, actions in iterations
         ]
         for k, calls in enumerate(zip(*per_iteration, strict=False)):
@@ -244,10 +247,10 @@ def build_profile(
     outliers: list[dict[str, Any]] = []
     unfrozen, frozen = timings["unfrozen"], timings["frozen"]
     g = attribute_gaps
-    fwd, fwd_mb = _per_stage(_durations(unfrozen, "F", g), spec, outlier_mads, "forward", outliers)
-    bwd, bwd_mb = _per_stage(_durations(unfrozen, "B", g), spec, outlier_mads, "backward", outliers)
+    fwd, fwd_mb = _per_stage(_durations(unfrozen, F, g), spec, outlier_mads, "forward", outliers)
+    bwd, bwd_mb = _per_stage(_durations(unfrozen, B, g), spec, outlier_mads, "backward", outliers)
     frz, frz_mb = _per_stage(
-        _durations(frozen, "B", g), spec, outlier_mads, "backward_frozen", outliers
+        _durations(frozen, B, g), spec, outlier_mads, "backward_frozen", outliers
     )
     stages = []
     for r in range(spec.pp):
@@ -331,7 +334,7 @@ def _linearity(
         for c in range(spec.vpp):
             ys = []
             for _, name in phases:
-                per_mb = _durations(timings[name], "B", attribute_gaps)
+                per_mb = _durations(timings[name], B, attribute_gaps)
                 pooled = [x for (rr, cc, _), v in per_mb.items() if (rr, cc) == (r, c) for x in v]
                 ys.append(robust_stat(pooled, outlier_mads).median)
             xs = [ratio for ratio, _ in phases]

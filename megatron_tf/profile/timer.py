@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from megatron_tf.formats.kinds.program import ActionKind
 from megatron_tf.formats.profile import WAIT_PREFIX
 from megatron_tf.megatron.hooks import ScheduleObserver
 from megatron_tf.profile.samples import RawAction
@@ -25,7 +26,8 @@ class ActionTime:
     """One timed call, seconds from the iteration start."""
 
     kind: str
-    """"F", "B", the P2P call's name, or WAIT_PREFIX + the request waited on."""
+    """An `ActionKind` ("F", "B", "W"), the P2P call's name, or WAIT_PREFIX + the request
+    waited on."""
     chunk: int
     microbatch: int
     start: float
@@ -115,16 +117,16 @@ class TimingObserver(ScheduleObserver):
             self._marks.append((*key, self._open.pop(key), self._clock.mark()))
 
     def before_forward(self, chunk: int, microbatch: int) -> None:
-        self._open_mark(("F", chunk, microbatch))
+        self._open_mark((ActionKind.F, chunk, microbatch))
 
     def after_forward(self, chunk: int, microbatch: int) -> None:
-        self._close_mark(("F", chunk, microbatch))
+        self._close_mark((ActionKind.F, chunk, microbatch))
 
     def before_backward(self, chunk: int, microbatch: int) -> None:
-        self._open_mark(("B", chunk, microbatch))
+        self._open_mark((ActionKind.B, chunk, microbatch))
 
     def after_backward(self, chunk: int, microbatch: int) -> None:
-        self._close_mark(("B", chunk, microbatch))
+        self._close_mark((ActionKind.B, chunk, microbatch))
 
     def before_p2p(self, call: str) -> None:
         if self._active:

@@ -1,7 +1,14 @@
 """Durations of every action of an iteration, from a profile or from what-if numbers.
 
-`CostModel` is what the DAG builder reads: forward, backward and backward_frozen per
-(rank, chunk, microbatch), and the transfer time of each P2P message.
+`CostModel` is what the DAG builder reads: forward, backward, backward_frozen and the
+weight-gradient part of the backward per (rank, chunk, microbatch), and the transfer time of
+each P2P message.
+
+The weight gradient W (what a split-backward kind runs as its own action) is the profile's
+`weight_grad` where it was timed on its own. Otherwise it is derived: `backward -
+backward_frozen` (what freezing every freezable tensor removes) on every stage but the first
+virtual one; there a fully frozen chunk runs no backward at all (`backward_frozen` is 0), so W
+is `backward` times the mean W share of `backward` over the other stages.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.kinds.program import ActionKind
 from megatron_tf.formats.profile import (
     MAX_SECONDS,
     PROFILE_FORMAT,
@@ -35,6 +43,8 @@ class CostModel:
     """Full backward, nothing frozen."""
     backward_frozen: Grid
     """Backward with every freezable tensor frozen."""
+    weight: Grid
+    """The weight-gradient part of `backward` (W); a fused kind's B includes it."""
     comm_forward: list[float]
     """comm_forward[r]: time of one activation message sent by rank r."""
     comm_backward: list[float]
@@ -57,6 +67,12 @@ class CostModel:
             ]
 
         fwd, bwd, frz = grid("forward"), grid("backward"), grid("backward_frozen")
+        timed: dict[tuple[int, int, int], float] = {}
+        for r in range(spec.pp):
+            for c in range(spec.vpp):
+                w = profile.stage(r, c).weight_grad
+                if w is not None:
+                    timed.update({(r, c, mb): float(w) for mb in range(m)})
         for o in profile.microbatches or []:
             if o.forward is not None:
                 fwd[o.rank][o.chunk][o.microbatch] = o.forward
@@ -64,6 +80,8 @@ class CostModel:
                 bwd[o.rank][o.chunk][o.microbatch] = o.backward
             if o.backward_frozen is not None:
                 frz[o.rank][o.chunk][o.microbatch] = o.backward_frozen
+            if o.weight_grad is not None:
+                timed[(o.rank, o.chunk, o.microbatch)] = o.weight_grad
         for r in range(spec.pp):
             for c in range(spec.vpp):
                 for mb in range(m):
@@ -71,6 +89,7 @@ class CostModel:
                         # An override may break what the stage entry guaranteed; never let a
                         # freeze make the backward slower.
                         frz[r][c][mb] = bwd[r][c][mb]
+        wgt = _weight_grid(profile, bwd, frz, timed)
         if isinstance(profile.comm, list):
             links = {(ln.rank, ln.direction): ln.seconds for ln in profile.comm}
             cf = [links[(r, "forward")] for r in range(spec.pp)]
@@ -83,10 +102,40 @@ class CostModel:
             forward=fwd,
             backward=bwd,
             backward_frozen=frz,
+            weight=wgt,
             comm_forward=cf,
             comm_backward=cb,
             iteration_overhead=float(profile.iteration_overhead or 0.0),
         )
+
+
+def _weight_grid(
+    profile: Profile, bwd: Grid, frz: Grid, timed: dict[tuple[int, int, int], float]
+) -> Grid:
+    """W per (rank, chunk, microbatch): timed where the profile says, else derived (see the
+    module docstring); never more than the backward it is part of."""
+    spec = profile.spec
+    shares = [
+        (st.backward - st.backward_frozen) / st.backward
+        for st in profile.stages
+        if spec.virtual_stage(st.rank, st.chunk) != 0 and st.backward > 0
+    ]
+    first_share = sum(shares) / len(shares) if shares else 0.0
+    out: Grid = []
+    for r in range(spec.pp):
+        rows = []
+        for c in range(spec.vpp):
+            first = spec.virtual_stage(r, c) == 0
+            row = []
+            for mb in range(spec.microbatches):
+                b = bwd[r][c][mb]
+                w = timed.get((r, c, mb))
+                if w is None:
+                    w = b * first_share if first else b - frz[r][c][mb]
+                row.append(min(float(w), b))
+            rows.append(row)
+        out.append(rows)
+    return out
 
 
 RankCosts = tuple[float, float, float]
@@ -110,7 +159,7 @@ def parse_costs(text: str, pp: int) -> list[RankCosts]:
             f, b, w = (float(x) for x in parts)
         except ValueError:
             raise ConfigError(f"--costs: triple {i + 1} {group!r} is not three numbers") from None
-        for name, value in (("F", f), ("B", b), ("W", w)):
+        for name, value in zip(ActionKind, (f, b, w), strict=True):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(
                     f"--costs: {name} in triple {i + 1} must be a finite number >= 0, found {value}"
@@ -131,7 +180,8 @@ def synthetic_profile(spec: ScheduleSpec, costs: list[RankCosts], comm: float = 
 
     backward = B + W and backward_frozen = B, except on the first virtual stage (rank 0,
     chunk 0), where a fully frozen chunk needs no backward at all (Megatron's backward_step is
-    skipped when the output does not require grad), so backward_frozen = 0.
+    skipped when the output does not require grad), so backward_frozen = 0. A kind that runs W
+    as its own action also gets `weight_grad` = W (other kinds' profiles stay as they were).
     """
     if len(costs) == 1:
         costs = costs * spec.pp
@@ -142,6 +192,7 @@ def synthetic_profile(spec: ScheduleSpec, costs: list[RankCosts], comm: float = 
     if comm > MAX_SECONDS:
         raise ConfigError(f"--comm must be at most {MAX_SECONDS:g} seconds, found {comm}")
     v = spec.vpp
+    split = spec.schedule_kind.splits_backward
     stages = []
     for r, (f, b, w) in enumerate(costs):
         for c in range(v):
@@ -153,6 +204,7 @@ def synthetic_profile(spec: ScheduleSpec, costs: list[RankCosts], comm: float = 
                     forward=f / v,
                     backward=(b + w) / v,
                     backward_frozen=0.0 if first_virtual else b / v,
+                    weight_grad=w / v if split else None,
                 )
             )
     return Profile(

@@ -1,9 +1,11 @@
 """The one DAG of an iteration, shared by the simulator and the LP.
 
-Nodes are compute actions (forward or backward of a (rank, chunk, microbatch)) and P2P calls
-(megatron comm model) or message transfers (dataflow comm model). An edge a -> b means b may
-not start before a ends. Every node has a fixed duration except a backward action, whose
-duration is `duration - ratio * saving` for a freeze ratio in [0, 1].
+Nodes are compute actions (forward, backward, and for a split-backward kind the weight
+gradient, of a (rank, chunk, microbatch)) and P2P calls (megatron comm model) or message
+transfers (dataflow comm model). An edge a -> b means b may not start before a ends. Every node
+has a fixed duration except the action that carries the freezable weight-gradient work (the
+backward of a fused kind, the W of a split one), whose duration is `duration - ratio * saving`
+for a freeze ratio in [0, 1].
 
 Because the simulator and the LP both read this structure, a plan's predicted makespan and
 the simulator's makespan for that plan can only differ by solver tolerance.
@@ -21,6 +23,7 @@ from megatron_tf.errors import ConfigError
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel
 from megatron_tf.schedule.order import (
+    ActionKind,
     Compute,
     Message,
     Op,
@@ -32,8 +35,11 @@ from megatron_tf.schedule.order import (
 
 
 class NodeKind(StrEnum):
-    FORWARD = "F"
-    BACKWARD = "B"
+    FORWARD = ActionKind.F.value
+    BACKWARD = ActionKind.B.value
+    """The whole backward (fused kinds) or the input gradient alone (split kinds)."""
+    WEIGHT = ActionKind.W.value
+    """The weight gradient, as its own action (split kinds)."""
     P2P = "P2P"
     """A blocking P2P call on one rank (megatron model) or one message in flight (dataflow)."""
 
@@ -58,6 +64,12 @@ class Node:
         return f"{self.kind.value}[r={self.rank},c={self.chunk},m={self.microbatch}]"
 
 
+COMPUTE_NODE: dict[ActionKind, NodeKind] = {
+    ActionKind.F: NodeKind.FORWARD,
+    ActionKind.B: NodeKind.BACKWARD,
+    ActionKind.W: NodeKind.WEIGHT,
+}
+
 CommModel = str  # "megatron" | "dataflow"
 COMM_MODELS: tuple[str, ...] = ("megatron", "dataflow")
 
@@ -72,7 +84,7 @@ class Dag:
     duration: list[float] = field(default_factory=list)
     """Seconds, with nothing frozen."""
     saving: list[float] = field(default_factory=list)
-    """Seconds saved at ratio 1 (backward - backward_frozen) on backward nodes; 0 elsewhere."""
+    """Seconds saved at ratio 1 on the freezable nodes (`freezable_kind`); 0 elsewhere."""
     preds: list[list[int]] = field(default_factory=list)
     """preds[i]: nodes that must end before node i starts."""
     order: list[int] = field(default_factory=list)
@@ -90,12 +102,29 @@ class Dag:
         self.preds.append([])
         return len(self.nodes) - 1
 
+    @property
+    def freezable_kind(self) -> NodeKind:
+        """The node kind whose work a freeze ratio removes: the backward of a fused kind, the
+        W of a kind that runs the weight gradient on its own."""
+        return COMPUTE_NODE[self.spec.schedule_kind.freezable_action]
+
     def backward_index(self) -> dict[tuple[int, int, int], int]:
         """(rank, chunk, microbatch) -> node id of that backward action."""
+        return self.action_index(NodeKind.BACKWARD)
+
+    def freezable_index(self) -> dict[tuple[int, int, int], int]:
+        """(rank, chunk, microbatch) -> node id of the action a plan's ratio applies to."""
+        return self.action_index(self.freezable_kind)
+
+    def freezable_nodes(self) -> list[int]:
+        """Node ids of `freezable_kind`, in node order."""
+        kind = self.freezable_kind
+        return [i for i, n in enumerate(self.nodes) if n.kind is kind]
+
+    def action_index(self, kind: NodeKind) -> dict[tuple[int, int, int], int]:
+        """(rank, chunk, microbatch) -> node id of that compute action of `kind`."""
         return {
-            (n.rank, n.chunk, n.microbatch): i
-            for i, n in enumerate(self.nodes)
-            if n.kind is NodeKind.BACKWARD
+            (n.rank, n.chunk, n.microbatch): i for i, n in enumerate(self.nodes) if n.kind is kind
         }
 
     def topological_sort(self) -> None:
@@ -161,15 +190,24 @@ def _build_dag(spec: ScheduleSpec, costs: CostModel, comm_model: CommModel) -> D
     dag = Dag(spec=spec, comm_model=comm_model, iteration_overhead=costs.iteration_overhead)
     dag.rank_program = [[] for _ in range(spec.pp)]
     compute_id: dict[tuple[str, int, int, int], int] = {}
+    split = spec.schedule_kind.splits_backward
 
     def add_compute(rank: int, op: Compute) -> int:
         c, m = op.chunk, op.microbatch
-        if op.kind == "F":
-            i = dag.add(Node(NodeKind.FORWARD, rank, c, m), costs.forward[rank][c][m])
+        kind = COMPUTE_NODE[op.kind]
+        if kind is NodeKind.FORWARD:
+            i = dag.add(Node(kind, rank, c, m), costs.forward[rank][c][m])
         else:
             full = costs.backward[rank][c][m]
-            frozen = costs.backward_frozen[rank][c][m]
-            i = dag.add(Node(NodeKind.BACKWARD, rank, c, m), full, max(full - frozen, 0.0))
+            # What freezing every freezable tensor removes: all of W's work at most.
+            saving = max(full - costs.backward_frozen[rank][c][m], 0.0)
+            weight = costs.weight[rank][c][m]
+            if kind is NodeKind.WEIGHT:
+                i = dag.add(Node(kind, rank, c, m), weight, min(saving, weight))
+            elif split:
+                i = dag.add(Node(kind, rank, c, m), max(full - weight, 0.0))
+            else:
+                i = dag.add(Node(kind, rank, c, m), full, saving)
         compute_id[(op.kind, rank, c, m)] = i
         return i
 
@@ -177,7 +215,7 @@ def _build_dag(spec: ScheduleSpec, costs: CostModel, comm_model: CommModel) -> D
         for rank, actions in enumerate(compute_order(spec)):
             prev = -1
             for kind, chunk, mb in actions:
-                i = add_compute(rank, Compute(kind, chunk, mb))  # type: ignore[arg-type]
+                i = add_compute(rank, Compute(kind, chunk, mb))
                 if prev >= 0:
                     dag.preds[i].append(prev)
                 dag.rank_program[rank].append(i)
@@ -192,7 +230,8 @@ def _build_dag(spec: ScheduleSpec, costs: CostModel, comm_model: CommModel) -> D
 def _add_dataflow_messages(
     dag: Dag, costs: CostModel, compute_id: dict[tuple[str, int, int, int], int]
 ) -> None:
-    """F(v, m) -> message -> F(v+1, m) and B(v, m) -> message -> B(v-1, m)."""
+    """F(v, m) -> message -> F(v+1, m) and B(v, m) -> message -> B(v-1, m) (B is the input
+    gradient; a split kind's W sends nothing)."""
     spec = dag.spec
     pp, stages = spec.pp, spec.stages
     for v in range(stages):
@@ -200,8 +239,8 @@ def _add_dataflow_messages(
         for m in range(spec.microbatches):
             if v + 1 < stages:
                 dst = (v + 1) % pp
-                src_node = compute_id[("F", rank, chunk, m)]
-                dst_node = compute_id[("F", dst, (v + 1) // pp, m)]
+                src_node = compute_id[(ActionKind.F, rank, chunk, m)]
+                dst_node = compute_id[(ActionKind.F, dst, (v + 1) // pp, m)]
                 label = f"act[v={v},m={m}:{rank}->{dst}]"
                 msg = dag.add(
                     Node(NodeKind.P2P, rank, label=label), costs.message_time("act", rank)
@@ -210,8 +249,8 @@ def _add_dataflow_messages(
                 dag.preds[dst_node].append(msg)
             if v > 0:
                 dst = (v - 1) % pp
-                src_node = compute_id[("B", rank, chunk, m)]
-                dst_node = compute_id[("B", dst, (v - 1) // pp, m)]
+                src_node = compute_id[(ActionKind.B, rank, chunk, m)]
+                dst_node = compute_id[(ActionKind.B, dst, (v - 1) // pp, m)]
                 label = f"grad[v={v},m={m}:{rank}->{dst}]"
                 msg = dag.add(
                     Node(NodeKind.P2P, rank, label=label), costs.message_time("grad", rank)

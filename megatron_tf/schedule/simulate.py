@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 __all__ = ["RankStats", "SimResult", "Ratios", "simulate", "simulate_profile", "node_durations"]
 
 Ratios = Mapping[tuple[int, int, int], float] | Sequence[Sequence[Sequence[float]]]
-"""Freeze ratio per backward: {(rank, chunk, microbatch): r} or a plan's ratios[rank][chunk][mb]."""
+"""Freeze ratio per (rank, chunk, microbatch): {(rank, chunk, microbatch): r} or a plan's
+ratios[rank][chunk][mb]; it applies to the node carrying the weight-gradient work
+(`Dag.freezable_kind`: the backward, or the W of a split-backward kind)."""
 
 
 @dataclass(kw_only=True, slots=True)
 class RankStats:
     rank: int
     busy: float
-    """Seconds of compute (forward and backward actions)."""
+    """Seconds of compute (forward, backward and weight-gradient actions)."""
     comm: float
     """Seconds of transfer inside blocking P2P calls (megatron comm model), not the waiting."""
     idle: float
@@ -44,9 +46,9 @@ class SimResult:
     start: list[float]
     end: list[float]
     duration: list[float]
-    """Durations used (backwards shortened by the ratios)."""
+    """Durations used (the freezable nodes shortened by the ratios)."""
     ratio: list[float]
-    """Freeze ratio applied to each node (0 for non-backward nodes)."""
+    """Freeze ratio applied to each node (0 for nodes of other kinds than the freezable)."""
     per_rank: list[RankStats]
     bubble_fraction: float
     """Mean over ranks of idle / schedule span (the span is the makespan less the overhead)."""
@@ -92,8 +94,9 @@ def _ratio_lookup(dag: Dag, ratios: Ratios | None) -> list[float]:
         raise ConfigError(
             f"ratios: expected shape [pp={spec.pp}][vpp={spec.vpp}][M={spec.microbatches}]"
         )
+    freezable = dag.freezable_kind
     for i, node in enumerate(dag.nodes):
-        if node.kind is not NodeKind.BACKWARD:
+        if node.kind is not freezable:
             continue
         if nested:
             r = float(ratios[node.rank][node.chunk][node.microbatch])  # type: ignore[index]
@@ -115,7 +118,7 @@ def node_durations(dag: Dag, ratios: Ratios | None = None) -> tuple[list[float],
 
 
 def simulate(dag: Dag, ratios: Ratios | None = None) -> SimResult:
-    """Earliest-start schedule of `dag` with backwards shortened by `ratios`."""
+    """Earliest-start schedule of `dag` with the freezable nodes shortened by `ratios`."""
     dur, rat = node_durations(dag, ratios)
     n = len(dur)
     start = [0.0] * n

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.kinds.program import COMPUTE_KINDS, ActionKind
 from megatron_tf.formats.profile import Measured, default_file_mode, write_json_atomic
 from megatron_tf.schedule.dag import NodeKind
 from megatron_tf.schedule.simulate import SimResult
@@ -36,13 +37,13 @@ __all__ = [
 class Bar:
     rank: int
     kind: str
-    """"F", "B" or "P2P"."""
+    """An `ActionKind` ("F", "B", "W") or "P2P"."""
     start: float
     end: float
     chunk: int = -1
     microbatch: int = -1
     ratio: float = 0.0
-    """Freeze ratio of a backward (the frozen part is shaded)."""
+    """Freeze ratio of the action carrying the weight gradient (the frozen part is shaded)."""
     label: str = ""
 
 
@@ -95,12 +96,12 @@ def timeline_from_measured(
     bars = [
         Bar(
             rank=a.rank,
-            kind=a.kind if a.kind in ("F", "B") else "P2P",
+            kind=a.kind if a.kind in COMPUTE_KINDS else "P2P",
             start=a.start,
             end=a.end,
             chunk=a.chunk,
             microbatch=a.microbatch,
-            label="" if a.kind in ("F", "B") else a.kind,
+            label="" if a.kind in COMPUTE_KINDS else a.kind,
         )
         for a in measured.actions or []
         if a.end is not None
@@ -110,9 +111,13 @@ def timeline_from_measured(
     return Timeline(title=text, ranks=ranks, chunks=chunks, bars=bars)
 
 
-# Forward chunks in blues, backward chunks in oranges/reds (darker = later chunk).
+# Forward chunks in blues, backward chunks in oranges/reds, weight-gradient chunks (W, where it
+# is its own action) in greens; darker = later chunk.
 _FWD = ["#4C78A8", "#2E5A88", "#72A0CF", "#1B3F66", "#9CC0E6", "#123050"]
 _BWD = ["#E45756", "#B83C3B", "#F08A6B", "#8E2A2A", "#F5B09A", "#6A1E1E"]
+_WGT = ["#54A24B", "#3B7A34", "#88C580", "#285A22", "#B5DDAE", "#1A3D16"]
+_PALETTE = {ActionKind.F: _FWD, ActionKind.B: _BWD, ActionKind.W: _WGT}
+_LEGEND = {ActionKind.F: "forward", ActionKind.B: "backward", ActionKind.W: "weight gradient"}
 _P2P = "#555555"
 _EDGE = {"edgecolor": "white", "linewidth": 0.4}
 """Thin white outlines keep back-to-back actions apart."""
@@ -150,12 +155,19 @@ def draw_timelines(timelines: Sequence[Timeline], path: str | os.PathLike[str]) 
         _draw_one(ax, tl, span)
     axes[-1, 0].set_xlabel("time (s)")
     chunks = max(t.chunks for t in timelines)
-    handles = [Patch(color=_FWD[c % len(_FWD)], label=f"forward chunk {c}") for c in range(chunks)]
-    handles += [
-        Patch(color=_BWD[c % len(_BWD)], label=f"backward chunk {c}") for c in range(chunks)
+    kinds = [k for k in ActionKind if any(b.kind == k for t in timelines for b in t.bars)]
+    handles = [
+        Patch(color=_PALETTE[k][c % len(_PALETTE[k])], label=f"{_LEGEND[k]} chunk {c}")
+        for k in kinds or [ActionKind.F, ActionKind.B]
+        for c in range(chunks)
     ]
+    frozen_kind = ActionKind.W if ActionKind.W in kinds else ActionKind.B
     handles.append(
-        Patch(facecolor=_lighten(_BWD[0], 0.55), hatch="///", label="frozen part of backward")
+        Patch(
+            facecolor=_lighten(_PALETTE[frozen_kind][0], 0.55),
+            hatch="///",
+            label=f"frozen part of {_LEGEND[frozen_kind]}",
+        )
     )
     handles.append(Patch(color=_P2P, label="blocking P2P"))
     handles.append(Patch(facecolor="#EEEEEE", edgecolor="#BBBBBB", label="idle (bubble)"))
@@ -183,9 +195,9 @@ def _draw_one(ax: Axes, tl: Timeline, span: float) -> None:
         if bar.kind == "P2P":
             ax.broken_barh([(bar.start, width)], (y - 0.12, 0.24), color=_P2P)
             continue
-        palette = _FWD if bar.kind == "F" else _BWD
+        palette = _PALETTE.get(ActionKind(bar.kind), _BWD)
         color = palette[max(bar.chunk, 0) % len(palette)]
-        if bar.kind == "B" and bar.ratio > 0:
+        if bar.ratio > 0:
             # Bottom part in full colour: the work still done; top part (height = ratio) light
             # and hatched: the share of the weight-gradient work that was frozen.
             solid = lane * (1 - bar.ratio)
@@ -248,7 +260,7 @@ def chrome_trace(timelines: Sequence[Timeline]) -> dict[str, object]:
             else:
                 name = f"{bar.kind} c{bar.chunk} m{bar.microbatch}"
                 args = {"chunk": bar.chunk, "microbatch": bar.microbatch}
-                if bar.kind == "B":
+                if bar.kind != ActionKind.F:
                     args["freeze_ratio"] = bar.ratio
             events.append(
                 {

@@ -40,7 +40,7 @@ import numpy as np
 
 from megatron_tf.errors import ConfigError, SolverError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO
-from megatron_tf.schedule.dag import COMM_MODELS, Dag, NodeKind
+from megatron_tf.schedule.dag import COMM_MODELS, Dag
 from megatron_tf.solve import AUTO_GLOP_MAX_VARIABLES, DEFAULT_PDLP_EPS
 from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.reduce import Precedence, reduce_dag
@@ -374,7 +374,7 @@ def _solve_built(
     bound = lp.dual_bound(first) * lp.scale + dag.iteration_overhead
 
     ratios = np.zeros((spec.pp, spec.vpp, m))
-    backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
+    backward = dag.freezable_nodes()
     where = tuple(
         np.array([getattr(dag.nodes[i], f) for i in backward], dtype=np.int64)
         for f in ("rank", "chunk", "microbatch")
@@ -442,15 +442,13 @@ def _iterations(result: Any) -> int:
 
 
 def _stage_nodes(dag: Dag, microbatches: Sequence[int]) -> list[int]:
-    """DAG node of the first virtual stage's backward of each microbatch given."""
+    """DAG node of the first virtual stage's freezable action of each microbatch given."""
     wanted = set(microbatches)
+    kind = dag.freezable_kind
     return [
         i
         for i, nd in enumerate(dag.nodes)
-        if nd.kind is NodeKind.BACKWARD
-        and nd.rank == 0
-        and nd.chunk == 0
-        and nd.microbatch in wanted
+        if nd.kind is kind and nd.rank == 0 and nd.chunk == 0 and nd.microbatch in wanted
     ]
 
 
@@ -462,10 +460,9 @@ def _first_stage_pins(dag: Dag, node_ratios: np.ndarray, k_min: int) -> list[int
     """
     if k_min <= 0:
         return []
+    kind = dag.freezable_kind
     stage = [
-        i
-        for i, nd in enumerate(dag.nodes)
-        if nd.kind is NodeKind.BACKWARD and nd.rank == 0 and nd.chunk == 0
+        i for i, nd in enumerate(dag.nodes) if nd.kind is kind and nd.rank == 0 and nd.chunk == 0
     ]
     if int(np.count_nonzero(node_ratios[stage] == 0.0)) >= k_min:
         return []

@@ -85,7 +85,8 @@ def reduce_dag(dag: Dag) -> Precedence:
     n = len(dag.nodes)
     saving = dag.saving
     duration = dag.duration
-    freezable = [i for i in range(n) if saving[i] > 0 and dag.nodes[i].kind.value == "B"]
+    kind = dag.freezable_kind
+    freezable = [i for i in range(n) if saving[i] > 0 and dag.nodes[i].kind is kind]
     r_index = dict(zip(freezable, range(len(freezable)), strict=True))
     out_degree = [0] * n
     for preds in dag.preds:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_tf.errors import ConfigError
-from megatron_tf.schedule.dag import Dag, NodeKind
+from megatron_tf.schedule.dag import Dag
 from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.lp import (
     LpResult,
@@ -85,7 +85,7 @@ def parse_ratio_list(text: str) -> list[float]:
 def uniform_ratios(dag: Dag, ratio: float) -> np.ndarray:
     """Node ratios with every backward action at `ratio` (the comparison baseline)."""
     ratios = np.zeros(len(dag.nodes))
-    backward = [i for i, node in enumerate(dag.nodes) if node.kind is NodeKind.BACKWARD]
+    backward = dag.freezable_nodes()
     ratios[backward] = ratio
     return ratios
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.schedule.costs import CostModel, synthetic_profile
-from megatron_tf.schedule.dag import Dag, NodeKind, build_dag
+from megatron_tf.schedule.dag import Dag, build_dag
 from megatron_tf.solve.critical_path import evaluate
 from megatron_tf.solve.lp import SolverConfig, solve_lp
 
@@ -40,7 +40,7 @@ from megatron_tf.solve.lp import SolverConfig, solve_lp
 def plan_on(dag: Dag) -> Callable[[np.ndarray], np.ndarray]:
     """Per-node ratios of a (pp, vpp, M) plan on `dag`; the backward index is built once, since
     one DAG evaluates every insertion point."""
-    nodes = [i for i, nd in enumerate(dag.nodes) if nd.kind is NodeKind.BACKWARD]
+    nodes = dag.freezable_nodes()
     where = tuple(
         np.array([getattr(dag.nodes[i], f) for i in nodes]) for f in ("rank", "chunk", "microbatch")
     )
