@@ -47,7 +47,7 @@ from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
-from megatron_tf.megatron import guard
+from megatron_tf.megatron import guard, zero_bubble
 from megatron_tf.megatron.frozen_linear import install_bias_grad_fix, remove_bias_grad_fix
 from megatron_tf.megatron.hooks import (
     HookHandle,
@@ -249,6 +249,7 @@ class FreezeRuntime(ScheduleObserver):
                 group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
                 drop_interleaved_only=True,
             )
+            found = zero_bubble.running_spec(found)  # a zero-bubble schedule stands in for 1F1B
         except ConfigError as exc:
             found, why = None, str(exc)
         if found is None or not found.same_compute_order(self.spec):

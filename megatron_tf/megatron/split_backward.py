@@ -326,8 +326,6 @@ def split_refusals(config: Any) -> list[str]:
     impl = getattr(config, "cuda_graph_impl", "none")
     if impl not in (None, "none"):
         problems.append(f"cuda_graph_impl={impl!r}: CUDA graphs replay captured kernels")
-    if getattr(config, "transformer_impl", "local") == "transformer_engine":
-        problems.append(TE_REFUSAL)
     return problems
 
 
@@ -343,9 +341,9 @@ TE_REFUSAL = (
 def check_split_supported(config: Any, model_chunks: Any = ()) -> None:
     """Raise `UnsupportedMegatronError` (one line) if the split cannot be exact here.
 
-    Reads the Megatron config and, when given, the modules of the model chunks: a TE linear
-    anywhere (TransformerEngine's modules are not the tensor-parallel linears wrapped here)
-    is refused even when the config does not name the TE implementation."""
+    Reads the Megatron config and, when given, the modules of the model chunks: a
+    TransformerEngine module anywhere is refused (`config.transformer_impl` names the
+    default, not the layer spec a model was built with)."""
     problems = split_refusals(config)
     if not problems:
         for chunk in model_chunks:

@@ -27,6 +27,7 @@ defer in that order too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from megatron_tf.megatron import guard, hooks
 from megatron_tf.megatron.split_backward import SplitBackward, check_split_supported
 from megatron_tf.schedule.order import ActionKind, Compute, P2PCall, rank_programs
 
-__all__ = ["ENTRY", "ZeroBubbleSchedule", "installed_kind"]
+__all__ = ["ENTRY", "ZeroBubbleSchedule", "installed_kind", "running_spec"]
 
 ENTRY = "forward_backward_pipelining_without_interleaving"
 """The megatron-core schedule entry a zero-bubble schedule stands in for (1F1B's)."""
@@ -51,6 +52,15 @@ def installed_kind() -> str | None:
     return _INSTALLED[-1].kind if _INSTALLED else None
 
 
+def running_spec(megatron_spec: ScheduleSpec) -> ScheduleSpec:
+    """What runs for the schedule Megatron's settings select: the installed zero-bubble kind
+    in place of 1F1B, else that schedule itself."""
+    kind = installed_kind()
+    if kind is None or megatron_spec.kind != "1f1b":
+        return megatron_spec
+    return dataclasses.replace(megatron_spec, kind=kind, group_size=0)
+
+
 class ZeroBubbleSchedule:
     """A registered split-backward kind (e.g. "zb-h1") installed in place of 1F1B."""
 
@@ -59,6 +69,7 @@ class ZeroBubbleSchedule:
         self.split = SplitBackward()
         self._stock: Callable[..., Any] | None = None
         self._programs: dict[tuple[int, int], list[Any]] = {}
+        self.checked: set[int] = set()  # model chunks whose modules passed the checks
 
     def install(self) -> ZeroBubbleSchedule:
         """Check megatron-core, then stand in for its 1F1B (idempotent; one at a time)."""
@@ -148,7 +159,9 @@ class _Run:
                 "Non-interleaved pipeline parallelism does not support overlapping p2p "
                 "communication"
             )
-        check_split_supported(config, [model])
+        if id(model) not in owner.checked:
+            check_split_supported(config, [model])
+            owner.checked.add(id(model))
         if getattr(config, "moe_paged_stash", False) or getattr(
             config, "fine_grained_activation_offloading", False
         ):
