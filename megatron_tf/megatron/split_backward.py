@@ -101,6 +101,11 @@ class SplitBackward:
         self._defaults: dict[str, Any] = {}
         self._prepare: Callable[..., Any] | None = None
         self._casts_grad_output = False
+        # Every split linear also takes this empty leaf: its output then requires grad, and
+        # its backward (which records W's work) runs, as stock's does for a trainable weight,
+        # even when neither its input nor its (detached) bias does, e.g. the first trainable
+        # linear behind a frozen prefix. The anchor itself never receives a gradient.
+        self._anchor = torch.empty(0, requires_grad=True)
 
     # -- installation ---------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class SplitBackward:
         values["bias"] = bias.detach() if bias is not None else None
         ordered = [values[name] for name in self._arg_names]
         owner = _Owner(weight, bias if bias is not None and bias.requires_grad else None, self._key)
-        return self._function.apply(owner, *ordered)
+        return self._function.apply(owner, self._anchor, *ordered)
 
     def _keep(self, key: tuple[int, int], deferred: _Deferred) -> None:
         self._pending.setdefault(key, []).append(deferred)
@@ -256,7 +261,7 @@ def _split_function(layers: Any, store: SplitBackward) -> Any:
 
     class SplitLinear(base):  # type: ignore[misc, valid-type]
         @staticmethod
-        def forward(ctx: Any, owner: _Owner, *args: Any) -> Any:
+        def forward(ctx: Any, owner: _Owner, anchor: torch.Tensor, *args: Any) -> Any:
             ctx.split_owner = owner
             return base.forward(ctx, *args)  # Megatron's forward, unchanged
 
@@ -294,8 +299,8 @@ def _split_function(layers: Any, store: SplitBackward) -> Any:
             )
             if handle is not None:
                 handle.wait()
-            # (owner, input, weight, bias, ...): only the input gets a gradient here.
-            return (None, grad_input) + (None,) * (len(ctx.needs_input_grad) - 2)
+            # (owner, anchor, input, weight, bias, ...): only the input gets a gradient here.
+            return (None, None, grad_input) + (None,) * (len(ctx.needs_input_grad) - 3)
 
     return SplitLinear
 
