@@ -531,6 +531,7 @@ def zb_against_stock(case: dict[str, Any], parallel: ParallelConfig) -> dict[str
             }
         )
     out["restored"] = schedule_restored()
+    out["deferred"] = {n for _c, n, _p in named(zb_chunks) if deferred_name(n)}
     return out
 
 
