@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from megatron_tf.errors import ConfigError
+from megatron_tf.formats.kinds import get_kind, kind_names
 
 if TYPE_CHECKING:
     from megatron_tf.formats.profile import Profile
@@ -19,11 +20,15 @@ if TYPE_CHECKING:
 
 _PANEL = "Schedule (what-if costs)"
 
+SCHEDULE_HELP = "; ".join(f"{name}: {get_kind(name).summary}" for name in kind_names())
+"""The registered schedule kinds, for `--schedule` help texts."""
+
 ScheduleOption = Annotated[
     str | None,
     typer.Option(
         "--schedule",
-        help="1f1b or interleaved (Megatron's two pipeline schedules).",
+        help=f"Schedule kind ({SCHEDULE_HELP}). With --profile: that profile's costs planned "
+        "for this kind (same pp, vpp, microbatches).",
         rich_help_panel=_PANEL,
     ),
 ]
@@ -146,6 +151,10 @@ class ScheduleFlags:
     def given(self) -> bool:
         """Whether any of the flags differs from its default (a what-if run was asked for)."""
         return self != ScheduleFlags()
+
+    def costs_given(self) -> bool:
+        """Whether any flag but `--schedule` was given (those describe what-if costs)."""
+        return self != ScheduleFlags(schedule=self.schedule)
 
     def synthetic(self) -> Profile:
         """The synthetic profile the flags describe."""

@@ -66,10 +66,10 @@ def simulate(
     from megatron_tf.formats.profile import load_profile
     from megatron_tf.schedule.iteration import simulate_iteration
 
-    if profile is not None and what_if.given():
+    if profile is not None and what_if.costs_given():
         raise ConfigError(
-            "give either --profile FILE or the schedule flags (--schedule, --pp, --costs, ...), "
-            "not both"
+            "give either --profile FILE or the schedule flags (--pp, --costs, ...), not both "
+            "(--schedule with --profile plans that profile's costs for another kind)"
         )
     if profile is None and not what_if.given():
         raise ConfigError(
@@ -80,7 +80,12 @@ def simulate(
         check_output_file(timeline, "--timeline", suffixes=(".png", ".svg"))
     if trace is not None:
         check_output_file(trace, "--trace", suffixes=(".json",))
-    data = load_profile(profile) if profile is not None else what_if.synthetic()
+    if profile is not None:
+        data = load_profile(profile)
+        if what_if.schedule is not None:
+            data = data.with_schedule_kind(what_if.schedule)
+    else:
+        data = what_if.synthetic()
     with busy(f"simulating {data.spec.describe()}", data.spec.actions):
         sim = simulate_iteration(data, plan, comm_model, compare_fingerprint=profile is not None)
     if sim.other_profile:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from megatron_tf.cli._app import app, console, user_errors
 from megatron_tf.cli._options import option_groups
+from megatron_tf.cli._schedule_opts import SCHEDULE_HELP
 from megatron_tf.errors import ConfigError
 from megatron_tf.freeze.config import DEFAULT_MAX_FREEZE_RATIO, DEFAULT_MIN_SAVING
 from megatron_tf.outputs import check_output_file
@@ -140,6 +141,15 @@ def solve(
     plot: Annotated[
         Path | None, typer.Option(help="With --sweep: save the Pareto plot (.png or .svg).")
     ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            help=f"Plan the profile's costs for this schedule kind (same pp, vpp, microbatches) "
+            f"instead of the one it was measured on ({SCHEDULE_HELP}).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Solve for the freeze ratios that shorten the iteration most, within a freezing budget.
 
@@ -164,6 +174,8 @@ def solve(
     # A sweep alone writes no plan; otherwise a plan is solved (and shown) even without -o.
     request = lp.request(ratios, plan=ratios is None or output is not None)
     data = load_profile(profile)
+    if schedule is not None:
+        data = data.with_schedule_kind(schedule)
     # Long solves report their steps on stderr (solve_status); no second live display here.
     with solve_status() as progress:
         answer = solve_request(data, request, progress=progress)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from megatron_tf.errors import FormatError
+from megatron_tf.errors import ConfigError, FormatError
+from megatron_tf.formats.kinds import get_kind
 from megatron_tf.formats.schedule import ScheduleRecord, ScheduleSpec
 
 __all__ = [
@@ -208,6 +209,32 @@ class Profile(_Strict):
     @property
     def spec(self) -> ScheduleSpec:
         return self.schedule.to_spec()
+
+    def with_schedule_kind(self, kind: str) -> Profile:
+        """The same costs planned for another schedule kind of the same pp, vpp and M.
+
+        What a profile measured under 1F1B predicts for the zero-bubble `zb-h1` (whose W comes
+        from `weight_grad` or is derived, `schedule/costs.py`). Settings the new kind does not
+        take (the interleaved group size and overlap) are dropped, and so are the measured
+        iteration's actions and times, which belong to the schedule that ran. ConfigError if
+        the kind rejects the layout (e.g. vpp 2 for a one-chunk kind).
+        """
+        sched = self.schedule
+        if kind == sched.kind:
+            return self
+        if not get_kind(kind).chunked and sched.vpp != 1:
+            raise ConfigError(
+                f"--schedule {kind} runs one model chunk per rank, but the profile has "
+                f"vpp {sched.vpp}"
+            )
+        spec = ScheduleSpec(kind=kind, pp=sched.pp, vpp=sched.vpp, microbatches=sched.microbatches)
+        return self.model_copy(
+            update={
+                "schedule": ScheduleRecord.from_spec(spec),
+                "measured": None,
+                "provenance": {**self.provenance, "planned_as": kind, "measured_as": sched.kind},
+            }
+        )
 
     def stage(self, rank: int, chunk: int) -> StageCost:
         for st in self.stages:

@@ -40,6 +40,12 @@ def replay_profile(profile: Profile) -> Profile:
                 overrides.setdefault((rank, chunk, mb), {})["forward"] = length
             elif kind == ActionKind.B:
                 overrides.setdefault((rank, chunk, mb), {})["backward"] = length
+            elif kind == ActionKind.W:
+                overrides.setdefault((rank, chunk, mb), {})["weight_grad"] = length
+    for values in overrides.values():
+        # A split backward timed B and W apart: the whole backward is their sum.
+        if "weight_grad" in values and "backward" in values:
+            values["backward"] += values["weight_grad"]
     microbatches = [
         MicrobatchCost(rank=r, chunk=c, microbatch=m, **values)
         for (r, c, m), values in sorted(overrides.items())

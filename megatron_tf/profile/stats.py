@@ -6,6 +6,10 @@ from the unfrozen phase, `backward` from the unfrozen phase and `backward_frozen
 fully frozen one. Each value is a median over iterations and microbatches after outliers
 (further than `outlier_mads` scaled MADs from the median) are dropped; the dropped samples are
 listed in `measured.outliers`, never silently kept.
+
+A schedule that runs the weight gradient as its own action (`zb-h1`) reports B (the input
+gradient) and W separately: `backward` is then B + W of the same microbatch and iteration, and
+`weight_grad` the W alone, timed on its own.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from megatron_tf.profile.samples import GatheredTimings, RawIteration, durations
 
 __all__ = ["RobustStat", "build_profile", "fit_line", "robust_stat"]
 
-F, B = ActionKind.F, ActionKind.B
+F, B, W = ActionKind.F, ActionKind.B, ActionKind.W
 
 _MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 _COMM_QUANTILE = 0.1  # a P2P call's transfer time: its fast calls (peer already waiting)
@@ -85,6 +89,24 @@ def _durations(
                 if k == kind:
                     out[(rank, chunk, mb)].append(length)
     return out
+
+
+def _backward_durations(
+    iterations_by_rank: list[list[RawIteration]], with_gaps: bool
+) -> tuple[dict[tuple[int, int, int], list[float]], dict[tuple[int, int, int], list[float]]]:
+    """(whole backward, W alone) durations per (rank, chunk, mb); the second is empty unless
+    the schedule ran W as its own action, in which case the first is B + W pairwise."""
+    backward = _durations(iterations_by_rank, B, with_gaps)
+    weight = _durations(iterations_by_rank, W, with_gaps)
+    if not weight:
+        return backward, weight
+    whole = {}
+    for key, bs in backward.items():
+        ws = weight.get(key, [])
+        if len(ws) != len(bs):
+            raise ValueError(f"(rank, chunk, microbatch) {key}: {len(bs)} B but {len(ws)} W timed")
+        whole[key] = [b + w for b, w in zip(bs, ws, strict=True)]
+    return whole, weight
 
 
 def _per_stage(
@@ -248,9 +270,13 @@ def build_profile(
     unfrozen, frozen = timings["unfrozen"], timings["frozen"]
     g = attribute_gaps
     fwd, fwd_mb = _per_stage(_durations(unfrozen, F, g), spec, outlier_mads, "forward", outliers)
-    bwd, bwd_mb = _per_stage(_durations(unfrozen, B, g), spec, outlier_mads, "backward", outliers)
+    whole, weight = _backward_durations(unfrozen, g)
+    bwd, bwd_mb = _per_stage(whole, spec, outlier_mads, "backward", outliers)
     frz, frz_mb = _per_stage(
-        _durations(frozen, B, g), spec, outlier_mads, "backward_frozen", outliers
+        _backward_durations(frozen, g)[0], spec, outlier_mads, "backward_frozen", outliers
+    )
+    wgt, wgt_mb = (
+        _per_stage(weight, spec, outlier_mads, "weight_grad", outliers) if weight else ({}, {})
     )
     stages = []
     for r in range(spec.pp):
@@ -264,6 +290,7 @@ def build_profile(
                     backward=b,
                     # Noise can make the frozen median exceed the full one on a tiny chunk.
                     backward_frozen=min(frz[(r, c)].median, b),
+                    weight_grad=min(wgt[(r, c)].median, b) if wgt else None,
                     units=None
                     if units is None
                     else [UnitCost(name=n, params=count) for n, count in units[(r, c)]],
@@ -274,11 +301,20 @@ def build_profile(
         r, c, mb = key
         b = bwd_mb.get(key)
         f_b = frz_mb.get(key)
+        w = wgt_mb.get(key)
         if b is not None and f_b is not None:
             f_b = min(f_b, b)
+        if b is not None and w is not None:
+            w = min(w, b)
         microbatches.append(
             MicrobatchCost(
-                rank=r, chunk=c, microbatch=mb, forward=fwd_mb[key], backward=b, backward_frozen=f_b
+                rank=r,
+                chunk=c,
+                microbatch=mb,
+                forward=fwd_mb[key],
+                backward=b,
+                backward_frozen=f_b,
+                weight_grad=w,
             )
         )
     walls = _iteration_walls(unfrozen)
@@ -293,7 +329,12 @@ def build_profile(
         frozen_iteration_times=frozen_walls,
         spread={
             f"{name}[r={r},c={c}]": {"median": s.median, "mad": s.mad, "n": s.n}
-            for name, table in (("forward", fwd), ("backward", bwd), ("backward_frozen", frz))
+            for name, table in (
+                ("forward", fwd),
+                ("backward", bwd),
+                ("backward_frozen", frz),
+                ("weight_grad", wgt),
+            )
             for (r, c), s in table.items()
         },
         outliers=outliers,
@@ -334,7 +375,7 @@ def _linearity(
         for c in range(spec.vpp):
             ys = []
             for _, name in phases:
-                per_mb = _durations(timings[name], B, attribute_gaps)
+                per_mb = _backward_durations(timings[name], attribute_gaps)[0]
                 pooled = [x for (rr, cc, _), v in per_mb.items() if (rr, cc) == (r, c) for x in v]
                 ys.append(robust_stat(pooled, outlier_mads).median)
             xs = [ratio for ratio, _ in phases]

@@ -128,6 +128,13 @@ class TimingObserver(ScheduleObserver):
     def after_backward(self, chunk: int, microbatch: int) -> None:
         self._close_mark((ActionKind.B, chunk, microbatch))
 
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        """Right before a split-backward schedule's W (weight gradient) of (chunk, microbatch)."""
+        self._open_mark((ActionKind.W, chunk, microbatch))
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self._close_mark((ActionKind.W, chunk, microbatch))
+
     def before_p2p(self, call: str) -> None:
         if self._active:
             self._p2p.append((call, self._clock.mark()))

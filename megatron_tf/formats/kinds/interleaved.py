@@ -236,7 +236,7 @@ def _program(spec: SpecFields, rank: int) -> Recorder:
 KIND = register(
     ScheduleKind(
         name="interleaved",
-        summary="Megatron's forward_backward_pipelining_with_interleaving",
+        summary="Megatron's interleaved 1F1B, vpp >= 2",
         actions=(F, B),
         chunked=True,
         check=_check,

@@ -88,7 +88,7 @@ def _program(spec: SpecFields, rank: int) -> Recorder:
 KIND = register(
     ScheduleKind(
         name="1f1b",
-        summary="Megatron's forward_backward_pipelining_without_interleaving",
+        summary="Megatron's 1F1B (forward_backward_pipelining_without_interleaving)",
         actions=(F, B),
         chunked=False,
         check=_check,

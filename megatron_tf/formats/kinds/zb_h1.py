@@ -148,7 +148,7 @@ def _program(spec: SpecFields, rank: int) -> Recorder:
 KIND = register(
     ScheduleKind(
         name=NAME,
-        summary="zero-bubble ZB-H1: 1F1B with the weight gradient (W) run in the bubbles",
+        summary="zero bubble ZB-H1, 1F1B with the weight gradients run in the bubbles",
         actions=(F, B, W),
         chunked=False,
         check=_check,
