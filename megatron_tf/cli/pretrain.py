@@ -88,6 +88,16 @@ class PretrainOptions:
             rich_help_panel=_LAYOUT,
         ),
     ] = False
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="Pipeline schedule: empty for Megatron's own (1f1b; interleaved with --vpp > 1) "
+            "or zb-h1, the zero-bubble ZB-H1 schedule (backward split into input and weight "
+            "gradients, weight gradients in the bubbles; gradients bitwise 1F1B's; --vpp 1, "
+            "local layer spec).",
+            rich_help_panel=_LAYOUT,
+        ),
+    ] = ""
     # -- data
     data_path: Annotated[
         str | None,
@@ -335,6 +345,7 @@ class PretrainOptions:
             microbatches=self.microbatches,
             group_size=self.group_size,
             overlap_p2p_comm=self.overlap_p2p_comm,
+            schedule=self.schedule,
         )
         source = "mock" if self.mock_data else ("path" if self.data_path else "synthetic")
         data = DataConfig(

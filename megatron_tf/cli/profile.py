@@ -190,12 +190,15 @@ def _measure(
         microbatches=4 if what_if.microbatches is None else what_if.microbatches,
         group_size=what_if.group_size,
         overlap_p2p_comm=what_if.overlap_p2p_comm,
+        # A schedule TimelyFreeze runs itself (zb-h1) is measured running; Megatron's own two
+        # follow from --vpp.
+        schedule="" if what_if.schedule in (None, "1f1b", "interleaved") else what_if.schedule,
     )
     kind = parallel.schedule_spec().kind
     if what_if.schedule is not None and what_if.schedule != kind:
         raise ConfigError(
             f"--schedule {what_if.schedule} disagrees with --vpp {parallel.vpp} (which runs "
-            f"{kind}); when measuring, --vpp alone picks the schedule"
+            f"{kind}); when measuring, --vpp picks Megatron's schedule"
         )
     job = prepare_profile_job(model, parallel, measured.config(), output)
     text = measure_profile(job, launch, watch=phase_progress)

@@ -92,6 +92,9 @@ class ParallelConfig:
     """Megatron's microbatch_group_size_per_vp_stage (interleaved only); 0 means pp."""
     overlap_p2p_comm: bool = False
     """Megatron's overlap_p2p_comm (interleaved only). Needed at pp 2 with vpp > 1."""
+    schedule: str = ""
+    """The pipeline schedule: "" for Megatron's own (1F1B, interleaved when vpp > 1), or a
+    registered kind TimelyFreeze runs in its place, e.g. `zb-h1` (zero-bubble, vpp 1)."""
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -119,8 +122,19 @@ class ParallelConfig:
         return self.tp * self.pp * self.dp
 
     def schedule_spec(self) -> ScheduleSpec:
-        """The schedule this layout runs (1F1B when vpp is 1, interleaved otherwise)."""
-        return megatron_schedule(
+        """The schedule this layout runs: `schedule` when set, else Megatron's (1F1B when vpp
+        is 1, interleaved otherwise)."""
+        found = megatron_schedule(
+            pp=self.pp,
+            vpp=self.vpp,
+            microbatches=self.microbatches,
+            group_size=self.group_size,
+            overlap_p2p_comm=self.overlap_p2p_comm,
+        )
+        if not self.schedule or self.schedule == found.kind:
+            return found
+        return ScheduleSpec(
+            kind=self.schedule,
             pp=self.pp,
             vpp=self.vpp,
             microbatches=self.microbatches,

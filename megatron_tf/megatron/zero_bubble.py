@@ -39,7 +39,15 @@ from megatron_tf.megatron import guard, hooks
 from megatron_tf.megatron.split_backward import SplitBackward, check_split_supported
 from megatron_tf.schedule.order import ActionKind, Compute, P2PCall, rank_programs
 
-__all__ = ["ENTRY", "ZeroBubbleSchedule", "installed_kind", "running_spec"]
+__all__ = [
+    "ENTRY",
+    "RUNNABLE_KINDS",
+    "ZeroBubbleSchedule",
+    "install_for",
+    "installed_kind",
+    "remove_installed",
+    "running_spec",
+]
 
 ENTRY = "forward_backward_pipelining_without_interleaving"
 """The megatron-core schedule entry a zero-bubble schedule stands in for (1F1B's)."""
@@ -59,6 +67,28 @@ def running_spec(megatron_spec: ScheduleSpec) -> ScheduleSpec:
     if kind is None or megatron_spec.kind != "1f1b":
         return megatron_spec
     return dataclasses.replace(megatron_spec, kind=kind, group_size=0)
+
+
+RUNNABLE_KINDS: tuple[str, ...] = ("zb-h1",)
+"""Registered kinds this runtime executes (one chunk per rank, blocking P2P calls)."""
+
+
+def install_for(spec: ScheduleSpec) -> ZeroBubbleSchedule | None:
+    """Install the schedule `spec` names if TimelyFreeze runs it (None for Megatron's own)."""
+    if spec.kind in ("1f1b", "interleaved"):
+        return None
+    if spec.kind not in RUNNABLE_KINDS:
+        raise UnsupportedMegatronError(
+            f"--schedule {spec.kind} is a planning model only: the runtime runs "
+            f"{', '.join(RUNNABLE_KINDS)} in place of Megatron's schedules"
+        )
+    return ZeroBubbleSchedule(spec.kind).install()
+
+
+def remove_installed() -> None:
+    """Remove whatever zero-bubble schedule is installed (process teardown)."""
+    while _INSTALLED:
+        _INSTALLED[-1].remove()
 
 
 class ZeroBubbleSchedule:
