@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
-from megatron_tf.errors import LaunchError
+from megatron_tf.errors import ConfigError, LaunchError
 from megatron_tf.formats.job import job_env
+from megatron_tf.formats.layout import RUNTIME_SCHEDULES
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.train.lm_script import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
@@ -82,6 +83,7 @@ def megatron_lm_job(
     profile_out: str | os.PathLike[str] | None = None,
     profile: Mapping[str, Any] | None = None,
     cpu_trial: bool = False,
+    schedule: str = "",
 ) -> MegatronLMJob:
     """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
 
@@ -118,7 +120,22 @@ def megatron_lm_job(
         profile_out=out,
         profile=measure,
         cpu_trial=cpu_trial,
+        schedule=_runnable_schedule(schedule),
     )
+
+
+def _runnable_schedule(schedule: str) -> str:
+    """`--schedule` for a Megatron-LM script: "" (Megatron's own) or a kind TimelyFreeze runs
+    in place of its 1F1B; checked here, before any rank starts."""
+    if schedule in ("", "1f1b"):
+        return ""
+    if schedule not in RUNTIME_SCHEDULES:
+        raise ConfigError(
+            f"--schedule {schedule} cannot run a Megatron-LM script: use "
+            f"{', '.join(RUNTIME_SCHEDULES)} (in place of its 1F1B), or leave it out for "
+            "Megatron-LM's own schedule"
+        )
+    return schedule
 
 
 def check_cpu_trial(cpu_trial: bool, megatron_lm: Path | None) -> None:

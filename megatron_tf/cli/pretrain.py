@@ -477,6 +477,11 @@ def _pretrain_megatron_lm(
         )
     freeze = opts.freeze_config()
     job = megatron_lm_job(
-        megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
+        megatron_lm=megatron_lm,
+        script=script,
+        plan=plan,
+        freeze=freeze,
+        cpu_trial=cpu_trial,
+        schedule=opts.schedule,
     )
     launch_megatron_lm(job, options, megatron_args)

@@ -16,6 +16,10 @@ from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "full", "selective")
 
+RUNTIME_SCHEDULES: tuple[str, ...] = ("zb-h1",)
+"""Registered schedule kinds that TimelyFreeze itself runs in place of Megatron's 1F1B
+(`megatron/zero_bubble.py`); the other kinds besides Megatron's own are planning models."""
+
 
 @dataclass(kw_only=True, slots=True)
 class ModelConfig:
@@ -114,6 +118,14 @@ class ParallelConfig:
             )
         if self.vpp > 1 and self.pp < 2:
             raise ConfigError(f"--vpp {self.vpp} needs --pp >= 2")
+        if self.schedule and self.schedule not in ("1f1b", "interleaved", *RUNTIME_SCHEDULES):
+            raise ConfigError(
+                f"--schedule {self.schedule} is not one training runs: leave it out for "
+                f"Megatron's own (1f1b, interleaved with --vpp > 1) or use "
+                f"{', '.join(RUNTIME_SCHEDULES)}"
+            )
+        if self.schedule and self.pp < 2:
+            raise ConfigError(f"--schedule {self.schedule} needs --pp >= 2")
         if self.pp >= 2:  # pp 1 (no pipeline) is allowed for reference runs
             self.schedule_spec()  # raises ConfigError with Megatron's rule for M and group size
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from megatron_tf.errors import UnsupportedMegatronError
+from megatron_tf.formats.layout import RUNTIME_SCHEDULES
 from megatron_tf.formats.schedule import ScheduleSpec
 from megatron_tf.megatron import guard, hooks
 from megatron_tf.megatron.split_backward import SplitBackward, check_split_supported
@@ -41,7 +42,6 @@ from megatron_tf.schedule.order import ActionKind, Compute, P2PCall, rank_progra
 
 __all__ = [
     "ENTRY",
-    "RUNNABLE_KINDS",
     "ZeroBubbleSchedule",
     "install_for",
     "installed_kind",
@@ -69,18 +69,14 @@ def running_spec(megatron_spec: ScheduleSpec) -> ScheduleSpec:
     return dataclasses.replace(megatron_spec, kind=kind, group_size=0)
 
 
-RUNNABLE_KINDS: tuple[str, ...] = ("zb-h1",)
-"""Registered kinds this runtime executes (one chunk per rank, blocking P2P calls)."""
-
-
 def install_for(spec: ScheduleSpec) -> ZeroBubbleSchedule | None:
     """Install the schedule `spec` names if TimelyFreeze runs it (None for Megatron's own)."""
     if spec.kind in ("1f1b", "interleaved"):
         return None
-    if spec.kind not in RUNNABLE_KINDS:
+    if spec.kind not in RUNTIME_SCHEDULES:
         raise UnsupportedMegatronError(
             f"--schedule {spec.kind} is a planning model only: the runtime runs "
-            f"{', '.join(RUNNABLE_KINDS)} in place of Megatron's schedules"
+            f"{', '.join(RUNTIME_SCHEDULES)} in place of Megatron's schedules"
         )
     return ZeroBubbleSchedule(spec.kind).install()
 
