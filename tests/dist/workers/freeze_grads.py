@@ -26,6 +26,7 @@ ran for it), and whether all-zero ratios are bitwise stock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from functools import partial
@@ -535,6 +536,101 @@ def zb_against_stock(case: dict[str, Any], parallel: ParallelConfig) -> dict[str
     return out
 
 
+class _Held:
+    """A tensor autograd saved for a backward; counted while autograd keeps it."""
+
+    __slots__ = ("counter", "key", "tensor")
+
+    def __init__(self, counter: SavedBytes, tensor: torch.Tensor) -> None:
+        self.counter, self.tensor = counter, tensor
+        self.key = _storage(tensor)
+        if self.key[0] not in counter.params:  # a weight saved for dgrad is no activation
+            counter.held[self.key] = counter.held.get(self.key, 0) + 1
+
+    def __del__(self) -> None:
+        held = self.counter.held
+        if self.key in held:
+            held[self.key] -= 1
+            if not held[self.key]:
+                del held[self.key]
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    storage = t.untyped_storage()
+    return (storage.data_ptr(), storage.nbytes())
+
+
+class SavedBytes(ScheduleObserver):
+    """Live activation bytes of one rank between the schedule's compute actions: the distinct
+    storages autograd holds for pending backwards (saved_tensors_hooks), plus what the split
+    keeps for pending W's (layer inputs, output gradients). Sampled after every F, B and W."""
+
+    def __init__(self, chunks, split: Any = None) -> None:
+        self.split = split
+        self.params = {p.untyped_storage().data_ptr() for _c, _n, p in named(chunks)}
+        self.held: dict[tuple[int, int], int] = {}
+        self.samples: list[tuple[str, int, int]] = []  # (action, microbatch, bytes)
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(
+            lambda t: _Held(self, t), lambda h: h.tensor
+        )
+
+    def _kept(self, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """What the split keeps for the W's of `keys`: layer inputs and output gradients."""
+        work = [d for k in keys for d in self.split._pending.get(k, [])]
+        return {_storage(t) for d in work for t in (d.input, d.grad_output)}
+
+    def live(self) -> int:
+        keys = set(self.held)
+        if self.split is not None:
+            keys |= self._kept(list(self.split._pending))
+        return sum(n for _, n in keys)
+
+    def pending_bytes(self, microbatch: int) -> int:
+        return sum(n for _, n in self._kept([(0, microbatch)]))
+
+    def after_forward(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("F", microbatch, self.live()))
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("B", microbatch, self.live()))
+        if self.split is not None:
+            self.samples.append(("D", microbatch, self.pending_bytes(microbatch)))
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("W", microbatch, self.live()))
+
+
+def zb_memory(parallel: ParallelConfig) -> dict[str, Any]:
+    """Live activation bytes per rank, stock 1F1B and zb-h1, on one model (two iterations
+    each; the second is measured)."""
+    from megatron_tf.megatron.hooks import install_hooks
+    from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
+
+    model = ModelConfig(
+        num_layers=parallel.pp,
+        hidden_size=16,
+        num_attention_heads=2,
+        seq_length=8,
+        vocab_size=64,
+        micro_batch_size=1,
+    )
+    chunks = build(model, parallel, overlap=False, finalize=True)
+    out: dict[str, Any] = {}
+    for kind in ("1f1b", "zb-h1"):
+        schedule = ZeroBubbleSchedule(kind) if kind == "zb-h1" else contextlib.nullcontext()
+        with schedule:
+            for _ in range(2):
+                counter = SavedBytes(chunks, getattr(schedule, "split", None))
+                handle = install_hooks(counter)
+                try:
+                    with counter.hooks:
+                        run_schedule(chunks, model, parallel)
+                finally:
+                    handle.remove()
+        out[kind] = counter.samples
+    return out
+
+
 def schedule_restored() -> bool:
     """After removal, get_forward_backward_func() is megatron-core's own 1F1B again."""
     from megatron.core.pipeline_parallel import get_forward_backward_func, schedules
@@ -686,6 +782,8 @@ def main() -> None:
     for name in args.cases.split(","):
         if name == "refuse":
             out[name] = refusals(parallel)
+        elif name == "zb_memory":
+            out[name] = zb_memory(parallel)
         elif name in ZB_CASES:
             out[name] = zb_against_stock(ZB_CASES[name], parallel)
         else:
