@@ -124,6 +124,31 @@ def megatron_lm_job(
     )
 
 
+def check_zero_bubble_args(schedule: str, megatron_args: Sequence[str] | None) -> None:
+    """Before launch: Megatron-LM's defaults (TransformerEngine layers, gradient-accumulation
+    fusion) are what a zero-bubble schedule cannot split exactly yet, so the arguments must
+    turn both off."""
+    if schedule in ("", "1f1b"):
+        return
+    args = list(megatron_args or [])
+    local = any(
+        a == "--transformer-impl=local"
+        or (a == "--transformer-impl" and i + 1 < len(args) and args[i + 1] == "local")
+        for i, a in enumerate(args)
+    )
+    if not local:
+        raise ConfigError(
+            f"--schedule {schedule} needs Megatron-LM's `--transformer-impl local`: the split "
+            "of TransformerEngine layers (TE's delay_wgrad_compute/backward_dw) is not verified "
+            "yet"
+        )
+    if "--no-gradient-accumulation-fusion" not in args:
+        raise ConfigError(
+            f"--schedule {schedule} needs Megatron-LM's `--no-gradient-accumulation-fusion`: "
+            "the fused wgrad GEMM into main_grad is not verified with the split backward yet"
+        )
+
+
 def _runnable_schedule(schedule: str) -> str:
     """`--schedule` for a Megatron-LM script: "" (Megatron's own) or a kind TimelyFreeze runs
     in place of its 1F1B; checked here, before any rank starts."""

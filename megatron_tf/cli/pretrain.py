@@ -24,6 +24,7 @@ from megatron_tf.cli._megatron_lm import (
     MegatronLMOption,
     ScriptOption,
     check_cpu_trial,
+    check_zero_bubble_args,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -476,6 +477,7 @@ def _pretrain_megatron_lm(
             "`timelyfreeze solve`"
         )
     freeze = opts.freeze_config()
+    check_zero_bubble_args(opts.schedule, megatron_args)
     job = megatron_lm_job(
         megatron_lm=megatron_lm,
         script=script,

@@ -99,13 +99,18 @@ def layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
     if pp < 2:
         return None
     config = get_model_config(chunks[0])
-    return megatron_schedule(
-        pp=pp,
-        vpp=len(chunks),
-        microbatches=int(kwargs["num_microbatches"]),
-        group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
-        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
-        drop_interleaved_only=True,
+    from megatron_tf.megatron.zero_bubble import running_spec
+
+    # A zero-bubble schedule installed in place of 1F1B is what this call runs.
+    return running_spec(
+        megatron_schedule(
+            pp=pp,
+            vpp=len(chunks),
+            microbatches=int(kwargs["num_microbatches"]),
+            group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+            overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
+            drop_interleaved_only=True,
+        )
     )
 
 
@@ -174,7 +179,7 @@ class MegatronLMFreezer:
 
     def _running(self, spec: ScheduleSpec | None, where: str) -> ScheduleSpec | None:
         """What runs for the layout Megatron-LM sets up: `--schedule`'s kind in place of 1F1B."""
-        if not self.schedule_kind or spec is None:
+        if not self.schedule_kind or spec is None or spec.kind == self.schedule_kind:
             return spec
         if spec.kind != "1f1b":
             raise ConfigError(
