@@ -2,7 +2,8 @@
 
 Call after `megatron_tf.megatron.distributed.init_distributed`. The layer spec is Megatron's
 local spec on CPU (and whenever TransformerEngine is missing, or the layout runs `zb-h1`) and
-the TransformerEngine spec on GPU when it is installed. Dropout is off: the freeze runtime's tests compare gradients exactly.
+the TransformerEngine spec on GPU when it is installed. Dropout is off: the freeze runtime's
+tests compare gradients exactly.
 """
 
 from __future__ import annotations
