@@ -101,10 +101,10 @@ class SplitBackward:
         self._defaults: dict[str, Any] = {}
         self._prepare: Callable[..., Any] | None = None
         self._casts_grad_output = False
-        # Every split linear also takes this empty leaf: its output then requires grad, and
-        # its backward (which records W's work) runs, as stock's does for a trainable weight,
-        # even when neither its input nor its (detached) bias does, e.g. the first trainable
-        # linear behind a frozen prefix. The anchor itself never receives a gradient.
+        # A split linear whose input needs no gradient also takes this empty leaf: its output
+        # then requires grad, and its backward (which records W's work) runs, as stock's does
+        # for a trainable weight, e.g. the first trainable linear behind a frozen prefix. The
+        # anchor itself never receives a gradient.
         self._anchor = torch.empty(0, requires_grad=True)
 
     # -- installation ---------------------------------------------------------------------
@@ -200,7 +200,8 @@ class SplitBackward:
         values["bias"] = bias.detach() if bias is not None else None
         ordered = [values[name] for name in self._arg_names]
         owner = _Owner(weight, bias if bias is not None and bias.requires_grad else None, self._key)
-        return self._function.apply(owner, self._anchor, *ordered)
+        anchor = None if input.requires_grad else self._anchor
+        return self._function.apply(owner, anchor, *ordered)
 
     def _keep(self, key: tuple[int, int], deferred: _Deferred) -> None:
         self._pending.setdefault(key, []).append(deferred)
@@ -226,8 +227,9 @@ class SplitBackward:
                 for param, grad in self._wgrad(d):
                     previous = sums.get(param)
                     sums[param] = grad if previous is None else previous + grad
-        params = list(sums)
-        torch.autograd.backward(params, [sums[p] for p in params])
+        params, grads = list(sums), list(sums.values())
+        del sums, work
+        torch.autograd.backward(params, grads)
 
     def _wgrad(self, d: _Deferred) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """The stock backward's wgrad part (layers.py, `LinearWithGradAccumulationAnd
