@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from megatron_tf.cli._launch import LaunchOptions, launch_or_print
-from megatron_tf.errors import LaunchError
+from megatron_tf.errors import ConfigError, LaunchError
 from megatron_tf.formats.job import job_env
+from megatron_tf.formats.layout import RUNTIME_SCHEDULES
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.train.lm_script import ENTRY_MODULE, MegatronLMJob, Mode, resolve_checkout
 
@@ -82,6 +83,7 @@ def megatron_lm_job(
     profile_out: str | os.PathLike[str] | None = None,
     profile: Mapping[str, Any] | None = None,
     cpu_trial: bool = False,
+    schedule: str = "",
 ) -> MegatronLMJob:
     """Validate `--megatron-lm`, `--script` and `--plan` here, before any rank starts.
 
@@ -118,7 +120,47 @@ def megatron_lm_job(
         profile_out=out,
         profile=measure,
         cpu_trial=cpu_trial,
+        schedule=_runnable_schedule(schedule),
     )
+
+
+def check_zero_bubble_args(schedule: str, megatron_args: Sequence[str] | None) -> None:
+    """Before launch: Megatron-LM's defaults (TransformerEngine layers, gradient-accumulation
+    fusion) are what a zero-bubble schedule cannot split exactly yet, so the arguments must
+    turn both off."""
+    if schedule in ("", "1f1b"):
+        return
+    args = list(megatron_args or [])
+    local = any(
+        a == "--transformer-impl=local"
+        or (a == "--transformer-impl" and i + 1 < len(args) and args[i + 1] == "local")
+        for i, a in enumerate(args)
+    )
+    if not local:
+        raise ConfigError(
+            f"--schedule {schedule} needs Megatron-LM's `--transformer-impl local`: the split "
+            "of TransformerEngine layers (TE's delay_wgrad_compute/backward_dw) is not verified "
+            "yet"
+        )
+    if "--no-gradient-accumulation-fusion" not in args:
+        raise ConfigError(
+            f"--schedule {schedule} needs Megatron-LM's `--no-gradient-accumulation-fusion`: "
+            "the fused wgrad GEMM into main_grad is not verified with the split backward yet"
+        )
+
+
+def _runnable_schedule(schedule: str) -> str:
+    """`--schedule` for a Megatron-LM script: "" (Megatron's own) or a kind TimelyFreeze runs
+    in place of its 1F1B; checked here, before any rank starts."""
+    if schedule in ("", "1f1b"):
+        return ""
+    if schedule not in RUNTIME_SCHEDULES:
+        raise ConfigError(
+            f"--schedule {schedule} cannot run a Megatron-LM script: use "
+            f"{', '.join(RUNTIME_SCHEDULES)} (in place of its 1F1B), or leave it out for "
+            "Megatron-LM's own schedule"
+        )
+    return schedule
 
 
 def check_cpu_trial(cpu_trial: bool, megatron_lm: Path | None) -> None:

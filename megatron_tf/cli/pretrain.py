@@ -25,6 +25,7 @@ from megatron_tf.cli._megatron_lm import (
     MegatronLMOption,
     ScriptOption,
     check_cpu_trial,
+    check_zero_bubble_args,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -89,6 +90,16 @@ class PretrainOptions:
             rich_help_panel=_LAYOUT,
         ),
     ] = False
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="Pipeline schedule: empty for Megatron's own (1f1b; interleaved with --vpp > 1) "
+            "or zb-h1, the zero-bubble ZB-H1 schedule (backward split into input and weight "
+            "gradients, weight gradients in the bubbles; gradients bitwise 1F1B's; --vpp 1, "
+            "local layer spec).",
+            rich_help_panel=_LAYOUT,
+        ),
+    ] = ""
     # -- data (the dataset flags are DataFlags, cli/_data_opts.py)
     mock_data: Annotated[
         bool, typer.Option(help="Megatron's mock GPT dataset.", rich_help_panel=_DATA)
@@ -351,6 +362,7 @@ class PretrainOptions:
             microbatches=self.microbatches,
             group_size=self.group_size,
             overlap_p2p_comm=self.overlap_p2p_comm,
+            schedule=self.schedule,
         )
         data = dataset.config(
             mock=self.mock_data,
@@ -507,7 +519,13 @@ def _pretrain_megatron_lm(
             "`timelyfreeze solve`"
         )
     freeze = opts.freeze_config()
+    check_zero_bubble_args(opts.schedule, megatron_args)
     job = megatron_lm_job(
-        megatron_lm=megatron_lm, script=script, plan=plan, freeze=freeze, cpu_trial=cpu_trial
+        megatron_lm=megatron_lm,
+        script=script,
+        plan=plan,
+        freeze=freeze,
+        cpu_trial=cpu_trial,
+        schedule=opts.schedule,
     )
     launch_megatron_lm(job, options, megatron_args)

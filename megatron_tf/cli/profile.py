@@ -22,6 +22,7 @@ from megatron_tf.cli._megatron_lm import (
     MegatronLMOption,
     ScriptOption,
     check_cpu_trial,
+    check_zero_bubble_args,
     launch_megatron_lm,
     megatron_lm_job,
 )
@@ -157,7 +158,14 @@ def profile(
         if synthetic:
             raise ConfigError("--synthetic writes what-if costs: it takes no --megatron-lm")
         _profile_megatron_lm(
-            output, measured, launch.options(), megatron_lm, script, cpu_trial, megatron_args
+            output,
+            measured,
+            launch.options(),
+            megatron_lm,
+            script,
+            cpu_trial,
+            megatron_args,
+            schedule=what_if.schedule or "",
         )
     elif synthetic:
         from megatron_tf.formats.profile import save_profile
@@ -190,12 +198,15 @@ def _measure(
         microbatches=4 if what_if.microbatches is None else what_if.microbatches,
         group_size=what_if.group_size,
         overlap_p2p_comm=what_if.overlap_p2p_comm,
+        # A schedule TimelyFreeze runs itself (zb-h1) is measured running; Megatron's own two
+        # follow from --vpp.
+        schedule="" if what_if.schedule in (None, "1f1b", "interleaved") else what_if.schedule,
     )
     kind = parallel.schedule_spec().kind
     if what_if.schedule is not None and what_if.schedule != kind:
         raise ConfigError(
             f"--schedule {what_if.schedule} disagrees with --vpp {parallel.vpp} (which runs "
-            f"{kind}); when measuring, --vpp alone picks the schedule"
+            f"{kind}); when measuring, --vpp picks Megatron's schedule"
         )
     job = prepare_profile_job(model, parallel, measured.config(), output)
     text = measure_profile(job, launch, watch=phase_progress)
@@ -213,13 +224,16 @@ def _profile_megatron_lm(
     script: str,
     cpu_trial: bool,
     megatron_args: list[str] | None,
+    schedule: str = "",
 ) -> None:
-    """The --megatron-lm route: measure inside the user's script at its first training step."""
+    """The --megatron-lm route: measure inside the user's script at its first training step
+    (with `schedule` zb-h1: under the zero-bubble schedule, W timed on its own)."""
     if megatron_lm is None:
         raise ConfigError(
             "arguments after `--` are for a Megatron-LM script: add --megatron-lm PATH "
             f"(got {' '.join(megatron_args or [])!r})"
         )
+    check_zero_bubble_args(schedule, megatron_args)
     job = megatron_lm_job(
         megatron_lm=megatron_lm,
         script=script,
@@ -227,6 +241,7 @@ def _profile_megatron_lm(
         profile_out=output,
         profile=measured.measuring(),
         cpu_trial=cpu_trial,
+        schedule=schedule,
     )
     launch_megatron_lm(job, launch, megatron_args)
     if not launch.dry_run and job.profile_out is not None and job.profile_out.is_file():

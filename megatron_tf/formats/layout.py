@@ -16,6 +16,10 @@ from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "full", "selective")
 
+RUNTIME_SCHEDULES: tuple[str, ...] = ("zb-h1",)
+"""Registered schedule kinds that TimelyFreeze itself runs in place of Megatron's 1F1B
+(`megatron/zero_bubble.py`); the other kinds besides Megatron's own are planning models."""
+
 
 @dataclass(kw_only=True, slots=True)
 class ModelConfig:
@@ -92,6 +96,9 @@ class ParallelConfig:
     """Megatron's microbatch_group_size_per_vp_stage (interleaved only); 0 means pp."""
     overlap_p2p_comm: bool = False
     """Megatron's overlap_p2p_comm (interleaved only). Needed at pp 2 with vpp > 1."""
+    schedule: str = ""
+    """The pipeline schedule: "" for Megatron's own (1F1B, interleaved when vpp > 1), or a
+    registered kind TimelyFreeze runs in its place, e.g. `zb-h1` (zero-bubble, vpp 1)."""
 
     def __post_init__(self) -> None:
         for flag, value in (
@@ -111,6 +118,14 @@ class ParallelConfig:
             )
         if self.vpp > 1 and self.pp < 2:
             raise ConfigError(f"--vpp {self.vpp} needs --pp >= 2")
+        if self.schedule and self.schedule not in ("1f1b", "interleaved", *RUNTIME_SCHEDULES):
+            raise ConfigError(
+                f"--schedule {self.schedule} is not one training runs: leave it out for "
+                f"Megatron's own (1f1b, interleaved with --vpp > 1) or use "
+                f"{', '.join(RUNTIME_SCHEDULES)}"
+            )
+        if self.schedule and self.pp < 2:
+            raise ConfigError(f"--schedule {self.schedule} needs --pp >= 2")
         if self.pp >= 2:  # pp 1 (no pipeline) is allowed for reference runs
             self.schedule_spec()  # raises ConfigError with Megatron's rule for M and group size
 
@@ -119,8 +134,19 @@ class ParallelConfig:
         return self.tp * self.pp * self.dp
 
     def schedule_spec(self) -> ScheduleSpec:
-        """The schedule this layout runs (1F1B when vpp is 1, interleaved otherwise)."""
-        return megatron_schedule(
+        """The schedule this layout runs: `schedule` when set, else Megatron's (1F1B when vpp
+        is 1, interleaved otherwise)."""
+        found = megatron_schedule(
+            pp=self.pp,
+            vpp=self.vpp,
+            microbatches=self.microbatches,
+            group_size=self.group_size,
+            overlap_p2p_comm=self.overlap_p2p_comm,
+        )
+        if not self.schedule or self.schedule == found.kind:
+            return found
+        return ScheduleSpec(
+            kind=self.schedule,
             pp=self.pp,
             vpp=self.vpp,
             microbatches=self.microbatches,

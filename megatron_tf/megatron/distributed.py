@@ -2,8 +2,9 @@
 
 `init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT), turns on the CPU compatibility layer when there is no GPU, builds Megatron's
-parallel groups and seeds every RNG Megatron uses, so that any worker (profile, pretrain, the
-tests) starts the same way.
+parallel groups, seeds every RNG Megatron uses, and installs the layout's own schedule when it
+names one that TimelyFreeze runs in place of Megatron's (`megatron/zero_bubble.py`), so that
+any worker (profile, pretrain, the tests) starts the same way.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def init_distributed(
     )
     seed_everything(seed)
     model_parallel_cuda_manual_seed(seed)
+    if parallel.schedule and parallel.pp >= 2:
+        from megatron_tf.megatron.zero_bubble import install_for
+
+        install_for(parallel.schedule_spec())
 
 
 def collective_device() -> torch.device:
@@ -120,6 +125,9 @@ def destroy_distributed() -> None:
     """Tear down Megatron's groups and the default process group (safe to call twice)."""
     from megatron.core import parallel_state
 
+    from megatron_tf.megatron.zero_bubble import remove_installed
+
+    remove_installed()
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

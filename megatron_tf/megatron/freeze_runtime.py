@@ -49,13 +49,14 @@ from megatron_tf.formats.schedule import ScheduleSpec, megatron_schedule
 from megatron_tf.freeze.config import FreezeConfig
 from megatron_tf.freeze.policy import FreezePolicy, IterationMasks
 from megatron_tf.freeze.units import ParamNames, UnitSpec, make_units, prefix_closure
-from megatron_tf.megatron import guard
+from megatron_tf.megatron import guard, zero_bubble
 from megatron_tf.megatron.frozen_linear import install_bias_grad_fix, remove_bias_grad_fix
 from megatron_tf.megatron.hooks import (
     HookHandle,
     ScheduleObserver,
     current_num_microbatches,
     install_hooks,
+    weight_grads_deferred,
 )
 
 __all__ = ["FreezeRuntime", "Ratios", "chunk_units", "foreign_data_parallel"]
@@ -319,6 +320,7 @@ class FreezeRuntime(ScheduleObserver):
                 group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
                 drop_interleaved_only=True,
             )
+            found = zero_bubble.running_spec(found)  # a zero-bubble schedule stands in for 1F1B
         except ConfigError as exc:
             found, why = None, str(exc)
         if found is None or not found.same_compute_order(self.spec):
@@ -504,6 +506,12 @@ class FreezeRuntime(ScheduleObserver):
 
     def after_backward(self, chunk: int, microbatch: int) -> None:
         self._set(chunk, microbatch, True)
+        if microbatch == self.spec.microbatches - 1 and not weight_grads_deferred():
+            self._report_ready(chunk, self._toggle[chunk][microbatch])
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        # A split-backward schedule: earlier microbatches' W may run after the last B, so a
+        # parameter is complete only after the chunk's last W (megatron/zero_bubble.py).
         if microbatch == self.spec.microbatches - 1:
             self._report_ready(chunk, self._toggle[chunk][microbatch])
 

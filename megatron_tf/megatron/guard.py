@@ -106,6 +106,14 @@ class SupportedVersion:
     way to read a dataset's token dtype without opening the whole dataset."""
     optimizer_step: tuple[str, ...] = MEGATRON_OPTIMIZER_STEP
     """The optimizer methods the CPU step calls, in `MegatronOptimizer.step()`'s order."""
+    linear_backward_casts_grad_output: bool = False
+    """Whether `LinearWithGradAccumulationAndAsyncCommunication.backward` first casts
+    `grad_output` to the input's dtype (tensor_parallel/layers.py; 0.20 adds the cast with
+    its `output_dtype` argument). The split backward (`megatron/split_backward.py`) repeats
+    that backward's input-gradient part and must cast exactly when it does."""
+    wgrad_inputs: str = "megatron.core.utils:prepare_input_tensors_for_wgrad_compute"
+    """The helper stock backward reshapes (grad_output, input) with before the wgrad GEMM;
+    the split backward's W calls the same one."""
 
 
 SUPPORTED_VERSIONS: tuple[SupportedVersion, ...] = (
@@ -122,6 +130,7 @@ SUPPORTED_VERSIONS: tuple[SupportedVersion, ...] = (
         megatron_lm="main",
         pip="",
         tested="Megatron-LM main at d98e8a64ddf3 (0.20.0)",
+        linear_backward_casts_grad_output=True,
     ),
 )
 """The supported megatron-core series, oldest first."""

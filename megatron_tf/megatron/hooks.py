@@ -34,7 +34,11 @@ __all__ = [
     "current_num_microbatches",
     "install_hooks",
     "installed_route",
+    "set_schedule_entry",
+    "set_weight_grads_deferred",
     "tensor_ids",
+    "weight_grad_event",
+    "weight_grads_deferred",
 ]
 
 P2P_CALLS: tuple[str, ...] = (
@@ -75,6 +79,13 @@ class ScheduleObserver:
     def after_backward(self, chunk: int, microbatch: int) -> None:
         """Right after `backward_step` for (chunk, microbatch) returned."""
 
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        """Right before the W (deferred weight gradients) of (chunk, microbatch); only
+        split-backward schedules (`megatron/zero_bubble.py`) run W on its own."""
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        """Right after that W returned: its gradients are in `main_grad` / `param.grad`."""
+
     def before_p2p(self, call: str) -> None:
         """Before a `P2PCommunicator` call, e.g. "send_forward_recv_backward"."""
 
@@ -97,6 +108,8 @@ _EVENTS = (
     "after_forward",
     "before_backward",
     "after_backward",
+    "before_weight_grad",
+    "after_weight_grad",
     "before_p2p",
     "after_p2p",
     "before_wait",
@@ -119,6 +132,7 @@ class _Dispatcher:
         self.active = False  # inside a schedule call whose events observers hear
         self.depth = 0
         self.num_microbatches: int | None = None  # of the schedule call now running
+        self.weight_grads_deferred = False  # the running schedule runs W on its own
 
     def rebuild(self) -> None:
         for event in _EVENTS:
@@ -261,17 +275,82 @@ def _wrap_backward_step(original: Callable[..., Any]) -> Callable[..., Any]:
     return backward_step
 
 
-def _wrap_entry(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
+def _wrap_entry(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    """The schedule entry `name` with iteration bookkeeping; it calls whatever runs that entry
+    now (`set_schedule_entry`'s replacement, else megatron-core's own function)."""
+
+    @functools.wraps(stock)
     def entry(*args: Any, **kwargs: Any) -> Any:
         forward_only = bool(kwargs.get("forward_only", False))
         _DISPATCH.schedule_start(forward_only, kwargs.get("num_microbatches"))
         try:
-            return original(*args, **kwargs)
+            return _ENTRIES.current(name)(*args, **kwargs)
         finally:
             _DISPATCH.schedule_end(forward_only)
 
     return entry
+
+
+class _EntryOverrides:
+    """Schedule entry points replaced by TimelyFreeze's own schedules (a zero-bubble schedule
+    runs where `get_forward_backward_func()` would return 1F1B). One owner of the module
+    attributes, so the hooks' wrap and a replacement compose in any install order."""
+
+    def __init__(self) -> None:
+        self.stock: dict[str, Callable[..., Any]] = {}
+        self.replaced: dict[str, Callable[..., Any]] = {}
+
+    def remember(self, schedules: Any, name: str) -> Callable[..., Any]:
+        if name not in self.stock:
+            self.stock[name] = getattr(schedules, name)
+        return self.stock[name]
+
+    def current(self, name: str) -> Callable[..., Any]:
+        return self.replaced.get(name) or self.stock[name]
+
+    def publish(self, schedules: Any, name: str) -> None:
+        """Set the module attribute: the hooks' wrapper while they are installed on the
+        runtime route, else the current function itself."""
+        if _INSTALLATION.route == "runtime":
+            setattr(schedules, name, _INSTALLATION.entries[name])
+        else:
+            setattr(schedules, name, self.current(name))
+
+
+_ENTRIES = _EntryOverrides()
+
+
+def set_schedule_entry(name: str, function: Callable[..., Any] | None) -> Callable[..., Any]:
+    """Run `function` wherever megatron-core's schedule entry `name` runs (None: restore).
+
+    `get_forward_backward_func()` looks the entries up in `schedules.py` when called, so a
+    function fetched after this returns the replacement; installed hooks keep observing it.
+    Returns megatron-core's own function for that entry."""
+    from megatron.core.pipeline_parallel import schedules
+
+    stock = _ENTRIES.remember(schedules, name)
+    if function is None:
+        _ENTRIES.replaced.pop(name, None)
+    else:
+        _ENTRIES.replaced[name] = function
+    _ENTRIES.publish(schedules, name)
+    return stock
+
+
+def weight_grad_event(before: bool, chunk: int, microbatch: int) -> None:
+    """A split-backward schedule reports its W of (chunk, microbatch) to the observers."""
+    _DISPATCH.compute("before_weight_grad" if before else "after_weight_grad", chunk, microbatch)
+
+
+def weight_grads_deferred() -> bool:
+    """True while a schedule that runs W on its own is running (gradients of a microbatch are
+    complete after its W, not after its backward)."""
+    return _DISPATCH.weight_grads_deferred
+
+
+def set_weight_grads_deferred(value: bool) -> None:
+    """Set by split-backward schedules for the duration of their run."""
+    _DISPATCH.weight_grads_deferred = value
 
 
 def _wrap_p2p(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -329,6 +408,8 @@ class _Installation:
     def __init__(self) -> None:
         self.restore: list[tuple[Any, str, Any]] = []
         self.route = ""
+        self.entries: dict[str, Callable[..., Any]] = {}  # the wrapped schedule entries
+        self.schedules: Any = None
 
     def replace(self, owner: Any, name: str, new: Any) -> None:
         self.restore.append((owner, name, getattr(owner, name)))
@@ -346,9 +427,14 @@ class _Installation:
         else:
             self.replace(schedules, "forward_step", _wrap_forward_step(schedules.forward_step))
             self.replace(schedules, "backward_step", _wrap_backward_step(schedules.backward_step))
-            for name in guard.SCHEDULE_ENTRIES:
-                self.replace(schedules, name, _wrap_entry(getattr(schedules, name)))
+            self.schedules = schedules
+            self.entries = {
+                name: _wrap_entry(name, _ENTRIES.remember(schedules, name))
+                for name in guard.SCHEDULE_ENTRIES
+            }
             self.route = "runtime"
+            for name in guard.SCHEDULE_ENTRIES:
+                _ENTRIES.publish(schedules, name)
         comm = p2p_communication.P2PCommunicator
         for name in P2P_CALLS:
             if name in comm.__dict__:
@@ -363,6 +449,11 @@ class _Installation:
                 setattr(owner, name, old)
         self.restore.clear()
         self.route = ""
+        if self.entries:
+            for name in self.entries:  # back to the current function, replaced or stock
+                _ENTRIES.publish(self.schedules, name)
+            self.entries = {}
+            self.schedules = None
 
 
 _INSTALLATION = _Installation()

@@ -26,6 +26,7 @@ by name (`from x import f`), which is how Megatron-LM's training.py holds them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -99,13 +100,18 @@ def layout_from_call(kwargs: dict[str, Any]) -> ScheduleSpec | None:
     if pp < 2:
         return None
     config = get_model_config(chunks[0])
-    return megatron_schedule(
-        pp=pp,
-        vpp=len(chunks),
-        microbatches=int(kwargs["num_microbatches"]),
-        group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
-        overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
-        drop_interleaved_only=True,
+    from megatron_tf.megatron.zero_bubble import running_spec
+
+    # A zero-bubble schedule installed in place of 1F1B is what this call runs.
+    return running_spec(
+        megatron_schedule(
+            pp=pp,
+            vpp=len(chunks),
+            microbatches=int(kwargs["num_microbatches"]),
+            group_size=getattr(config, "microbatch_group_size_per_vp_stage", None),
+            overlap_p2p_comm=bool(getattr(config, "overlap_p2p_comm", False)),
+            drop_interleaved_only=True,
+        )
     )
 
 
@@ -118,8 +124,11 @@ class MegatronLMFreezer:
         plan: Path | None,
         freeze: FreezeConfig | None = None,
         first_call: FirstCall | None = None,
+        schedule: str = "",
     ) -> None:
         self.plan = load_plan(plan) if plan is not None else None
+        self.schedule_kind = schedule  # "" or a kind run in place of 1F1B (zb-h1)
+        self.zero_bubble: Any = None
         self.plan_sha256 = hashlib.sha256(plan.read_bytes()).hexdigest() if plan else ""
         self.freeze_config = freeze or FreezeConfig()
         self.runtime: Any = None
@@ -161,13 +170,39 @@ class MegatronLMFreezer:
                 "a freeze plan needs a constant number of microbatches: drop Megatron-LM's "
                 "--rampup-batch-size / --step-batch-size-schedule, or run without --plan"
             )
-        self.check_layout(layout_from_args(args), "from Megatron-LM's arguments")
+        self.check_layout(
+            self._running(layout_from_args(args), "Megatron-LM's arguments"),
+            "from Megatron-LM's arguments",
+        )
         _log(f"plan {self.plan_sha256[:12]} matches Megatron-LM's arguments")
 
     # -- the schedule -----------------------------------------------------------------------
 
+    def _running(self, spec: ScheduleSpec | None, where: str) -> ScheduleSpec | None:
+        """What runs for the layout Megatron-LM sets up: `--schedule`'s kind in place of 1F1B."""
+        if not self.schedule_kind or spec is None or spec.kind == self.schedule_kind:
+            return spec
+        if spec.kind != "1f1b":
+            raise ConfigError(
+                f"--schedule {self.schedule_kind} runs in place of 1F1B, but {where} give "
+                f"{spec.describe()}: drop Megatron-LM's virtual pipeline flags"
+            )
+        return dataclasses.replace(spec, kind=self.schedule_kind, group_size=0)
+
+    def _install_schedule(self) -> None:
+        """Stand the requested schedule in for Megatron's 1F1B, before its first call."""
+        if self.schedule_kind and self.zero_bubble is None:
+            from megatron_tf.megatron.zero_bubble import install_for
+
+            self.zero_bubble = install_for(
+                ScheduleSpec(kind=self.schedule_kind, pp=2, microbatches=1)
+            )
+            _log(f"{self.schedule_kind} schedule installed in place of Megatron's 1F1B")
+
     def schedule(self, fetch: Callable[[], Callable[..., Any]], kwargs: dict[str, Any]) -> Any:
         """One call of the pipeline schedule, with the runtime around training iterations."""
+        if not kwargs.get("forward_only", False):
+            self._install_schedule()
         if self.first_call is not None and not kwargs.get("forward_only", False):
             take_over, self.first_call = self.first_call, None
             return take_over(fetch, kwargs)
@@ -187,7 +222,7 @@ class MegatronLMFreezer:
 
     def _start_runtime(self, kwargs: dict[str, Any]) -> None:
         assert self.plan is not None
-        spec = layout_from_call(kwargs)
+        spec = self._running(layout_from_call(kwargs), "the model chunks")
         self.check_layout(spec, "at its first schedule call")
         assert spec is not None
         model = kwargs["model"]
@@ -265,6 +300,9 @@ class MegatronLMFreezer:
         if self.runtime is not None:
             self.runtime.remove()
             self.runtime = None
+        if self.zero_bubble is not None:
+            self.zero_bubble.remove()
+            self.zero_bubble = None
 
     def _replace(self, module_name: str, attr: str, wrap: Callable[[Any], Any]) -> None:
         original = getattr(importlib.import_module(module_name), attr)
@@ -323,6 +361,7 @@ def install(
     plan: Path | None,
     freeze: FreezeConfig | None = None,
     first_call: FirstCall | None = None,
+    schedule: str = "",
 ) -> MegatronLMFreezer:
     """Set the traps for this process (once); see the module docstring.
 
@@ -330,12 +369,13 @@ def install(
         plan: plan.json to train with; None runs the script unchanged (a baseline).
         freeze: the runtime's settings (seed, rescale, warm-up, ramp); None: FreezeConfig().
         first_call: takes over the first training schedule call (the profile mode).
+        schedule: a kind TimelyFreeze runs in place of Megatron-LM's 1F1B (`zb-h1`), or "".
     """
     global _ACTIVE
     if _ACTIVE is not None:
         return _ACTIVE
 
-    freezer = MegatronLMFreezer(plan=plan, freeze=freeze, first_call=first_call)
+    freezer = MegatronLMFreezer(plan=plan, freeze=freeze, first_call=first_call, schedule=schedule)
     enable_cpu_compat()  # a no-op with CUDA; lets a stand-in script run on CPU with gloo
     freezer.install()
     _ACTIVE = freezer

@@ -1,8 +1,9 @@
 """Build the model chunks of this pipeline rank: one Megatron-Core GPTModel per virtual stage.
 
 Call after `megatron_tf.megatron.distributed.init_distributed`. The layer spec is Megatron's
-local spec on CPU (and whenever TransformerEngine is missing) and the TransformerEngine spec on
-GPU when it is installed. Dropout is off: the freeze runtime's tests compare gradients exactly.
+local spec on CPU (and whenever TransformerEngine is missing, or the layout runs `zb-h1`) and
+the TransformerEngine spec on GPU when it is installed. Dropout is off: the freeze runtime's
+tests compare gradients exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from megatron_tf.formats.layout import ModelConfig, ParallelConfig
+from megatron_tf.formats.layout import RUNTIME_SCHEDULES, ModelConfig, ParallelConfig
 
 __all__ = [
     "build_model_chunks",
@@ -97,7 +98,7 @@ def build_model_chunks(
 
     parallel_cfg.check_model(model_cfg)
     config = config if config is not None else transformer_config(model_cfg, parallel_cfg)
-    spec = _layer_spec()
+    spec = _layer_spec(parallel_cfg)
     vpp = parallel_cfg.vpp
     chunks: list[torch.nn.Module] = []
     for chunk in range(vpp):
@@ -128,13 +129,15 @@ def build_model_chunks(
     return chunks
 
 
-def _layer_spec():
+def _layer_spec(parallel: ParallelConfig):
+    """TE's spec on a GPU with TE, else the local one; a schedule TimelyFreeze runs itself
+    (`--schedule zb-h1`) splits the local spec's linears only (megatron/split_backward.py)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if use_transformer_engine():
+    if use_transformer_engine() and parallel.schedule not in RUNTIME_SCHEDULES:
         return get_gpt_layer_with_transformer_engine_spec()
     return get_gpt_layer_local_spec()
 

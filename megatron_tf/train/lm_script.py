@@ -64,6 +64,9 @@ class MegatronLMJob:
     cpu_trial: bool = False
     """Run the script on CPU with a stand-in for torch.cuda (`megatron_tf.megatron.cpu_trial`);
     ignored on a machine with CUDA."""
+    schedule: str = ""
+    """A schedule TimelyFreeze runs in place of Megatron-LM's 1F1B (`zb-h1`); "" runs
+    Megatron's own."""
 
     @property
     def checkout(self) -> Path:
@@ -78,6 +81,7 @@ class MegatronLMJob:
             "profile_out": None if self.profile_out is None else str(self.profile_out),
             "profile": None if self.profile is None else self.profile.to_dict(),
             "cpu_trial": self.cpu_trial,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class MegatronLMJob:
             profile_out=Path(data["profile_out"]) if data.get("profile_out") else None,
             profile=None if profile is None else ProfileConfig(**profile),
             cpu_trial=bool(data.get("cpu_trial", False)),
+            schedule=str(data.get("schedule") or ""),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -159,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         from megatron_tf.megatron.lm_freezer import install
 
         if job.mode == "profile":
-            install(plan=None, first_call=_profile_first_call(job))
+            install(plan=None, first_call=_profile_first_call(job), schedule=job.schedule)
         else:
-            install(plan=job.plan, freeze=job.freeze)
+            install(plan=job.plan, freeze=job.freeze, schedule=job.schedule)
         runpy.run_path(str(job.script), run_name="__main__")
 
 

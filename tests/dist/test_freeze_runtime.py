@@ -92,6 +92,78 @@ def check_all(results: list[dict[str, Any]], names: list[str]) -> None:
     )
 
 
+ZB_STOCK = "zb,zb_overlap,zb_recompute,zb_untied"
+"""zb-h1 alone against stock 1F1B (DDP overlap off/on, full recompute with two layers per
+stage, tied and untied embeddings): tests/dist/workers/freeze_grads.py, `ZB_CASES`."""
+ZB_FREEZE = "zb_freeze,zb_freeze_overlap,zb_freeze_recompute"
+"""zb-h1 with freezing on top, against the per-microbatch reference."""
+
+
+def check_zero_bubble_bitwise(results: list[dict[str, Any]], names: list[str]) -> None:
+    """zb-h1's gradients (after finalize_model_grads) equal stock 1F1B's bit for bit, and the
+    split really happened: every W had deferred work, the linear weights (and the output
+    layer, linear_qkv's in-kernel bias) got their gradient in W only, everything else in B."""
+    for result in results:
+        for name in names:
+            case = result[name]
+            assert case["restored"] is True, name
+            deferred = case["deferred"].__contains__
+            for i, it in enumerate(case["iterations"]):
+                where = (result["_ranks"], name, i)
+                assert it["unequal"] == [], where
+                assert it["nonzero"] == it["params"], where  # every parameter trained
+                assert [mb for mb, _ in it["work"]] == list(range(4)), where  # microbatch order
+                assert all(n > 0 for _, n in it["work"]), where
+                phases: dict[str, set[str]] = {}
+                for phase, _mb, param in it["where"]:
+                    phases.setdefault(param, set()).add(phase)
+                assert phases, where
+                for param, seen in phases.items():
+                    assert seen == ({"W"} if deferred(param) else {"B"}), (where, param)
+                assert any(deferred(p) for p in phases), where
+
+
+def check_zero_bubble_memory(results: list[dict[str, Any]], microbatches: int = 4) -> None:
+    """Live activation bytes between compute actions (autograd's saved tensors, weights
+    excluded, plus what the split keeps for pending W's), per rank s of p:
+
+    - 1F1B: at most min(p - s, M) microbatches from F to B: exactly that many times A_s, the
+      bytes one microbatch's forward leaves saved;
+    - zb-h1: the same, plus d_s = min(s, M - warm-up) microbatches between B and W, each
+      holding D_s <= A_s (the linears' inputs and output gradients): exactly
+      min(p - s, M) A_s + d_s D_s, at most min(p, M) A_s, the microbatch count of 1F1B's
+      rank 0 (equal to its peak when the stages are alike)."""
+    from megatron_tf.formats.kinds.zb_h1 import deferred_weight_gradients
+
+    p = len(results)
+    for result in results:
+        s = result["_ranks"]["pp"]
+        stock, split = result["zb_memory"]["1f1b"], result["zb_memory"]["zb-h1"]
+        a = stock[0][2]  # after F of microbatch 0, nothing else pending
+        (d,) = {b for action, _mb, b in split if action == "D"}
+        assert 0 < d <= a, (s, a, d)
+        in_flight = min(p - s, microbatches)
+        assert max(b for _, _, b in stock) == in_flight * a, (s, stock)
+        peak = max(b for action, _, b in split if action != "D")
+        deferred = deferred_weight_gradients(p, microbatches, s)
+        assert peak == in_flight * a + deferred * d, (s, split)
+        assert peak <= min(p, microbatches) * a
+
+
+def test_zero_bubble_pp2_peak_activation_memory(pp2_1f1b: list[dict[str, Any]]) -> None:
+    check_zero_bubble_memory(pp2_1f1b)
+
+
+def check_zero_bubble_freezing(results: list[dict[str, Any]], names: list[str]) -> None:
+    """Freezing on zb-h1: exact against the reference (check_case), one W per microbatch in
+    microbatch order, frozen parameters accumulate in neither B nor W."""
+    for result in results:
+        for name in names:
+            check_case(name, result, pp_rank=result["_ranks"]["pp"])
+            for it in result[name]["iterations"]:
+                assert it["weight_grads"] == [(0, mb) for mb in range(4)], name
+
+
 @pytest.fixture(scope="module", params=["installed", "main"])
 def megatron(request: pytest.FixtureRequest, megatron_lm_checkout) -> Path | None:
     """None: the installed megatron-core 0.19.2; else the folder holding Megatron-LM main."""
@@ -114,7 +186,7 @@ def launch_once(name: str, args: list[str], megatron: Path | None) -> list[dict[
 def pp2_1f1b(megatron: Path | None) -> list[dict[str, Any]]:
     cases = (
         "base,overlap,recompute,none,untied,zero,checkpoint,refuse,recompute_leak,"
-        "recompute_no_leaf,recompute_deep"
+        f"recompute_no_leaf,recompute_deep,{ZB_STOCK},{ZB_FREEZE},zb_memory"
     )
     return launch_once("pp2_1f1b", ["--pp", "2", "--cases", cases], megatron)
 
@@ -127,6 +199,18 @@ def test_1f1b_pp2_all_semantics(pp2_1f1b: list[dict[str, Any]]) -> None:
         pp2_1f1b,
         ["base", "overlap", "recompute", "recompute_deep", "none", "untied", "zero", "checkpoint"],
     )
+
+
+def test_zero_bubble_pp2_is_bitwise_stock_1f1b(pp2_1f1b: list[dict[str, Any]]) -> None:
+    """zb-h1 without freezing: bitwise stock 1F1B with DDP overlap off and on, full
+    recompute, tied and untied embeddings (on both megatron-core versions)."""
+    check_zero_bubble_bitwise(pp2_1f1b, ZB_STOCK.split(","))
+
+
+def test_zero_bubble_pp2_with_freezing(pp2_1f1b: list[dict[str, Any]]) -> None:
+    """zb-h1 with freezing (frozen weights skip their W): exact against the reference with
+    overlap off and on (units frozen on the last microbatch) and full recompute."""
+    check_zero_bubble_freezing(pp2_1f1b, ZB_FREEZE.split(","))
 
 
 def test_overlap_case_freezes_units_on_the_last_microbatch(
@@ -213,8 +297,14 @@ def test_freezer_checkpoint_restores_the_same_masks(pp2_1f1b: list[dict[str, Any
 
 
 def test_1f1b_pp4() -> None:
-    results = run_torchrun("freeze_grads", 4, ["--pp", "4", "--cases", "base,overlap"], 500)
+    """1F1B pp 4 with freezing; zb-h1 there (ranks defer up to three W's), alone bitwise
+    stock and with freezing exact."""
+    cases = "base,overlap,zb,zb_overlap,zb_freeze,zb_freeze_overlap,zb_memory"
+    results = run_torchrun("freeze_grads", 4, ["--pp", "4", "--cases", cases], 500)
     check_all(results, ["base", "overlap"])
+    check_zero_bubble_bitwise(results, ["zb", "zb_overlap"])
+    check_zero_bubble_freezing(results, ["zb_freeze", "zb_freeze_overlap"])
+    check_zero_bubble_memory(results)
 
 
 INTERLEAVED_PP2 = ["--pp", "2", "--vpp", "2", "--overlap-p2p-comm"]

@@ -7,8 +7,10 @@ mode (`--cpu-trial`: gloo, a tiny pp 2 GPT, M 4):
 1. `profile --megatron-lm` on the stock `pretrain_gpt.py`, then `solve`;
 2. `pretrain --megatron-lm --plan`, 4 iterations, Megatron's own checkpoints at 2 and 4;
 3. `pretrain --megatron-lm --plan --load` from iteration 2 to 4 (the resume);
-4. `pretrain --megatron-lm --plan` with an all-zero plan, and the same `pretrain_gpt.py` run by
-   torchrun without TimelyFreeze at all (only the CPU stand-in).
+4. `pretrain --megatron-lm --schedule zb-h1 --plan` with an all-zero plan for zb-h1 (the
+   zero-bubble schedule in place of Megatron's 1F1B, the freeze runtime on top), and the same
+   `pretrain_gpt.py` run by torchrun without TimelyFreeze at all (only the CPU stand-in): both
+   bitwise equal, losses and weights.
 
 Runs 2 to 4 start `record_losses.py` (tests/dist/megatron_lm_real), which records each training
 step's exact losses and then runs `pretrain_gpt.py` unchanged. The copy
@@ -125,8 +127,9 @@ def timelyfreeze(cli: list[str], results: Path) -> Run:
     return Run(result.exit_code, result.output, ranks)
 
 
-def pretrain(checkout: Path, plan: Path, args: list[str], results: Path) -> Run:
+def pretrain(checkout: Path, plan: Path, args: list[str], results: Path, schedule: str = "") -> Run:
     cli = ["pretrain", "--megatron-lm", str(checkout), "--script", RECORDER.name, "--cpu-trial"]
+    cli += ["--schedule", schedule] if schedule else []
     cli += ["--plan", str(plan), "--nproc-per-node", "2", "--", *args]
     return timelyfreeze(cli, results)
 
@@ -142,10 +145,12 @@ def stock(checkout: Path, args: list[str], results: Path) -> Run:
     return Run(proc.returncode, output, read_ranks(results) if proc.returncode == 0 else [])
 
 
-def zero_plan(plan: Path, dest: Path) -> Path:
+def zero_plan(plan: Path, dest: Path, kind: str) -> Path:
+    """`plan` with every ratio 0, for the schedule `kind` (same layout)."""
     solved = load_plan(plan)
     ratios = [[[0.0] * len(mbs) for mbs in chunks] for chunks in solved.ratios]
-    save_plan(solved.model_copy(update={"ratios": ratios}), dest)
+    schedule = solved.schedule.model_copy(update={"kind": kind})
+    save_plan(solved.model_copy(update={"ratios": ratios, "schedule": schedule}), dest)
     return dest
 
 
@@ -180,9 +185,13 @@ def chain(
     assert resumed.exit_code == 0, resumed.output[-4000:]
 
     final = ["--save-interval", "4"]
-    zero = zero_plan(plan, work / "zero-plan.json")
+    zero = zero_plan(plan, work / "zero-plan.json", "zb-h1")
     zero_run = pretrain(
-        checkout, zero, [*args, "--save", str(work / "ck-zero"), *final], work / "zero"
+        checkout,
+        zero,
+        [*args, "--save", str(work / "ck-zero"), *final],
+        work / "zero",
+        schedule="zb-h1",
     )
     assert zero_run.exit_code == 0, zero_run.output[-4000:]
     stock_run = stock(checkout, [*args, "--save", str(work / "ck-stock"), *final], work / "stock")
@@ -264,8 +273,15 @@ def test_resume_restores_the_freezer_and_continues_bit_for_bit(chain: Chain) -> 
         assert all(torch.equal(want[k], got[k]) for k in want), rank
 
 
-def test_all_zero_plan_is_bitwise_the_stock_run(chain: Chain) -> None:
+def test_zero_bubble_with_an_all_zero_plan_is_bitwise_the_stock_run(chain: Chain) -> None:
+    """zb-h1 in place of Megatron-LM's 1F1B, the freeze runtime on top with nothing frozen:
+    the real pretrain_gpt.py's losses and final weights equal the stock run's bit for bit."""
+    for rank in (0, 1):
+        assert (
+            f"timelyfreeze[rank {rank}]: zb-h1 schedule installed in place of Megatron's 1F1B"
+        ) in chain.zero_plan.output
     assert "freeze runtime installed before iteration 0" in chain.zero_plan.output
+    assert "zb-h1 pp=2 M=4" in chain.zero_plan.output
     assert "timelyfreeze[" not in chain.stock.output  # no TimelyFreeze in the stock run
     losses = chain.stock.losses()
     assert [it for it, _ in losses] == [0, 1, 2, 3]

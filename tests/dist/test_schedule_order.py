@@ -1,6 +1,7 @@
 """The schedule model's compute order equals what megatron-core really runs.
 
-Each launch runs megatron-core's real schedule (0.19.2, installed; three of the layouts also on
+Each launch runs megatron-core's real schedule (and, in the 1F1B launches, TimelyFreeze's
+zero-bubble zb-h1 schedule, W included) (0.19.2, installed; three of the layouts also on
 Megatron-LM main's megatron/core 0.20.0, from the snapshot copy of tests/conftest.py) with a
 tiny GPT, gloo on CPU, for several (microbatches, group size) cases and records, per rank, the
 sequence of forward_step and backward_step calls twice: through TimelyFreeze's hook observers
@@ -43,6 +44,12 @@ CONFIGS = [
 CONFIGS_MAIN = [CONFIGS[0], CONFIGS[2], CONFIGS[3]]
 
 
+ZB_CASES = {2: [1, 2, 4, 7], 4: [2, 4, 5, 8]}
+"""TimelyFreeze's zb-h1 schedule (megatron/zero_bubble.py), run in the 1F1B launches of the
+same pp: what it really calls (forward_step, backward_step, its W, the P2PCommunicator
+methods) must be the model's program, call for call. M below, at and above pp."""
+
+
 @pytest.mark.parametrize(("pp", "vpp", "overlap", "cases"), CONFIGS)
 def test_megatron_order_matches_model(
     pp: int, vpp: int, overlap: bool, cases: list[tuple[int, int]]
@@ -63,10 +70,15 @@ def check_order(
     args = ["--pp", pp, "--vpp", vpp, "--cases", ",".join(f"{m}:{g}" for m, g in cases)]
     if overlap:
         args.append("--overlap-p2p-comm")
+    zb = ZB_CASES.get(pp, []) if vpp == 1 else []
+    if zb:
+        args += ["--zb-cases", ",".join(map(str, zb))]
     results = run_torchrun("order", pp, args, timeout=420, megatron=megatron)
-    for m, g in cases:
+    runs = [(f"{m}:{g}", "1f1b" if vpp == 1 else "interleaved", m, g) for m, g in cases]
+    runs += [(f"zb-h1:{m}", "zb-h1", m, pp) for m in zb]
+    for key, kind, m, g in runs:
         spec = ScheduleSpec(
-            kind="1f1b" if vpp == 1 else "interleaved",
+            kind=kind,
             pp=pp,
             vpp=vpp,
             microbatches=m,
@@ -76,13 +88,13 @@ def check_order(
         expected = compute_order(spec)
         programs = rank_programs(spec)
         for rank in range(pp):
-            recorded = results[rank][f"{m}:{g}"]
+            recorded = results[rank][key]
             where = f"{spec.describe()} rank {rank}"
             # The hooks report exactly what the schedule called ...
             assert recorded["hooks"] == recorded["independent"], where
             # ... and that is the order the model predicts, action for action.
             assert format_order(recorded["hooks"]) == format_order(expected[rank]), where
-            assert len(expected[rank]) == 2 * vpp * m, where
+            assert len(expected[rank]) == len(spec.schedule_kind.actions) * vpp * m, where
             # The P2P calls between them, too: the model's program, call for call.
             model_program = [
                 (op.kind, op.chunk, op.microbatch) if isinstance(op, Compute) else ("P2P", op.name)

@@ -26,6 +26,7 @@ ran for it), and whether all-zero ratios are bitwise stock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from functools import partial
@@ -236,6 +237,7 @@ class Recorder(ScheduleObserver):
         self.accumulated: set[tuple[int, int, str]] = set()
         self.autograd_ran: dict[tuple[int, int], bool] = {}
         self.p2p_calls: list[str] = []
+        self.weight_grads: list[tuple[int, int]] = []
         self.call_order: dict[int, list[str]] = {}
         self.out_requires_grad: dict[tuple[int, int, str], bool] = {}
         self.grad_seen: set[tuple[int, int, str]] = set()
@@ -301,6 +303,14 @@ class Recorder(ScheduleObserver):
     def after_backward(self, chunk: int, microbatch: int) -> None:
         self.current = None
 
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        # A zero-bubble schedule's W: the weight gradients of that microbatch land here.
+        self.current = (chunk, microbatch)
+        self.weight_grads.append((chunk, microbatch))
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.current = None
+
     def before_p2p(self, call: str) -> None:
         self.p2p_calls.append(call)
 
@@ -342,6 +352,12 @@ def run_case(
     ref = refs[key]
     chunks = build(model, parallel, overlap=case.get("overlap", False), finalize=True)
     spec = parallel.schedule_spec()
+    zero_bubble = None
+    if case.get("zb"):
+        from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
+
+        zero_bubble = ZeroBubbleSchedule("zb-h1").install()
+        spec = dataclasses.replace(spec, kind="zb-h1", group_size=0)
     ratios = case.get("ratios") or ratios_for(parallel.pp, parallel.vpp, parallel.microbatches)
     cfg = FreezeConfig(seed=7, rescale=case.get("rescale", "mean"))
     result: dict[str, Any] = {"iterations": [], "recompute": model.recompute}
@@ -372,6 +388,7 @@ def run_case(
             recorder.out_requires_grad.clear()
             recorder.grad_seen.clear()
             recorder.recomputed.clear()
+            recorder.weight_grads.clear()
             runtime.start_iteration(it)
             run_schedule(chunks, model, parallel)
             got = grads(chunks)
@@ -400,6 +417,7 @@ def run_case(
                     "out_requires_grad": dict(recorder.out_requires_grad),
                     "grad_seen": set(recorder.grad_seen),
                     "recomputed": set(recorder.recomputed),
+                    "weight_grads": list(recorder.weight_grads),
                     "bitwise_stock": (
                         all(torch.equal(got[k], stock[k]) for k in stock)
                         if case.get("zero_ratios")
@@ -413,11 +431,219 @@ def run_case(
         rec_handle.remove()
         recorder.close()
         runtime.remove()
+        if zero_bubble is not None:
+            zero_bubble.remove()
     # remove() puts Megatron's own backward back: the process runs stock megatron-core again.
     result["backward_restored"] = vars(LinearWithFrozenWeight)["backward"] is stock_backward
     if case.get("checkpoint"):
         result["restored_masks"] = restored_masks(chunks, ratios, spec, cfg)
     return result
+
+
+LINEAR_WEIGHT = ("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight")
+
+
+def deferred_name(name: str) -> bool:
+    """Parameters whose gradient the split backward defers to W (local spec): the weights of
+    the tensor-parallel linears, the in-kernel bias of linear_qkv, the output layer."""
+    return name.endswith(
+        (*LINEAR_WEIGHT, "linear_fc2.weight", "linear_qkv.bias", "output_layer.weight")
+    )
+
+
+class SplitRecorder(ScheduleObserver):
+    """Where each parameter's gradient accumulated (in B or in W) and how much work each W
+    had, for a zero-bubble run."""
+
+    def __init__(self, chunks, split) -> None:
+        self.split = split
+        self.phase: tuple[str, int, int] | None = None
+        self.where: set[tuple[str, int, str]] = set()  # (phase, microbatch, parameter)
+        self.work: list[tuple[int, int]] = []  # (microbatch, linears pending at its W)
+        self.handles = [
+            p.register_post_accumulate_grad_hook(partial(self._acc, n))
+            for _c, n, p in named(chunks)
+        ]
+
+    def _acc(self, name: str, _p: Any) -> None:
+        if self.phase is not None:
+            self.where.add((self.phase[0], self.phase[2], name))
+
+    def before_backward(self, chunk: int, microbatch: int) -> None:
+        self.phase = ("B", chunk, microbatch)
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        self.phase = None
+
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.work.append((microbatch, self.split.pending(chunk, microbatch)))
+        self.phase = ("W", chunk, microbatch)
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.phase = None
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def zb_against_stock(case: dict[str, Any], parallel: ParallelConfig) -> dict[str, Any]:
+    """zb-h1 without freezing against stock 1F1B on an identical model: every gradient
+    (after finalize_model_grads) must be bitwise equal, iteration by iteration."""
+    from megatron_tf.megatron.hooks import install_hooks
+    from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
+
+    model = ModelConfig(
+        num_layers=parallel.pp * case.get("layers_per_stage", 1),
+        hidden_size=16,
+        num_attention_heads=2,
+        seq_length=8,
+        vocab_size=64,
+        micro_batch_size=1,
+        recompute=case.get("recompute", "none"),
+        tie_embeddings=case.get("tied", True),
+    )
+    overlap = case.get("overlap", False)
+    stock_chunks = build(model, parallel, overlap=overlap, finalize=True)
+    zb_chunks = build(model, parallel, overlap=overlap, finalize=True)
+    out: dict[str, Any] = {"iterations": []}
+    schedule = ZeroBubbleSchedule("zb-h1")
+    for _ in range(case.get("iters", 2)):
+        run_schedule(stock_chunks, model, parallel)
+        want = grads(stock_chunks)
+        with schedule:
+            recorder = SplitRecorder(zb_chunks, schedule.split)
+            handle = install_hooks(recorder)
+            try:
+                run_schedule(zb_chunks, model, parallel)
+            finally:
+                handle.remove()
+                recorder.close()
+        got = grads(zb_chunks)
+        out["iterations"].append(
+            {
+                "unequal": sorted(
+                    f"{c}:{n}" for (c, n) in want if not torch.equal(got[(c, n)], want[(c, n)])
+                ),
+                "nonzero": sum(int(bool(t.abs().sum() > 0)) for t in got.values()),
+                "params": len(got),
+                "where": set(recorder.where),
+                "work": list(recorder.work),
+            }
+        )
+    out["restored"] = schedule_restored()
+    out["deferred"] = {n for _c, n, _p in named(zb_chunks) if deferred_name(n)}
+    return out
+
+
+class _Held:
+    """A tensor autograd saved for a backward; counted while autograd keeps it."""
+
+    __slots__ = ("counter", "key", "tensor")
+
+    def __init__(self, counter: SavedBytes, tensor: torch.Tensor) -> None:
+        self.counter, self.tensor = counter, tensor
+        self.key = _storage(tensor)
+        if self.key[0] not in counter.params:  # a weight saved for dgrad is no activation
+            counter.held[self.key] = counter.held.get(self.key, 0) + 1
+
+    def __del__(self) -> None:
+        held = self.counter.held
+        if self.key in held:
+            held[self.key] -= 1
+            if not held[self.key]:
+                del held[self.key]
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    storage = t.untyped_storage()
+    return (storage.data_ptr(), storage.nbytes())
+
+
+class SavedBytes(ScheduleObserver):
+    """Live activation bytes of one rank between the schedule's compute actions: the distinct
+    storages autograd holds for pending backwards (saved_tensors_hooks), plus what the split
+    keeps for pending W's (layer inputs, output gradients). Sampled after every F, B and W."""
+
+    def __init__(self, chunks, split: Any = None) -> None:
+        self.split = split
+        self.params = {p.untyped_storage().data_ptr() for _c, _n, p in named(chunks)}
+        self.held: dict[tuple[int, int], int] = {}
+        self.samples: list[tuple[str, int, int]] = []  # (action, microbatch, bytes)
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(
+            lambda t: _Held(self, t), lambda h: h.tensor
+        )
+
+    def _kept(self, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """What the split keeps for the W's of `keys`: layer inputs and output gradients."""
+        work = [d for k in keys for d in self.split._pending.get(k, [])]
+        return {_storage(t) for d in work for t in (d.input, d.grad_output)}
+
+    def live(self) -> int:
+        keys = set(self.held)
+        if self.split is not None:
+            keys |= self._kept(list(self.split._pending))
+        return sum(n for _, n in keys)
+
+    def pending_bytes(self, microbatch: int) -> int:
+        return sum(n for _, n in self._kept([(0, microbatch)]))
+
+    def after_forward(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("F", microbatch, self.live()))
+
+    def after_backward(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("B", microbatch, self.live()))
+        if self.split is not None:
+            self.samples.append(("D", microbatch, self.pending_bytes(microbatch)))
+
+    def after_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.samples.append(("W", microbatch, self.live()))
+
+
+def zb_memory(parallel: ParallelConfig) -> dict[str, Any]:
+    """Live activation bytes per rank, stock 1F1B and zb-h1, on one model (two iterations
+    each; the second is measured)."""
+    from megatron_tf.megatron.hooks import install_hooks
+    from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
+
+    model = ModelConfig(
+        num_layers=parallel.pp,
+        hidden_size=16,
+        num_attention_heads=2,
+        seq_length=8,
+        vocab_size=64,
+        micro_batch_size=1,
+    )
+    chunks = build(model, parallel, overlap=False, finalize=True)
+    out: dict[str, Any] = {}
+    for kind in ("1f1b", "zb-h1"):
+        schedule = ZeroBubbleSchedule(kind) if kind == "zb-h1" else contextlib.nullcontext()
+        with schedule:
+            for _ in range(2):
+                counter = SavedBytes(chunks, getattr(schedule, "split", None))
+                handle = install_hooks(counter)
+                try:
+                    with counter.hooks:
+                        run_schedule(chunks, model, parallel)
+                finally:
+                    handle.remove()
+        out[kind] = counter.samples
+    return out
+
+
+def schedule_restored() -> bool:
+    """After removal, get_forward_backward_func() is megatron-core's own 1F1B again."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func, schedules
+    from megatron.core.tensor_parallel import layers
+
+    from megatron_tf.megatron.hooks import _ENTRIES
+
+    stock = _ENTRIES.stock["forward_backward_pipelining_without_interleaving"]
+    return (
+        get_forward_backward_func() is stock
+        and schedules.forward_backward_pipelining_without_interleaving is stock
+        and layers.ColumnParallelLinear._forward_impl.__module__ == layers.__name__
+    )
 
 
 def restored_masks(chunks, ratios, spec, cfg) -> dict[str, Any]:
@@ -515,6 +741,18 @@ CASES: dict[str, dict[str, Any]] = {
     "untied": {"tied": False},
     "zero": {"zero_ratios": True},
     "checkpoint": {"checkpoint": True},
+    # zb-h1 with freezing on top, against the reference (and with all ratios 0, bitwise).
+    "zb_freeze": {"zb": True, "iters": 2},
+    "zb_freeze_overlap": {"zb": True, "overlap": True, "iters": 3},
+    "zb_freeze_recompute": {"zb": True, "recompute": "full"},
+}
+
+ZB_CASES: dict[str, dict[str, Any]] = {
+    # zb-h1 alone against stock 1F1B, bitwise.
+    "zb": {"iters": 2},
+    "zb_overlap": {"overlap": True, "iters": 3},
+    "zb_recompute": {"recompute": "full", "layers_per_stage": 2},
+    "zb_untied": {"tied": False},
 }
 
 
@@ -544,6 +782,10 @@ def main() -> None:
     for name in args.cases.split(","):
         if name == "refuse":
             out[name] = refusals(parallel)
+        elif name == "zb_memory":
+            out[name] = zb_memory(parallel)
+        elif name in ZB_CASES:
+            out[name] = zb_against_stock(ZB_CASES[name], parallel)
         else:
             out[name] = run_case(CASES[name], parallel, refs)
     from megatron.core import parallel_state

@@ -1,4 +1,5 @@
-"""Record the per-rank order of forward_step/backward_step calls of megatron-core's schedules.
+"""Record the per-rank order of forward_step/backward_step calls of megatron-core's schedules
+(and of TimelyFreeze's zero-bubble schedule with `--kind zb-h1`, W included).
 
 One torchrun launch per (pp, vpp) runs several (microbatches, group size) cases on the same
 tiny GPT. Two recorders run side by side and must agree:
@@ -41,6 +42,9 @@ class OrderObserver(ScheduleObserver):
     def before_backward(self, chunk: int, microbatch: int) -> None:
         self.actions.append(("B", chunk, microbatch))
 
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.actions.append(("W", chunk, microbatch))
+
 
 class ProgramObserver(ScheduleObserver):
     """Compute actions and the P2P calls that issued at least one request, in program order.
@@ -59,6 +63,9 @@ class ProgramObserver(ScheduleObserver):
 
     def before_backward(self, chunk: int, microbatch: int) -> None:
         self.ops.append(("B", chunk, microbatch))
+
+    def before_weight_grad(self, chunk: int, microbatch: int) -> None:
+        self.ops.append(("W", chunk, microbatch))
 
     def before_p2p(self, call: str) -> None:
         self.issued = False
@@ -116,8 +123,25 @@ def make_forward_step(chunks: list[torch.nn.Module], log: list[Action]):
     return forward_step
 
 
+def mark_weight_grads(chunks: list[torch.nn.Module], log: list[Action]) -> list[Any]:
+    """Split-backward kinds: record ("W", 0, k) when a linear weight of the chunk receives its
+    k-th gradient of the iteration. The split defers it, so this fires inside W, once per
+    microbatch; inside a B it would land where the model has no W and fail the comparison."""
+    from megatron_tf.megatron.freeze_runtime import _unwrap
+
+    (chunk,) = chunks
+    weight = _unwrap(chunk).decoder.layers[0].mlp.linear_fc2.weight
+    count = [0]
+
+    def seen(_param: Any) -> None:
+        log.append(("W", 0, count[0]))
+        count[0] += 1
+
+    return [weight.register_post_accumulate_grad_hook(seen)]
+
+
 def run_case(
-    chunks, model: ModelConfig, m: int, g: int, program: ProgramObserver
+    chunks, model: ModelConfig, m: int, g: int, program: ProgramObserver, kind: str
 ) -> dict[str, list]:
     config = chunks[0].config
     if len(chunks) > 1:
@@ -130,6 +154,7 @@ def run_case(
     for chunk in chunks:
         chunk.zero_grad_buffer()
     iterators = [synthetic_batches(model, iteration=0, microbatches=m) for _ in chunks]
+    handles = mark_weight_grads(chunks, independent) if kind == "zb-h1" else []
     with install_hooks(observer, program):
         get_forward_backward_func()(
             forward_step_func=make_forward_step(chunks, independent),
@@ -140,6 +165,8 @@ def run_case(
             micro_batch_size=model.micro_batch_size,
             forward_only=False,
         )
+    for handle in handles:
+        handle.remove()
     return {"hooks": observer.actions, "independent": independent, "program": program.ops}
 
 
@@ -149,6 +176,9 @@ def main() -> None:
     parser.add_argument("--vpp", type=int, default=1)
     parser.add_argument("--overlap-p2p-comm", action="store_true")
     parser.add_argument("--cases", required=True, help="M:G,M:G,... (G ignored for 1f1b)")
+    parser.add_argument(
+        "--zb-cases", default="", help="M,M,...: also run TimelyFreeze's zb-h1 schedule (vpp 1)"
+    )
     args = parser.parse_args()
     cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
     m0, g0 = cases[0]
@@ -171,7 +201,14 @@ def main() -> None:
     chunks = build_model_chunks(model, parallel, wrap_ddp=True)
     program = ProgramObserver()
     count_requests(program)
-    save_result({f"{m}:{g}": run_case(chunks, model, m, g, program) for m, g in cases})
+    out = {f"{m}:{g}": run_case(chunks, model, m, g, program, "") for m, g in cases}
+    if args.zb_cases:
+        from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
+
+        with ZeroBubbleSchedule("zb-h1"):
+            for m in map(int, args.zb_cases.split(",")):
+                out[f"zb-h1:{m}"] = run_case(chunks, model, m, args.pp, program, "zb-h1")
+    save_result(out)
     destroy_distributed()
 
 
