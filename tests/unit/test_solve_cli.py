@@ -303,7 +303,7 @@ PLAN_KEYS = {"baseline_makespan", "makespan", "predicted_speedup", "max_freeze_r
 
 
 def test_auto_json_is_one_document_with_the_choice_as_added_fields(tmp_path: Path) -> None:
-    profile = synthetic(tmp_path, ISSUE_CASE)
+    profile = synthetic(tmp_path, PP8_CASE)
     plan_path = tmp_path / "plan.json"
     args = ["solve", str(profile), "-o", str(plan_path), *AUTO, "--noise-scale", "4", "--json"]
     result = runner.invoke(app, args)
