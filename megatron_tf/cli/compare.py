@@ -194,10 +194,9 @@ def compare(ctx: typer.Context, *, flags: CompareFlags, dataset: DataFlags) -> N
     it shows. A run folder that already holds the same finished job is reused.
     """
     from megatron_tf.cli.demo import quiet_imports
-    from megatron_tf.outputs import check_cache_dir
 
     flags.check_given(given_flags(ctx, DEPENDENT))
-    check_cache_dir(flags.cache_dir)
+    _check_outputs(flags)
     quiet_imports()
     from megatron_tf.compare import format_table, run_compare
 
@@ -207,3 +206,29 @@ def compare(ctx: typer.Context, *, flags: CompareFlags, dataset: DataFlags) -> N
     for line in format_table(result):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"report: {flags.out_dir / 'report.md'}", highlight=False, soft_wrap=True)
+
+
+REPORT_FILES = ("summary.json", "report.md", "loss_vs_time.png")
+"""What `compare` writes at the top of --out-dir besides one `seed<S>/` folder per seed."""
+
+
+def _check_outputs(flags: CompareFlags) -> None:
+    """The pre-flight `pretrain` and `demo` get, before any training: --out-dir is a writable
+    folder (or can be made one), within the file system's name and path limits, and nothing
+    compare writes there is the --profile it reads; the corpus cache is a folder."""
+    from megatron_tf.outputs import check_cache_dir, check_not_an_input, check_output_dir
+
+    check_output_dir(flags.out_dir, "--out-dir")
+    if flags.profile is not None:
+        for name in REPORT_FILES:
+            check_not_an_input(flags.out_dir / name, "--out-dir", {"--profile": flags.profile})
+        profile = flags.profile.resolve()
+        for seed in _ints("--seeds", flags.seeds):
+            runs = (flags.out_dir / f"seed{seed}").resolve()
+            if profile.is_relative_to(runs):
+                raise ConfigError(
+                    f"--profile {str(flags.profile)!r} lies in {str(runs)!r}, where compare "
+                    "writes the runs of that seed: it could be replaced; move it or choose "
+                    "another --out-dir"
+                )
+    check_cache_dir(flags.cache_dir)

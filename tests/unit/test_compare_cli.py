@@ -160,3 +160,55 @@ def test_reprice_run_length_covers_the_baselines_time() -> None:
 def test_compare_default_out_dir_is_a_path() -> None:
     """Without --out-dir the default folder parses (a refusal names the bad flag, not it)."""
     _one_error(runner.invoke(app, ["compare", "--budgets", "1.5"]), "--budgets")
+
+
+def test_compare_out_dir_preflight_through_the_real_cli(tmp_path: Path) -> None:
+    """A read-only --out-dir is one line and exit 2 before any training (the real CLI in a
+    subprocess; /sys is a read-only mount, so this holds for root too)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "megatron_tf", "compare", "--out-dir", "/sys/tf-compare"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(repo), TIMELYFREEZE_CACHE=str(tmp_path / "cache")),
+        timeout=20,
+    )
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: --out-dir: cannot write '/sys/tf-compare' (in '/sys')")
+    assert done.stdout == ""  # nothing trained, nothing said before the refusal
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("file/out", "is not a folder"),
+        ("a" * 300, "(NAME_MAX)"),
+        ("same", "is the file given to --profile"),
+        ("seed", "where compare writes the runs of that seed"),
+    ],
+)
+def test_compare_out_dir_refusals(tmp_path: Path, where: str, needle: str) -> None:
+    (tmp_path / "file").write_text("x")
+    profile = _profile(tmp_path)
+    out = tmp_path / where
+    if where == "same":
+        out = tmp_path
+        profile = profile.rename(tmp_path / "summary.json")
+    elif where == "seed":
+        out = tmp_path
+        (tmp_path / "seed2").mkdir()
+        profile = profile.rename(tmp_path / "seed2" / "p.json")
+    before = profile.read_bytes()
+    args = ["compare", "--out-dir", str(out), "--profile", str(profile), "--seeds", "1,2"]
+    _one_error(runner.invoke(app, args), needle)
+    assert profile.read_bytes() == before
+    left = {"file", "seed2" if where == "seed" else profile.name}
+    assert {p.name for p in tmp_path.iterdir()} == left  # nothing written
