@@ -250,9 +250,12 @@ class Trainer:
         rounds = self.cfg.noise_probe_rounds
         per_round = small + big
         assert self.heldout is not None  # prepare_job refuses a probe without a held-out set
+        # Each data-parallel replica takes its own share of one pool, so the all-reduced
+        # gradient is the mean over dp times as many distinct samples as one replica sees.
+        dp, dp_rank = self.batches.dp_size, self.batches.dp_rank
         pool = self.heldout.microbatches(
-            "noise_probe", rounds * per_round * self.job.model.micro_batch_size
-        )
+            "noise_probe", rounds * per_round * self.job.model.micro_batch_size * dp
+        )[dp_rank::dp]
         b_small = small * self.batches.micro_batch_size * self.batches.dp_size
         b_big = big * self.batches.micro_batch_size * self.batches.dp_size
         g_small, g_big = [], []
