@@ -32,3 +32,8 @@ class UnsupportedMegatronError(TimelyFreezeError):
 
 class LaunchError(TimelyFreezeError):
     """A launcher setting is wrong: a missing script, an incomplete Slurm environment, ..."""
+
+
+class CheckpointWriteError(TimelyFreezeError):
+    """A checkpoint could not be written (a full disk, a file-size limit): the run stops, and
+    `latest` still names the previous complete checkpoint."""

@@ -23,6 +23,7 @@ Each rank verifies its own file's sha256 when it loads it (the bytes are read on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,11 +32,12 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_tf.errors import ConfigError
+from megatron_tf.errors import CheckpointWriteError, ConfigError
 from megatron_tf.formats.jsonio import read_json
 
 CHECKPOINT_FORMAT = "timelyfreeze.checkpoint/1"
@@ -294,11 +296,12 @@ def save_checkpoint(
     barrier()
     name = f"rank_{rank:05d}.pt"
     target = staging / name
-    torch.save(state, f"{target}.part")
-    os.replace(f"{target}.part", target)
-    size, digest = _size_and_sha256(target)
-    sidecar = {"size": size, "sha256": digest}
-    (staging / f"{name}.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    with _stopping_on_write_failure(root, f"{target}.part"):
+        torch.save(state, f"{target}.part")
+        os.replace(f"{target}.part", target)
+        size, digest = _size_and_sha256(target)
+        sidecar = {"size": size, "sha256": digest}
+        (staging / f"{name}.json").write_text(json.dumps(sidecar), encoding="utf-8")
     barrier()
     if rank == 0:
         files = {}
@@ -306,13 +309,31 @@ def save_checkpoint(
             files[note.name.removesuffix(".json")] = read_json(note, "checkpoint note")
             note.unlink()
         full = {"format": CHECKPOINT_FORMAT, "iteration": iteration, **meta, "files": files}
-        _write_atomic(staging / "meta.json", json.dumps(full, indent=2) + "\n")
+        with _stopping_on_write_failure(root, None):
+            _write_atomic(staging / "meta.json", json.dumps(full, indent=2) + "\n")
         if final.exists():  # allowed above only with `overwrite`
             shutil.rmtree(final)
         os.rename(staging, final)
         _write_atomic(root / "latest", final.name + "\n")
     barrier()
     return final
+
+
+@contextlib.contextmanager
+def _stopping_on_write_failure(root: Path, partial: str | None) -> Iterator[None]:
+    """Turn a failed write (ENOSPC, EFBIG; torch.save wraps them in a RuntimeError) into one
+    line, removing the partial file. Nothing is published: the staging folder is not renamed and
+    `latest` is untouched, so it still names the previous complete checkpoint."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointWriteError(
+            f"could not write the checkpoint under --save {root} ({cause}); `latest` still "
+            "names the previous complete checkpoint: free space, then resume with --load"
+        ) from None
 
 
 def _refuse_going_back(root: Path, final: Path, iteration: int) -> None:

@@ -60,3 +60,42 @@ def test_resume_from_empty_or_missing_folder(tmp_path: Path) -> None:
     assert ckpt.check_resume(tmp_path, MODEL, PARALLEL) is None
     with pytest.raises(ConfigError, match="folder does not exist"):
         ckpt.check_resume(tmp_path / "nope", MODEL, PARALLEL)
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import torch
+from megatron_tf.errors import TimelyFreezeError
+from megatron_tf.train import checkpoint as ckpt
+root = Path(sys.argv[1])
+meta = {"model": {}, "parallel": {}}
+ckpt.save_checkpoint(root, 4, {"w": torch.zeros(4)}, meta, rank=0, barrier=lambda: None)
+# What a full disk does to a write (EFBIG here, ENOSPC there): an error, not a signal.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+try:
+    ckpt.save_checkpoint(root, 8, {"w": torch.zeros(1 << 16)}, meta, rank=0, barrier=lambda: None)
+except TimelyFreezeError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_during_a_save_stops_in_one_line_and_keeps_latest(tmp_path: Path) -> None:
+    """A write that fails mid-file (file-size limit standing in for a full disk): one line
+    naming --save, the partial file removed, `latest` still the previous complete checkpoint,
+    and that checkpoint still loads."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.count("\n") == 1 and "--save" in proc.stdout, proc.stdout
+    assert "latest" in proc.stdout and "Traceback" not in proc.stderr
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "iter_0000004"
+    assert not list(tmp_path.glob(".iter_0000008.tmp/*.part"))
+    assert not (tmp_path / "iter_0000008").exists()
+    assert torch.equal(ckpt.load_rank_state(tmp_path / "iter_0000004", 0)["w"], torch.zeros(4))
