@@ -328,15 +328,10 @@ def rel_errors(got: Grads, want: Grads) -> dict[str, float]:
     return out
 
 
-def run_case(
-    case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
-) -> dict[str, Any]:
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
 
-    from megatron_tf.megatron.hooks import install_hooks
-
-    model = ModelConfig(
+def _case_model(parallel: ParallelConfig, case: dict[str, Any]) -> ModelConfig:
+    """The tiny GPT every case trains: `layers_per_stage` layers per virtual stage."""
+    return ModelConfig(
         num_layers=parallel.pp * parallel.vpp * case.get("layers_per_stage", 1),
         hidden_size=16,
         num_attention_heads=2,
@@ -346,6 +341,16 @@ def run_case(
         recompute=case.get("recompute", "none"),
         tie_embeddings=case.get("tied", True),
     )
+
+def run_case(
+    case: dict[str, Any], parallel: ParallelConfig, refs: dict[tuple, list[Grads]]
+) -> dict[str, Any]:
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.layers import LinearWithFrozenWeight
+
+    from megatron_tf.megatron.hooks import install_hooks
+
+    model = _case_model(parallel, case)
     key = (model.tie_embeddings, model.num_layers)
     if key not in refs:
         refs[key] = reference(model, parallel)
@@ -493,16 +498,7 @@ def zb_against_stock(case: dict[str, Any], parallel: ParallelConfig) -> dict[str
     from megatron_tf.megatron.hooks import install_hooks
     from megatron_tf.megatron.zero_bubble import ZeroBubbleSchedule
 
-    model = ModelConfig(
-        num_layers=parallel.pp * case.get("layers_per_stage", 1),
-        hidden_size=16,
-        num_attention_heads=2,
-        seq_length=8,
-        vocab_size=64,
-        micro_batch_size=1,
-        recompute=case.get("recompute", "none"),
-        tie_embeddings=case.get("tied", True),
-    )
+    model = _case_model(parallel, case)  # vpp 1 under zb-h1
     overlap = case.get("overlap", False)
     stock_chunks = build(model, parallel, overlap=overlap, finalize=True)
     zb_chunks = build(model, parallel, overlap=overlap, finalize=True)
